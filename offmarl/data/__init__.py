@@ -1,0 +1,1 @@
+"""Offline multi-agent datasets: the in-memory format, storage, importers and generation."""

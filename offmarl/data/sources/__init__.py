@@ -1,0 +1,1 @@
+"""offmarl.data.sources"""

@@ -1,0 +1,44 @@
+"""Environment registry: ``make_env("ant-4x2", obs="po")``, ``make_env("smac-2s3z")``."""
+from __future__ import annotations
+
+import difflib
+
+from offmarl.envs.base import EnvError, EnvSpec, MultiAgentEnv
+
+MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1", "walker2d-2x3")
+
+
+def smac_names() -> list[str]:
+    from offmarl.envs.smac import SMAC_MAPS
+
+    return [f"smac-{m}" for m in SMAC_MAPS]
+
+
+def env_names() -> list[str]:
+    return list(MAMUJOCO_NAMES) + ["coordination"] + smac_names()
+
+
+def suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def make_env(name: str, obs: str | None = None, **kwargs) -> MultiAgentEnv:
+    """Build an environment by registry name. ``obs`` picks the observation scheme
+    (default: ``fo`` for MaMuJoCo, the env's only scheme otherwise)."""
+    if name in MAMUJOCO_NAMES:
+        from offmarl.envs.mamujoco import MaMuJoCoEnv
+
+        return MaMuJoCoEnv(name, obs=obs or "fo", **kwargs)
+    if name == "coordination":
+        from offmarl.envs.coordination import CoordinationGame
+
+        return CoordinationGame(obs=obs or "fo", **kwargs)
+    if name.startswith("smac-"):
+        from offmarl.envs.smac import make_smac
+
+        return make_smac(name[len("smac-"):], obs=obs, **kwargs)
+    raise EnvError(f"unknown environment {name!r}.{suggest(name, env_names())} Run `offmarl envs list` to see all.")
+
+
+__all__ = ["EnvError", "EnvSpec", "MultiAgentEnv", "make_env", "env_names", "MAMUJOCO_NAMES", "suggest"]

@@ -1,0 +1,1 @@
+"""offmarl.planners"""

@@ -1,0 +1,18 @@
+"""offmarl.worldmodel: the offline ensemble world model, its uncertainty, and synthetic rollouts."""
+from offmarl.worldmodel.ensemble import (
+    EnsembleConfig,
+    EnsembleWorldModel,
+    WorldModelError,
+    cache_key,
+    encode_joint_action,
+    load_or_fit,
+    load_world_model,
+)
+from offmarl.worldmodel.rollout import RolloutConfig, dataset_box, model_rollout
+from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
+
+__all__ = [
+    "EnsembleConfig", "EnsembleWorldModel", "WorldModelError", "cache_key", "encode_joint_action", "load_or_fit",
+    "load_world_model", "RolloutConfig", "dataset_box", "model_rollout", "eps_aleatoric", "eps_g", "eps_r",
+    "penalised_reward",
+]

@@ -1,0 +1,142 @@
+"""MaMuJoCo scenarios under every observation scheme, against MaMuJoCo's own maps."""
+import numpy as np
+import pytest
+import torch
+
+from offmarl.envs import EnvError, make_env
+from offmarl.envs.mamujoco import SCENARIOS, MaMuJoCoEnv
+
+
+def _random_actions(spec, rng):
+    return rng.uniform(-1, 1, (spec.n_agents, spec.max_action_dim))
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_scheme_resets_and_steps(name):
+    rng = np.random.default_rng(0)
+    for scheme in MaMuJoCoEnv(name).spec.obs_schemes:
+        env = make_env(name, obs=scheme)
+        obs, state, _ = env.reset(seed=0)
+        assert obs.shape == (env.spec.n_agents, env.spec.max_obs_dim)
+        assert state.shape == (env.spec.state_dim,)
+        for _ in range(3):
+            obs, state, r, term, trunc, _ = env.step(_random_actions(env.spec, rng))
+            assert np.isfinite(r) and obs.shape[0] == env.spec.n_agents
+            np.testing.assert_array_equal(obs, env.observe(state[None])[0])
+        env.close()
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_fo_obs_is_state(name):
+    env = make_env(name, obs="fo")
+    obs, state, _ = env.reset(seed=1)
+    obs, state, *_ = env.step(_random_actions(env.spec, np.random.default_rng(1)))
+    for i in range(env.spec.n_agents):
+        np.testing.assert_array_equal(obs[i], state)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_local_obs_is_mamujocos_own(name):
+    """`local` is MaMuJoCo's local observation: equal to map_global_state_to_local_observations
+    of the state (where MaMuJoCo has that map), and to the live obs MaMuJoCo builds from the
+    simulator, except Hopper/Walker2d whose Gymnasium state clips joint velocities to +-10
+    while MaMuJoCo's live local obs reads the unclipped qvel (docs/environments.md)."""
+    env = make_env(name, obs="local")
+    rng = np.random.default_rng(2)
+    env.reset(seed=2)
+    for _ in range(20):
+        obs, state, *_ = env.step(_random_actions(env.spec, rng))
+        fac = env._env.observation_factorization
+        if fac is not None:
+            mapped = env._env.map_global_state_to_local_observations(state)
+            for i, a in enumerate(env.agents):
+                np.testing.assert_allclose(obs[i, : len(mapped[a])], mapped[a])
+        live = env.local_observations_from_mamujoco()
+        if name.split("-")[0] in ("hopper", "walker2d"):
+            qvel_ok = np.all(np.abs(env.mujoco_data.qvel) < 10)
+            if not qvel_ok:
+                continue
+        np.testing.assert_allclose(obs, live, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_action_round_trip_matches_mamujoco(name):
+    env = MaMuJoCoEnv(name)
+    g = np.random.default_rng(3).uniform(-1, 1, (5, env.global_action_dim))
+    local = env.to_local_actions(g)
+    np.testing.assert_array_equal(env.to_global_actions(local), g)
+    for b in range(5):
+        theirs = env._env.map_global_action_to_local_actions(g[b])
+        for i, a in enumerate(env.agents):
+            np.testing.assert_array_equal(local[b, i, : env.action_dims[i]], theirs[a])
+        back = env._env.map_local_actions_to_global_action({a: local[b, i, : env.action_dims[i]] for i, a in enumerate(env.agents)})
+        np.testing.assert_array_equal(back, g[b])
+
+
+def test_ant_po_index_lists_exact():
+    env = make_env("ant-4x2", obs="po")
+    assert env.spec.obs_dims == (15, 4, 4, 4)
+    assert env.spec.state_dim == 27
+    # agent 0: torso z + quaternion (0-4), own hip1/ankle1 angles (5, 6), torso linear and
+    # angular velocity (13-18), own joint velocities (19, 20); agents 1-3: own joints only.
+    assert env.obs_index["po"] == [
+        [0, 1, 2, 3, 4, 5, 6, 13, 14, 15, 16, 17, 18, 19, 20],
+        [7, 8, 21, 22],
+        [9, 10, 23, 24],
+        [11, 12, 25, 26],
+    ]
+    # ownership agrees with MaMuJoCo: agent i drives hip(i+1), ankle(i+1)
+    parts = [[j.label for j in p] for p in env._env.agent_action_partitions]
+    assert parts == [["hip1", "ankle1"], ["hip2", "ankle2"], ["hip3", "ankle3"], ["hip4", "ankle4"]]
+
+
+def test_ant_local_dims_without_contact_forces():
+    env = make_env("ant-4x2", obs="local")
+    assert env.spec.obs_dims == (18, 18, 18, 18) and env.spec.state_dim == 27
+
+
+def test_reacher_po_schemes():
+    ind = make_env("reacher-2x1", obs="po-independent")
+    lead = make_env("reacher-2x1", obs="po-leader")
+    assert ind.spec.obs_dims == (5, 5) and lead.spec.obs_dims == (8, 6)
+    # state: cos q0, cos q1, sin q0, sin q1, target x, y, qvel0, qvel1, fingertip-target x, y
+    assert ind.obs_index["po-independent"] == [[0, 2, 6, 4, 5], [1, 3, 7, 4, 5]]
+    assert lead.obs_index["po-leader"] == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 6, 7]]
+    assert make_env("reacher-2x1", obs="po").spec.obs_scheme == "po-independent"
+
+
+def test_observe_batched_numpy_and_torch():
+    env = make_env("ant-4x2", obs="po")
+    states = np.random.default_rng(0).normal(size=(7, 27))
+    out_np = env.observe(states)
+    out_t = env.observe(torch.as_tensor(states))
+    assert out_np.shape == (7, 4, 15)
+    np.testing.assert_allclose(out_t.numpy(), out_np)
+    assert np.all(out_np[:, 1:, 4:] == 0)  # zero padding past the true widths
+
+
+def test_seeding_gives_identical_episodes():
+    def episode(seed):
+        env = make_env("ant-4x2", obs="fo")
+        rng = np.random.default_rng(5)
+        _, s, _ = env.reset(seed=seed)
+        states = [s]
+        for _ in range(10):
+            states.append(env.step(_random_actions(env.spec, rng))[1])
+        return np.array(states)
+
+    np.testing.assert_array_equal(episode(11), episode(11))
+    assert not np.array_equal(episode(11), episode(12))
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(EnvError, match="po.*not available for halfcheetah-2x3"):
+        make_env("halfcheetah-2x3", obs="po")
+    with pytest.raises(EnvError, match="Did you mean: ant-4x2"):
+        make_env("ant-4x3")
+    env = make_env("ant-4x2")
+    env.reset(seed=0)
+    with pytest.raises(EnvError, match="shape"):
+        env.step(np.zeros((4, 3)))
+    with pytest.raises(EnvError, match="NaN"):
+        env.step(np.full((4, 2), np.nan))

@@ -1,0 +1,22 @@
+"""Every sub-package of offmarl/ must be listed in pyproject.toml, or a wheel install misses it."""
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(cfg["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "offmarl").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found <= listed, f"add to [tool.setuptools].packages: {sorted(found - listed)}"
+
+
+def test_never_depends_on_pypi_smac():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = cfg["project"]["dependencies"]
+    assert not any(d.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip() == "smac" for d in deps)
