@@ -6,7 +6,9 @@ import sys
 import typer
 
 import offmarl
+from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
+from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
 from offmarl.errors import OffmarlError
 
@@ -19,6 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(envs_cmd.app, name="envs")
+app.add_typer(datasets_cmd.app, name="datasets")
+app.command("train")(train_cmd.train)
+app.command("evaluate")(train_cmd.evaluate)
 
 
 def _version(value: bool):

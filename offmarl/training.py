@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,3 +110,132 @@ def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_
     run.log(loop.steps, "final_eval", {k: v for k, v in result.items() if not isinstance(v, list)})
     run.write_eval(result)
     return result
+
+
+def algo_config_files(algo: str, dataset_name: str, user_config: str | None) -> list:
+    """configs/<algo>.yaml, then configs/<algo>-<task>.yaml for the dataset's task if shipped
+    (e.g. omar-medium), then the user's --config."""
+    from offmarl.config import CONFIG_DIR
+
+    files = []
+    base = CONFIG_DIR / f"{algo}.yaml"
+    if base.exists():
+        files.append(base)
+    for part in dataset_name.split("-")[1:] + [dataset_name]:
+        cand = CONFIG_DIR / f"{algo}-{part}.yaml"
+        if cand.exists() and cand not in files:
+            files.append(cand)
+    if user_config:
+        files.append(user_config)
+    return files
+
+
+def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = None, config: str | None = None,
+                       overrides: list[str] | None = None, steps: int | None = None, seed: int = 0,
+                       device: str = "auto", out: str = "runs", resume: str | None = None, env: str | None = None,
+                       extra: dict[str, Any] | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+    """What ``offmarl train`` does: resolve the dataset, build the config, create or reopen the
+    run directory, train, evaluate. ``extra`` holds algorithm-specific CLI options already in
+    dotted form (e.g. {"world_model_path": ...})."""
+    from offmarl.algos import algo_module
+    from offmarl.config import build_config, from_dict, parse_overrides, to_dict
+    from offmarl.data import registry
+    from offmarl.errors import OffmarlError
+    from offmarl.runs import RunDir, resolve_device, seed_everything
+
+    dev = resolve_device(device)
+    if resume:
+        run = RunDir.open(resume)
+        saved = run.config
+        algo, dataset, obs, seed = saved["algo"], saved["dataset"], saved["obs"], saved["seed"]
+        env = saved.get("env")
+        mod = algo_module(algo)
+        cfg = from_dict(mod.Config, saved["config"])
+        log(f"resuming {run.path}")
+    else:
+        mod = algo_module(algo)
+        ov = parse_overrides(overrides)
+        if steps is not None:
+            ov.setdefault("loop", {})["steps"] = int(steps)
+        for key, value in (extra or {}).items():
+            node = ov
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        cfg = build_config(mod.Config, algo_config_files(algo, Path(dataset).stem, config), ov)
+    ds = registry.load(dataset, env=env, obs=obs, log=log)
+    check = getattr(mod, "check_dataset", None)
+    if check is not None:
+        check(ds, cfg)
+    if getattr(mod, "DISCRETE_OK", True) is False and ds.meta.discrete:
+        raise OffmarlError(f"{algo} needs continuous actions; {ds.meta.name or dataset} has discrete actions")
+    if getattr(mod, "CONTINUOUS_OK", True) is False and not ds.meta.discrete:
+        raise OffmarlError(f"{algo} needs discrete actions; {ds.meta.name or dataset} has continuous actions")
+    if not resume:
+        resolved = {"algo": algo, "dataset": dataset, "obs": ds.meta.obs_scheme, "env": env or ds.meta.env,
+                    "seed": seed, "device": str(dev), "dataset_checksum": ds.checksum(),
+                    "dataset_transitions": len(ds), "config": to_dict(cfg)}
+        run = RunDir.create(Path(out), algo, dataset, seed, resolved)
+        log(f"run directory: {run.path}")
+    seed_everything(seed)
+    algorithm = mod.Algorithm(ds, cfg, dev, seed)
+    try:
+        result = train(algorithm, run, cfg.loop, ds.meta, ds.meta.env, ds.meta.obs_scheme, seed, dev,
+                       resume=bool(resume), progress=progress)
+    finally:
+        run.close()
+    result["run_dir"] = str(run.path)
+    return result
+
+
+def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", log=print):
+    """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run)."""
+    from offmarl.algos import algo_module
+    from offmarl.config import from_dict
+    from offmarl.data import registry
+    from offmarl.runs import RunDir, resolve_device
+
+    dev = resolve_device(device)
+    run = RunDir.open(run_dir)
+    saved = run.config
+    mod = algo_module(saved["algo"])
+    cfg = from_dict(mod.Config, saved["config"])
+    ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
+    algo = mod.Algorithm(ds, cfg, dev, saved["seed"])
+    name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
+    algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
+    return algo, ds, run, name
+
+
+def evaluate_runs(run_dirs: list[str], episodes: int = 10, checkpoint: str = "best", device: str = "auto",
+                  seed: int = 12345, cross_play: bool = False, log=print) -> dict[str, Any]:
+    """Evaluate each run's policy; with ``cross_play`` also every assignment of agents to runs
+    that mixes runs (agent i plays the policy of run assignment[i])."""
+    import itertools
+
+    from offmarl.evaluation import CrossPlayPolicy
+    from offmarl.runs import resolve_device
+
+    dev = resolve_device(device)
+    loaded = [load_trained(r, checkpoint, device, log) for r in run_dirs]
+    results: dict[str, Any] = {"runs": {}}
+    for (algo, ds, run, name) in loaded:
+        res = evaluate_policy(algo.policy, ds.meta.env, ds.meta.obs_scheme, episodes=episodes, seed=seed,
+                              device=dev, ref_min=ds.meta.ref_min_return, ref_max=ds.meta.ref_max_return)
+        res["checkpoint"] = name
+        results["runs"][str(run.path)] = res
+    if cross_play and len(loaded) > 1:
+        ds0 = loaded[0][1]
+        n = ds0.meta.n_agents
+        rows = []
+        for assign in itertools.product(range(len(loaded)), repeat=n):
+            if len(set(assign)) == 1:
+                continue
+            pol = CrossPlayPolicy([a.policy for a, *_ in loaded], list(assign))
+            res = evaluate_policy(pol, ds0.meta.env, ds0.meta.obs_scheme, episodes=episodes, seed=seed, device=dev,
+                                  ref_min=ds0.meta.ref_min_return, ref_max=ds0.meta.ref_max_return)
+            rows.append({"assignment": list(assign), "return_mean": res["return_mean"],
+                         "normalised_mean": res.get("normalised_mean")})
+        results["cross_play"] = rows
+    return results

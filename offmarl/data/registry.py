@@ -1,0 +1,198 @@
+"""Named datasets: ``ant-medium`` -> a native file, a local Minari/D4RL file, or generation.
+
+Resolution order for a name (docs/datasets.md):
+1. the native file ``$OFFMARL_DATA_DIR/<name>.hdf5`` (default data dir ~/.offmarl/datasets);
+2. a matching local Minari dataset (``$MINARI_DATASETS_PATH`` or ~/.minari/datasets) or D4RL
+   file (``$D4RL_DATASET_DIR`` or ~/.d4rl/datasets) — imported and saved natively;
+3. generation from the behaviour policies shipped in offmarl/data/policies (a message says so).
+A path to a file is loaded directly (native offmarl HDF5, or D4RL layout with ``--env``).
+The recipe of each name is documented in its card, datasets/<name>.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from offmarl.data.dataset import DatasetError, MultiAgentDataset
+from offmarl.envs import suggest
+
+# D4RL reference returns (REFERENCE.md §1.1) and the MOMA-PPO reacher references.
+ANT_REF = (-325.6, 3879.7)
+REACHER_REF = (-11.1446, -4.2371)
+COORD_REF = (0.0, 1.0)
+
+
+@dataclass
+class Recipe:
+    name: str
+    env: str
+    summary: str
+    default_size: int
+    ref: tuple[float, float]
+    minari_ids: tuple[str, ...] = ()
+    d4rl_files: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("ant-random", "ant-4x2", "Ant-v5, the randomly initialised SAC actor", 1_000_000, ANT_REF,
+           d4rl_files=("ant_random-v2.hdf5", "ant_random.hdf5"), params={"policy": "random"}),
+    Recipe("ant-medium", "ant-4x2", "Ant-v5, a SAC actor stopped at about half the expert's return", 1_000_000, ANT_REF,
+           minari_ids=("mujoco/ant/medium-v0",), d4rl_files=("ant_medium-v2.hdf5", "ant_medium.hdf5"),
+           params={"policy": "medium"}),
+    Recipe("ant-expert", "ant-4x2", "Ant-v5, the fully trained SAC actor", 1_000_000, ANT_REF,
+           minari_ids=("mujoco/ant/expert-v0",), d4rl_files=("ant_expert-v2.hdf5", "ant_expert.hdf5"),
+           params={"policy": "expert"}),
+    Recipe("ant-full-replay", "ant-4x2", "Ant-v5, every SAC checkpoint from random to expert (emulated replay)",
+           1_000_000, ANT_REF, d4rl_files=("ant_full_replay-v2.hdf5", "ant_full-replay-v2.hdf5"),
+           params={"policy": "full_replay"}),
+    Recipe("reacher-expert-mix", "reacher-2x1", "Reacher 2x1, half clockwise and half counter-clockwise experts",
+           1_000_000, REACHER_REF),
+    Recipe("coordination-favorable", "coordination", "both agents mostly right (p=0.8)", 10_000, COORD_REF,
+           params={"p_right": (0.8, 0.8)}),
+    Recipe("coordination-neutral", "coordination", "both agents uniform (p=0.5)", 10_000, COORD_REF,
+           params={"p_right": (0.5, 0.5)}),
+    Recipe("coordination-unfavorable", "coordination", "agent 0 mostly right (p=0.8), agent 1 mostly left (p=0.2)",
+           10_000, COORD_REF, params={"p_right": (0.8, 0.2)}),
+]}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("OFFMARL_DATA_DIR", Path.home() / ".offmarl" / "datasets")).expanduser()
+
+
+def native_path(name: str) -> Path:
+    return data_dir() / f"{name}.hdf5"
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise DatasetError(f"unknown dataset {name!r}.{suggest(name, RECIPES)} "
+                           f"Known: {', '.join(RECIPES)}; or give a path to an .hdf5 file.")
+    return RECIPES[name]
+
+
+def is_file_reference(name: str) -> bool:
+    return name.endswith((".hdf5", ".h5")) or os.sep in name or Path(name).exists()
+
+
+def load(name_or_path: str, env: str | None = None, obs: str | None = None, generate: bool = True,
+         log: Callable[[str], None] = print) -> MultiAgentDataset:
+    """Resolve a dataset name or file (see module doc). ``obs`` re-derives observations."""
+    if is_file_reference(name_or_path):
+        ds = _load_file(Path(name_or_path), env)
+    else:
+        rec = recipe(name_or_path)
+        path = native_path(rec.name)
+        if path.exists():
+            from offmarl.data.storage import load_dataset_file
+
+            ds = load_dataset_file(path)
+        else:
+            ds = _import_local(rec, log)
+            if ds is None:
+                if not generate:
+                    raise DatasetError(f"{rec.name} is not in {data_dir()}; run `offmarl datasets generate {rec.name}`")
+                log(f"{rec.name}: no local copy in {data_dir()} and no local Minari/D4RL file; "
+                    f"generating it from the shipped behaviour policies ({rec.default_size:,} transitions)")
+                ds = build(rec.name, rec.default_size, seed=0)
+            from offmarl.data.storage import save_dataset
+
+            save_dataset(ds, path)
+            log(f"saved {path}")
+    if obs is not None and obs != ds.meta.obs_scheme:
+        ds = ds.with_obs(obs)
+    return ds
+
+
+def _load_file(path: Path, env: str | None) -> MultiAgentDataset:
+    from offmarl.data.storage import load_dataset_file
+
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        return load_dataset_file(path)
+    except DatasetError as e:
+        if "d4rl" in str(e).lower() and env:
+            from offmarl.data.sources.d4rl import read_d4rl
+
+            return read_d4rl(path, env=env)
+        raise
+
+
+def _import_local(rec: Recipe, log) -> MultiAgentDataset | None:
+    d4rl_root = Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
+    for fname in rec.d4rl_files:
+        if (d4rl_root / fname).exists():
+            from offmarl.data.sources.d4rl import read_d4rl
+
+            log(f"{rec.name}: importing the local D4RL file {d4rl_root / fname}")
+            ds = read_d4rl(d4rl_root / fname, env=rec.env)
+            return _with_name(ds, rec)
+    minari_root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets")).expanduser()
+    for mid in rec.minari_ids:
+        if (minari_root / mid).exists():
+            from offmarl.data.sources.minari import read_minari
+
+            log(f"{rec.name}: importing the local Minari dataset {mid}")
+            return _with_name(read_minari(mid, env=rec.env), rec)
+    return None
+
+
+def _with_name(ds: MultiAgentDataset, rec: Recipe) -> MultiAgentDataset:
+    ds.meta.name = rec.name
+    if ds.meta.ref_min_return is None:
+        ds.meta.ref_min_return, ds.meta.ref_max_return = rec.ref
+    return ds
+
+
+# ---------------------------------------------------------------------- generation
+def ant_policy_selection() -> dict:
+    """Which shipped SAC checkpoints play random / medium / expert / full-replay
+    (written by datasets/recipes/select_ant_policies.py from the training's progress.csv)."""
+    from offmarl.data.behaviour import policy_dir
+
+    path = policy_dir("ant") / "selection.json"
+    if not path.exists():
+        raise DatasetError(
+            f"{path} is missing: the ant behaviour policies have not been selected yet "
+            "(train them with datasets/recipes/train_ant_sac.py, then run datasets/recipes/select_ant_policies.py)")
+    return json.loads(path.read_text())
+
+
+def build(name: str, size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None,
+          n_envs: int = 16) -> MultiAgentDataset:
+    """Generate the named dataset (``size`` transitions; default: the recipe's)."""
+    from offmarl.data import generate as g
+
+    rec = recipe(name)
+    size = int(size or rec.default_size)
+    if size <= 0:
+        raise DatasetError(f"--size must be positive, got {size}")
+    meta = {"name": rec.name, "ref_min_return": rec.ref[0], "ref_max_return": rec.ref[1]}
+    if rec.env == "coordination":
+        meta["generator"] = f"independent per-agent choice, P(right) = {rec.params['p_right']}"
+        return g.generate_coordination(rec.params["p_right"], size, seed, meta_fields=meta)
+
+    from offmarl.data.behaviour import load_actor, policy_dir
+
+    if rec.env == "reacher-2x1":
+        d = policy_dir("reacher")
+        segs = [g.Segment(load_actor(d / "expert_cw.pt"), 0.5, "expert_cw"),
+                g.Segment(load_actor(d / "expert_ccw.pt"), 0.5, "expert_ccw")]
+        meta["generator"] = "SAC experts on Reacher-v5, half clockwise, half counter-clockwise (stochastic actions)"
+    else:
+        sel = ant_policy_selection()
+        d = policy_dir("ant")
+        which = rec.params["policy"]
+        if which == "full_replay":
+            files = sel["full_replay"]
+            segs = [g.Segment(load_actor(d / f), 1.0, Path(f).stem) for f in files]
+            meta["generator"] = f"{len(files)} SAC checkpoints from random init to expert, equal shares (stochastic)"
+        else:
+            segs = [g.Segment(load_actor(d / sel[which]), 1.0, Path(sel[which]).stem)]
+            meta["generator"] = f"SAC actor {sel[which]} on Ant-v5 (stochastic actions)"
+    return g.generate_with_actors(rec.env, segs, size, seed, n_envs=n_envs, meta_fields=meta, progress=progress)
