@@ -1,0 +1,71 @@
+"""The library side of ``offmarl datasets convert`` and ``offmarl datasets export``.
+
+    offmarl datasets convert SRC --from d4rl|minari --env ant-4x2 --obs fo|po|local --out FILE
+        -> convert(SRC, fmt, env, obs, out)
+    offmarl datasets export NAME|FILE --to minari --id NAMESPACE/ENV/NAME-v0
+        -> export(dataset_or_file, "minari", dataset_id)   (the CLI resolves NAME to a dataset)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from offmarl.data.dataset import DatasetError, MultiAgentDataset
+
+IMPORT_FORMATS = ("d4rl", "minari", "offmarl")
+EXPORT_FORMATS = ("minari",)
+
+
+def read_any(src: str | os.PathLike, fmt: str, env: str | None = None, obs: str | None = None) -> MultiAgentDataset:
+    """Read ``src`` in format ``fmt`` (d4rl: a file; minari: an id or a directory; offmarl: a
+    native file, optionally re-deriving observations for scheme ``obs``)."""
+    if fmt == "d4rl":
+        from offmarl.data.sources.d4rl import read_d4rl
+
+        return read_d4rl(src, env=env or "ant-4x2", obs=obs or "fo")
+    if fmt == "minari":
+        from offmarl.data.sources.minari import read_minari
+
+        return read_minari(src, env=env, obs=obs)
+    if fmt == "offmarl":
+        from offmarl.data.storage import load_dataset_file
+
+        ds = load_dataset_file(src)
+        if env is not None and env != ds.meta.env:
+            raise DatasetError(f"{src}: holds env {ds.meta.env!r}, not {env!r}; drop --env")
+        return ds.with_obs(obs) if obs is not None and obs != ds.meta.obs_scheme else ds
+    raise DatasetError(f"unknown source format {fmt!r}; choose one of: {', '.join(IMPORT_FORMATS)}")
+
+
+def convert(
+    src: str | os.PathLike, fmt: str, env: str | None = "ant-4x2", obs: str | None = "fo",
+    out: str | os.PathLike | None = None,
+) -> MultiAgentDataset:
+    """Import ``src`` (format ``fmt``) for ``env`` / observation scheme ``obs`` and, when ``out``
+    is given, save it as a native offmarl file there (atomically). Returns the dataset."""
+    ds = read_any(src, fmt, env, obs)
+    if out is not None:
+        from offmarl.data.storage import save_dataset
+
+        out = Path(out)
+        if Path(src).is_file() and out.exists() and out.resolve() == Path(src).resolve():
+            raise DatasetError(f"{out}: --out is the source file itself; pick another output path")
+        save_dataset(ds, out)
+    return ds
+
+
+def export(
+    ds: MultiAgentDataset | str | os.PathLike, to: str, dataset_id: str, root: str | os.PathLike | None = None,
+) -> Path:
+    """Export a dataset (in memory, or a native offmarl file) to another format; returns where it
+    was written. ``to="minari"``: ``dataset_id`` is NAMESPACE/ENV/NAME-vN under ``root``
+    (default $MINARI_DATASETS_PATH or ~/.minari/datasets)."""
+    if to not in EXPORT_FORMATS:
+        raise DatasetError(f"unknown export format {to!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    if not isinstance(ds, MultiAgentDataset):
+        from offmarl.data.storage import load_dataset_file
+
+        ds = load_dataset_file(ds)
+    from offmarl.data.sources.minari import export_minari
+
+    return export_minari(ds, dataset_id, root=root)
