@@ -12,7 +12,18 @@ from offmarl.worldmodel.rollout import RolloutConfig, dataset_box, model_rollout
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 __all__ = [
-    "EnsembleConfig", "EnsembleWorldModel", "WorldModelError", "cache_key", "encode_joint_action", "load_or_fit",
-    "load_world_model", "RolloutConfig", "dataset_box", "model_rollout", "eps_aleatoric", "eps_g", "eps_r",
+    "EnsembleConfig",
+    "EnsembleWorldModel",
+    "RolloutConfig",
+    "WorldModelError",
+    "cache_key",
+    "dataset_box",
+    "encode_joint_action",
+    "eps_aleatoric",
+    "eps_g",
+    "eps_r",
+    "load_or_fit",
+    "load_world_model",
+    "model_rollout",
     "penalised_reward",
 ]

@@ -1,0 +1,164 @@
+"""Short synthetic rollouts of the joint policy in the ensemble world model (MOMA-PPO, MBPO/MOPO).
+
+From B dataset start states, H steps are taken in parallel; the only Python loop is over the H
+steps (never over rollouts, agents or members). Each step:
+
+    obs        = obs_fn(state)                               the env's observation scheme  [B, N, O]
+    a, logp    = policy.act(obs, history)                    [B, N, A], [B, N]
+    model step = one random elite per row, its mean (or a Gaussian sample)
+    next_state, r = clip to the dataset box                  (MOMA-PPO reference)
+    eps_g, eps_r  from the elites' UNCLIPPED means           (clipping would hide disagreement)
+    r~ = r - lambda_g eps_g - lambda_r eps_r                 (penalised_reward)
+    done = done_prob > 0.5  |  eps_g > threshold             threshold tested on the RAW eps_g
+    timeout at the last step (bootstrap from V(next_state))
+    history <- shift in (obs, action)                        each agent's last K pairs
+
+Defect avoided: the reference clamps eps_g to the threshold (2) before testing ``eps_g > 2``, so
+its uncertainty-based termination never fires; here the raw value is tested.
+
+A row stays ``valid`` up to and including its terminal step; afterwards its entries are filler
+(the state is frozen at its last valid value so nothing diverges) and must be masked out.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from offmarl.errors import OffmarlError
+from offmarl.worldmodel.ensemble import EnsembleWorldModel
+from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
+
+
+@dataclass
+class RolloutConfig:
+    horizon: int = 10               # MOMA-PPO reference rollout length k = 10 (MOPO: 1-5)
+    lambda_g: float = 0.1           # MOMA-PPO reference weight of eps_g in the penalised reward
+    lambda_r: float = 0.05          # MOMA-PPO reference weight of eps_r
+    lambda_a: float = 0.0           # MOPO aleatoric penalty weight (off in MOMA-PPO)
+    eps_g_threshold: float = 2.0    # MOMA-PPO reference: terminate when eps_g > 2 (tested on the RAW value)
+    done_threshold: float = 0.5     # predicted termination probability above which a rollout ends
+    sample: bool = False            # False: chosen elite's mean (MOMA-PPO reference); True: Gaussian sample (MOPO)
+    clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
+    history: int = 10               # K: each agent's last K (obs, action) pairs (MOMA-PPO memory); 0 = none
+
+
+class Policy(Protocol):
+    def act(self, obs: torch.Tensor, hist: dict[str, torch.Tensor] | None, avail: torch.Tensor | None = None,
+            deterministic: bool = False, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+
+def dataset_box(dataset, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Per-dimension min/max of the dataset's states (and next states) and of its rewards.
+
+    returns state_low [S], state_high [S], reward_low [], reward_high []
+    """
+    t = dataset.tensors(device)
+    s = torch.cat([t["states"], t["next_states"]], dim=0)
+    return {
+        "state_low": s.amin(0), "state_high": s.amax(0),
+        "reward_low": t["rewards"].amin(), "reward_high": t["rewards"].amax(),
+    }
+
+
+def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """hist [B, K, ...] oldest first; drop the oldest, append ``new`` [B, ...]."""
+    return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
+
+
+@torch.no_grad()
+def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, torch.Tensor | None],
+                  obs_fn: Callable[[torch.Tensor], torch.Tensor], cfg: RolloutConfig,
+                  box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Roll the policy H steps in the model from ``start``.
+
+    start: states [B, S]; optionally hist_obs [B, K, N, O], hist_actions [B, K, N, A] (or [B, K, N] int),
+           hist_mask [B, K] (oldest first; missing/None with K > 0 -> an empty, all-masked history)
+    obs_fn: states [B, S] -> obs [B, N, O] (the env's ``observe``)
+    box: from ``dataset_box`` (required when cfg.clip_to_box)
+    generator: on the device of the states; the same seed gives the same rollout
+
+    returns (batch, info). batch entries are [H, B, ...]: states, obs, [hist_obs, hist_actions,
+    hist_mask, next_hist_obs, next_hist_actions, next_hist_mask when K > 0], actions, logp [H, B, N],
+    rewards (penalised), raw_rewards, eps_g, eps_r, done_prob, dones (terminal: no bootstrap),
+    timeouts (bootstrap), valid, next_states, next_obs.
+    info: frac_uncertainty_terminated, frac_model_terminated, mean_length, mean_eps_g, mean_raw_reward,
+    mean_penalty (means over valid steps).
+    """
+    states = start["states"]
+    b, dev = states.shape[0], states.device
+    k = cfg.history
+    if cfg.clip_to_box and box is None:
+        raise OffmarlError("model_rollout: clip_to_box=True needs a box (see dataset_box)")
+    obs = obs_fn(states)
+    hist = None
+    if k > 0:
+        hist_obs = start.get("hist_obs")
+        if hist_obs is None:
+            hist_obs = obs.new_zeros(b, k, *obs.shape[1:])
+            n = model.n_agents
+            hist_actions = (torch.zeros(b, k, n, dtype=torch.long, device=dev) if model.discrete
+                            else states.new_zeros(b, k, n, model.action_dim))
+            hist_mask = torch.zeros(b, k, dtype=torch.bool, device=dev)
+        else:
+            hist_actions, hist_mask = start["hist_actions"], start["hist_mask"].bool()
+            if hist_obs.shape[1] != k:
+                raise OffmarlError(f"model_rollout: start history has {hist_obs.shape[1]} steps, "
+                                   f"RolloutConfig.history is {k}")
+        hist = {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
+
+    steps: list[dict[str, torch.Tensor]] = []
+    alive = torch.ones(b, dtype=torch.bool, device=dev)
+    by_uncertainty = torch.zeros(b, dtype=torch.bool, device=dev)
+    by_model = torch.zeros(b, dtype=torch.bool, device=dev)
+    for h in range(cfg.horizon):
+        actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
+        out = model.step(states, model.encode_actions(actions), generator, sample=cfg.sample)
+        next_states, raw_r = out["next_states"], out["rewards"]
+        if cfg.clip_to_box:
+            next_states = torch.maximum(torch.minimum(next_states, box["state_high"]), box["state_low"])
+            raw_r = raw_r.clamp(min=box["reward_low"], max=box["reward_high"])
+        g, rv = eps_g(out["elite_means"]), eps_r(out["elite_means"])
+        a = eps_aleatoric(out["elite_logvars"]) if cfg.lambda_a != 0.0 else None
+        r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
+        model_done = out["done_prob"] > cfg.done_threshold
+        unc_done = g > cfg.eps_g_threshold  # RAW eps_g: the reference's clamp-then-test never fires
+        done = model_done | unc_done
+        timeout = ~done if h == cfg.horizon - 1 else torch.zeros_like(done)
+        valid = alive.clone()
+        # rows already finished stay at their last valid state: bounded filler, masked by `valid`
+        next_states = torch.where(alive.unsqueeze(-1), next_states, states)
+        next_obs = obs_fn(next_states)
+        rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": r, "raw_rewards": raw_r,
+               "eps_g": g, "eps_r": rv, "done_prob": out["done_prob"], "dones": done & valid,
+               "timeouts": timeout & valid, "valid": valid, "next_states": next_states, "next_obs": next_obs}
+        if hist is not None:
+            nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
+                   "hist_actions": _shift_in(hist["hist_actions"], actions),
+                   "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(alive))}
+            rec.update(hist)
+            rec.update({"next_" + key: v for key, v in nxt.items()})
+            hist = nxt
+        steps.append(rec)
+        by_uncertainty |= alive & unc_done
+        by_model |= alive & model_done
+        alive = alive & ~done
+        states, obs = next_states, next_obs
+
+    batch = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
+    v = batch["valid"]
+    nv = v.sum().clamp_min(1)
+    info = {
+        "frac_uncertainty_terminated": float(by_uncertainty.float().mean()),
+        "frac_model_terminated": float(by_model.float().mean()),
+        "mean_length": float(v.float().sum(0).mean()),
+        "mean_eps_g": float((batch["eps_g"] * v).sum() / nv),
+        "mean_raw_reward": float((batch["raw_rewards"] * v).sum() / nv),
+        "mean_penalty": float(((batch["raw_rewards"] - batch["rewards"]) * v).sum() / nv),
+    }
+    return batch, info

@@ -1,0 +1,291 @@
+"""World model: uncertainty maths, fitting, caching, loading errors, and synthetic rollouts."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.errors import OffmarlError
+from offmarl.worldmodel import (
+    EnsembleConfig,
+    EnsembleWorldModel,
+    RolloutConfig,
+    cache_key,
+    dataset_box,
+    encode_joint_action,
+    eps_aleatoric,
+    eps_g,
+    eps_r,
+    load_or_fit,
+    load_world_model,
+    model_rollout,
+    penalised_reward,
+)
+
+S, N, A = 4, 2, 1  # tiny widths: state 4, two agents with one action each
+TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_every": 50, "patience": 3,
+        "batch_size": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box they oversubscribe
+    (a 300-step fit took 21 s with 2 threads vs 1 s with one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def linear_dataset(t: int = 2000, seed: int = 0, episode: int = 50) -> MultiAgentDataset:
+    """s' = s + 0.1 (A s + B a), r = c.s + d.a; every episode ends on a time-out."""
+    rng = np.random.default_rng(seed)
+    a_mat = rng.normal(size=(S, S)) * 0.3
+    b_mat = rng.normal(size=(S, N * A))
+    c, d = rng.normal(size=S), rng.normal(size=N * A)
+    states = rng.normal(size=(t, S)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(t, N, A)).astype(np.float32)
+    flat = actions.reshape(t, -1)
+    next_states = (states + 0.1 * (states @ a_mat.T + flat @ b_mat.T)).astype(np.float32)
+    rewards = (states @ c + flat @ d).astype(np.float32)
+    timeouts = (np.arange(t) % episode) == episode - 1
+    timeouts[-1] = True
+    meta = DatasetMeta(env="linear-test", obs_scheme="fo", n_agents=N, obs_dims=(S,) * N, action_dims=(A,) * N,
+                       state_dim=S, discrete=False, name="linear-test")
+    obs = np.repeat(states[:, None], N, axis=1)
+    next_obs = np.repeat(next_states[:, None], N, axis=1)
+    return MultiAgentDataset(states, next_states, obs, next_obs, actions, rewards, np.zeros(t, bool), timeouts, meta)
+
+
+def observe(states: torch.Tensor) -> torch.Tensor:
+    """FO scheme of the test env: every agent sees the whole state. [B, S] -> [B, N, S]."""
+    return states.unsqueeze(1).expand(-1, N, -1)
+
+
+class LinearGaussianPolicy:
+    """Stand-in for the MA-PPO actor: a = tanh(W obs_i) + 0.1 noise, per agent."""
+
+    def __init__(self):
+        self.w = torch.linspace(-0.5, 0.5, S * A).view(S, A)
+
+    def act(self, obs, hist, avail=None, deterministic=False, generator=None):
+        mean = torch.tanh(obs @ self.w)  # [B, N, A]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        actions = mean if deterministic else mean + 0.1 * noise
+        logp = -0.5 * (noise ** 2).sum(-1)  # up to a constant; only shapes matter here
+        return actions, logp
+
+
+def constant_model(deltas: list[list[float]], done_logit: float = -10.0, elites: int | None = None
+                   ) -> EnsembleWorldModel:
+    """A model whose member e always predicts [delta state, reward] = deltas[e] (raw = standardised units,
+    since the standardisers are the identity before fitting)."""
+    e = len(deltas)
+    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=e, elites=elites or e, hidden=(8,)))
+    with torch.no_grad():
+        model.net.out.weight.zero_()
+        model.net.out.bias.zero_()
+        model.net.out.bias[:, 0, : S + 1] = torch.tensor(deltas)
+        model.net.out.bias[:, 0, -1] = done_logit
+    return model
+
+
+# ---------------------------------------------------------------- uncertainty
+def test_eps_g_and_eps_r_hand_computed():
+    # 3 elites, one transition, D = 2 ([one state dim, reward]):
+    # mean = [2, 3]; centred X = [[-1,-1],[1,-1],[0,2]]; X^T X = [[2,0],[0,6]]; Cov = X^T X / 2 = [[1,0],[0,3]]
+    # eps_g = ||Cov||_F = sqrt(1 + 9) = sqrt(10); eps_r = var([2, 2, 5], ddof=1) = 6 / 2 = 3
+    m = torch.tensor([[[1.0, 2.0]], [[3.0, 2.0]], [[2.0, 5.0]]])  # [E=3, B=1, D=2]
+    assert eps_g(m).item() == pytest.approx(np.sqrt(10.0), rel=1e-6)
+    assert eps_r(m).item() == pytest.approx(3.0, rel=1e-6)
+    assert np.linalg.norm(np.cov(m[:, 0].numpy(), rowvar=False)) == pytest.approx(np.sqrt(10.0))
+
+
+def test_eps_g_matches_numpy_cov_without_dxd():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(5, 7, 9, generator=g, dtype=torch.float64)  # [E, B, D]
+    want = [np.linalg.norm(np.cov(m[:, i].numpy(), rowvar=False), "fro") for i in range(7)]
+    np.testing.assert_allclose(eps_g(m).numpy(), want, rtol=1e-10)
+    np.testing.assert_allclose(eps_r(m).numpy(), np.var(m[..., -1].numpy(), axis=0, ddof=1), rtol=1e-10)
+
+
+def test_penalised_reward_and_aleatoric():
+    r, g, v = torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0])
+    assert penalised_reward(r, g, v).item() == pytest.approx(1.0 - 0.2 - 0.2)
+    logvar = torch.log(torch.tensor([[[1.0, 1.0]], [[4.0, 0.0]]]))  # stds [1,1] and [2,0]
+    a = eps_aleatoric(logvar)
+    assert a.item() == pytest.approx(2.0)
+    assert penalised_reward(r, g, v, eps_a=a, lambda_a=0.5).item() == pytest.approx(1.0 - 0.4 - 1.0)
+
+
+# ---------------------------------------------------------------- model
+def test_encode_joint_action():
+    cont = torch.arange(6.0).view(1, 2, 3)
+    assert encode_joint_action(cont, discrete=False).tolist() == [[0, 1, 2, 3, 4, 5]]
+    disc = torch.tensor([[2, 0]])
+    assert encode_joint_action(disc, discrete=True, n_actions=3).tolist() == [[0, 0, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_predict_and_step_shapes(device):
+    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=4, elites=3, hidden=(16,))).to(device)
+    b = 5
+    states, joint = torch.randn(b, S, device=device), torch.randn(b, N * A, device=device)
+    mean, logvar, done = model.predict(states, joint)
+    assert mean.shape == (4, b, S + 1) and logvar.shape == (4, b, S + 1) and done.shape == (4, b)
+    assert mean.device.type == device
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = model.step(states, joint, gen, sample=True)
+    assert out["next_states"].shape == (b, S) and out["rewards"].shape == (b,) and out["done_prob"].shape == (b,)
+    assert out["elite_means"].shape == (3, b, S + 1)
+    with pytest.raises(OffmarlError, match="expects states"):
+        model.predict(torch.randn(b, S + 1, device=device), joint)
+
+
+def test_step_uses_one_elite_mean_per_row():
+    model = constant_model([[0.0] * S + [1.0], [0.0] * S + [2.0], [0.0] * S + [3.0]], elites=2)
+    model.elite_idx.copy_(torch.tensor([0, 2]))
+    out = model.step(torch.zeros(64, S), torch.zeros(64, N * A), torch.Generator().manual_seed(0))
+    assert set(out["rewards"].tolist()) == {1.0, 3.0}  # only elites' means, both drawn
+
+
+def test_fit_lowers_holdout_loss_and_picks_elites():
+    ds = linear_dataset()
+    model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**TINY))
+    seen = []
+    stats = model.fit(ds, device="cpu", progress=seen.append)
+    assert seen and seen[-1]["step"] == stats["steps"]
+    assert np.all(np.array(stats["holdout_mse"]) < 0.5 * np.array(stats["initial_holdout_mse"]))
+    assert stats["n_holdout"] == 400 and stats["n_train"] == 1600
+    assert stats["elites"] == list(np.argsort(stats["holdout_mse"])[:2])
+    # predictions in raw units: next state close to the true linear dynamics
+    t = ds.tensors()
+    mean, _, done = model.predict(t["states"][:100], model.encode_actions(t["actions"][:100]))
+    err = (mean[:, :, :S] - t["next_states"][:100]).abs().mean()
+    assert err < 0.5 * (t["next_states"][:100] - t["states"][:100]).abs().mean()
+    assert done.max() < 0.5  # no terminals in the data
+
+
+def test_save_load_roundtrip_and_errors(tmp_path):
+    ds = linear_dataset(t=300)
+    model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "max_steps": 20, "grad_clip": 1.0}))
+    model.fit(ds)
+    path = model.save(tmp_path / "wm.pt", metadata={"note": "test"})
+    again = load_world_model(path, dataset=ds)
+    x, a = torch.randn(3, S), torch.randn(3, N * A)
+    torch.testing.assert_close(again.predict(x, a)[0], model.predict(x, a)[0])
+    assert again.elite_idx.tolist() == model.elite_idx.tolist() and again.metadata["note"] == "test"
+    with pytest.raises(OffmarlError, match="does not exist"):
+        EnsembleWorldModel.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a model")
+    with pytest.raises(OffmarlError, match="cannot be read"):
+        load_world_model(tmp_path / "junk.pt")
+    wide = EnsembleWorldModel(S + 1, A, N, config=EnsembleConfig(**TINY))
+    wide.save(tmp_path / "wide.pt")
+    with pytest.raises(OffmarlError, match="state 5"):
+        load_world_model(tmp_path / "wide.pt", dataset=ds)
+
+
+def test_load_or_fit_caches(tmp_path):
+    ds = linear_dataset(t=300)
+    cfg = EnsembleConfig(**{**TINY, "max_steps": 100})
+    m1, info1 = load_or_fit(ds, cfg, tmp_path, "cpu")
+    t0 = time.perf_counter()
+    m2, info2 = load_or_fit(ds, cfg, tmp_path, "cpu")
+    assert not info1["cached"] and info2["cached"] and time.perf_counter() - t0 < 2.0
+    assert info2["key"] == cache_key(ds.checksum(), cfg) and (tmp_path / info2["key"] / "stats.json").is_file()
+    x, a = torch.randn(3, S), torch.randn(3, N * A)
+    torch.testing.assert_close(m1.predict(x, a)[0], m2.predict(x, a)[0])
+    assert cache_key(ds.checksum(), EnsembleConfig(**{**TINY, "seed": 1})) != info2["key"]
+
+
+# ---------------------------------------------------------------- rollouts
+def test_box_clipping():
+    ds = linear_dataset(t=300)
+    box = dataset_box(ds)
+    model = constant_model([[100.0] * S + [100.0], [-100.0] * S + [-100.0]])  # far outside the data
+    start = {"states": ds.tensors()["states"][:16]}
+    batch, _ = model_rollout(model, LinearGaussianPolicy(), start, observe,
+                             RolloutConfig(horizon=3, history=0, eps_g_threshold=1e9), box, torch.Generator())
+    hi, lo = box["state_high"], box["state_low"]
+    assert torch.all((batch["next_states"] == hi) | (batch["next_states"] == lo))
+    assert torch.all((batch["raw_rewards"] == box["reward_high"]) | (batch["raw_rewards"] == box["reward_low"]))
+
+
+@pytest.mark.parametrize("spread,fires", [(3.0, True), (0.5, False)])
+def test_uncertainty_termination(spread, fires):
+    # 3 elites disagree on one state dim by 0, spread, 2*spread: Cov has one non-zero entry,
+    # eps_g = var([0, s, 2s], ddof=1) = s^2 -> 9 (> 2, fires) or 0.25 (< 2, does not)
+    model = constant_model([[i * spread] + [0.0] * S for i in range(3)])
+    cfg = RolloutConfig(horizon=4, history=2, clip_to_box=False)
+    batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, None,
+                                torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batch["eps_g"][0], torch.full((8,), spread ** 2))
+    if fires:
+        assert info["frac_uncertainty_terminated"] == 1.0
+        assert batch["dones"][0].all() and not batch["valid"][1:].any() and not batch["timeouts"].any()
+        assert info["mean_length"] == 1.0
+    else:
+        assert info["frac_uncertainty_terminated"] == 0.0
+        assert batch["valid"].all() and not batch["dones"].any()
+        assert batch["timeouts"][-1].all() and not batch["timeouts"][:-1].any()
+
+
+def test_rollout_shapes_masks_and_determinism():
+    ds = linear_dataset()
+    model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "max_steps": 50}))
+    model.fit(ds)
+    with torch.no_grad():  # make the model end some rollouts: termination probability ~0.3 everywhere
+        model.net.out.bias[:, 0, -1] += -0.85 - model.net.out.bias[:, 0, -1]
+        model.net.out.weight[:, :, -1] = 0.0
+    k, b, h = 3, 32, 5
+    start = ds.sample_histories(b, k, generator=torch.Generator().manual_seed(1))
+    cfg = RolloutConfig(horizon=h, history=k, done_threshold=0.29, sample=True)
+    box = dataset_box(ds)
+
+    def run(seed):
+        return model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(seed))
+
+    batch, info = run(0)
+    assert batch["states"].shape == (h, b, S) and batch["obs"].shape == (h, b, N, S)
+    assert batch["actions"].shape == (h, b, N, A) and batch["logp"].shape == (h, b, N)
+    assert batch["hist_obs"].shape == (h, b, k, N, S) and batch["next_hist_actions"].shape == (h, b, k, N, A)
+    for key in ("rewards", "raw_rewards", "eps_g", "eps_r", "dones", "timeouts", "valid"):
+        assert batch[key].shape == (h, b), key
+    v, d = batch["valid"], batch["dones"]
+    assert v[0].all()
+    # valid up to and including the terminal step, never after it
+    assert torch.equal(v[1:], v[:-1] & ~d[:-1])
+    assert not (d & batch["timeouts"]).any() and torch.equal(batch["timeouts"][-1], v[-1] & ~d[-1])
+    # history: shifted in (obs, action), newest last; next_* of step t is step t+1's input
+    torch.testing.assert_close(batch["next_hist_obs"][:, :, -1], batch["obs"])
+    torch.testing.assert_close(batch["hist_obs"][1:], batch["next_hist_obs"][:-1])
+    assert batch["next_hist_mask"][:, :, -1].all()
+    torch.testing.assert_close(batch["next_obs"], observe(batch["next_states"].flatten(0, 1)).view(h, b, N, S))
+    torch.testing.assert_close(batch["rewards"], batch["raw_rewards"] - 0.1 * batch["eps_g"] - 0.05 * batch["eps_r"])
+    assert 0.0 < info["mean_length"] < h
+    again, _ = run(0)
+    other, _ = run(1)
+    for key in batch:
+        assert torch.equal(batch[key], again[key]), key
+    assert not torch.equal(batch["actions"], other["actions"])
+
+
+def test_rollout_without_history_and_discrete_actions():
+    model = EnsembleWorldModel(S, 3, N, discrete=True, config=EnsembleConfig(members=3, elites=2, hidden=(8,)))
+
+    class Uniform:
+        def act(self, obs, hist, avail=None, deterministic=False, generator=None):
+            assert hist is not None and hist["hist_actions"].dtype == torch.long
+            a = torch.randint(3, obs.shape[:2], generator=generator)
+            return a, torch.full(a.shape, -np.log(3.0))
+
+    batch, _ = model_rollout(model, Uniform(), {"states": torch.zeros(4, S)}, observe,
+                             RolloutConfig(horizon=2, history=2, clip_to_box=False, eps_g_threshold=1e9), None,
+                             torch.Generator())
+    assert batch["actions"].shape == (2, 4, N) and batch["hist_actions"].shape == (2, 4, 2, N)
+    assert not batch["hist_mask"][0].any() and batch["next_hist_mask"][0, :, -1].all()
