@@ -104,3 +104,55 @@ def generate(
     console.print(f"{name}: {st['transitions']:,} transitions, {st['episodes']:,} episodes, return "
                   f"{st['return_mean']:.2f} ± {st['return_std']:.2f}{norm}; generated in {gen_s:.1f}s "
                   f"({st['transitions'] / gen_s:,.0f} transitions/s) -> {path}")
+
+
+@app.command("convert")
+def convert(
+    src: str = typer.Argument(..., help="D4RL hdf5 file, or a Minari dataset id / folder."),
+    fmt: str = typer.Option(..., "--from", help="d4rl | minari"),
+    env: str = typer.Option("ant-4x2", "--env", help="Multi-agent environment to decompose into (e.g. ant-4x2)."),
+    obs: str = typer.Option("fo", "--obs", help="Observation scheme: fo | po | local | ..."),
+    out: Path = typer.Option(..., "--out", help="Output native .hdf5 file."),
+):
+    """Import a single-agent D4RL or Minari dataset and split it among the agents of a MaMuJoCo
+    scenario (actions by MaMuJoCo's partition, observations by the scheme).
+
+    Example: offmarl datasets convert ant_medium-v2.hdf5 --from d4rl --env ant-4x2 --obs po --out ant-po.hdf5
+
+    Example: offmarl datasets convert mujoco/ant/medium-v0 --from minari --env ant-4x2 --obs fo --out ant.hdf5
+    """
+    from offmarl.data.convert import convert as do_convert
+    from offmarl.errors import OffmarlError
+
+    if fmt not in ("d4rl", "minari"):
+        raise OffmarlError(f"--from must be d4rl or minari, got {fmt!r}")
+    t0 = time.perf_counter()
+    result = do_convert(src, fmt, env, obs, out)
+    ds = result if hasattr(result, "meta") else None
+    msg = f"wrote {out} in {time.perf_counter() - t0:.1f}s"
+    if ds is not None:
+        msg += f": {len(ds):,} transitions, {ds.n_episodes:,} episodes, obs dims {'/'.join(map(str, ds.meta.obs_dims))}"
+    console.print(msg)
+
+
+@app.command("export")
+def export(
+    name: str = typer.Argument(..., help="Dataset name or native .hdf5 file."),
+    to: str = typer.Option("minari", "--to", help="Target format (minari)."),
+    dataset_id: str = typer.Option(..., "--id", help="Minari id NAMESPACE/ENV/NAME-vN, e.g. offmarl/ant/medium-v0."),
+    root: Path = typer.Option(None, "--root", help="Minari datasets root (default $MINARI_DATASETS_PATH or ~/.minari/datasets)."),
+):
+    """Export a dataset to Minari (a dict observation per agent plus `state`), loadable with
+    `minari.load_dataset(ID)` and importable back losslessly.
+
+    Example: offmarl datasets export ant-medium --to minari --id offmarl/ant/medium-v0
+    """
+    from offmarl.data import registry
+    from offmarl.data.convert import export as do_export
+    from offmarl.errors import OffmarlError
+
+    if to != "minari":
+        raise OffmarlError(f"--to must be minari, got {to!r}")
+    ds = registry.load(name, generate=False, log=console.print)
+    path = do_export(ds, to, dataset_id, root=str(root) if root else None)
+    console.print(f"exported {len(ds):,} transitions to Minari dataset {dataset_id} at {path}")
