@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from offmarl.evaluation import evaluate_policy
 from offmarl.runs import RunDir, rng_state, set_rng_state
@@ -37,9 +37,19 @@ class LoopConfig:
     checkpoint_every: int = 10_000  # latest.pt every N steps (also at every evaluation and on Ctrl-C)
 
 
-def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = rows[0].keys()
-    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each metric over the rows that report it (an update may report some metrics only
+    every few steps, e.g. TD3's delayed actor). Values are floats or 0-d tensors, possibly on the
+    GPU: an update returns its losses as tensors so that it never waits for the device, and they
+    are read back here, once per logged row."""
+    out = {}
+    for k in dict.fromkeys(k for r in rows for k in r):
+        vals = [r[k] for r in rows if k in r]
+        tensors = [v.detach().float().reshape(()) for v in vals if isinstance(v, torch.Tensor)]
+        total = float(torch.stack(tensors).sum()) if tensors else 0.0
+        total += sum(float(v) for v in vals if not isinstance(v, torch.Tensor))
+        out[k] = total / len(vals)
+    return out
 
 
 def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_scheme: str, seed: int,
