@@ -1,0 +1,141 @@
+"""MATD3+BC: TD3+BC with a centralised critic and decentralised deterministic actors.
+
+One twin critic sees the global state and the joint action; each agent's actor sees only its
+own observation (CTDE). TD3+BC's hyper-parameters throughout (offmarl/algos/td3bc.py).
+
+    critic   Q(s, a_1..a_N) <- r + gamma (1 - terminal) min_j Q_target_j(s', a')
+             a'_i = clip(pi_target_i(o_i') + clip(N(0, 0.2), -0.5, 0.5), -1, 1)
+    actors   every 2nd step: min  -lambda Q_1(s, pi_1(o_1), ..., pi_N(o_N)) + sum_i (pi_i(o_i) - a_i)^2
+             lambda = alpha / mean|Q_1|. All agents' current actions enter the critic together
+             (the centralised policy gradient of FACMAC, Peng et al. 2021), rather than
+             MADDPG's "own action from pi, the others' from the data", which would pull each
+             agent towards the other agents' dataset behaviour.
+
+Discrete form (MADDPG's): categorical actors whose actions reach the critic as straight-through
+Gumbel-softmax samples (hard one-hot forward, softmax gradient backward, temperature 1); the
+critic reads one-hot joint actions; the target next action is a Gumbel-max sample of the target
+actors; the BC term is the cross-entropy.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from offmarl.algos.td3bc import bc_mse, smoothed_target_actions
+from offmarl.nn.agents import (
+    AgentLayout,
+    AgentPolicy,
+    CategoricalActors,
+    DeterministicActors,
+    JointCritics,
+    check_action_box,
+    fit_standardiser,
+    gumbel_softmax_st,
+    load_state_of,
+    seeded_init,
+    soft_update_,
+    standardise,
+    state_of,
+)
+from offmarl.training import LoopConfig
+
+DISCRETE_OK = True
+CONTINUOUS_OK = True
+NEEDS_FULL_OBS = False
+
+
+@dataclass
+class Config:
+    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actors and critic
+    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
+    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
+    gamma: float = 0.99                   # TD3+BC paper
+    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
+    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
+    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
+    policy_delay: int = 2                 # TD3: actors and targets updated every 2nd critic step
+    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
+    gumbel_temperature: float = 1.0       # MADDPG discrete actions: Gumbel-softmax temperature
+    normalize_obs: bool = True            # TD3+BC paper: standardised states and observations
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
+
+
+class Algorithm:
+    def __init__(self, dataset, cfg: Config, device, seed: int):
+        check_action_box(dataset, "matd3bc")
+        self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
+        self.layout = lay = AgentLayout(dataset.meta)
+        with seeded_init(seed):
+            self.state_norm = fit_standardiser(torch.as_tensor(dataset.states), cfg.normalize_obs).to(self.device)
+            self.obs_norm = fit_standardiser(torch.as_tensor(dataset.observations), cfg.normalize_obs).to(self.device)
+            if lay.discrete:
+                self.actor = CategoricalActors(lay.n_agents, lay.obs_dim, cfg.hidden, lay.action_mask)
+            else:
+                self.actor = DeterministicActors(lay, cfg.hidden)
+            self.critic = JointCritics(lay, cfg.hidden)
+        self.actor.to(self.device)
+        self.critic.to(self.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
+        self.policy = AgentPolicy(self.actor, self.obs_norm)
+
+    @torch.no_grad()
+    def next_joint_action(self, next_obs, next_avail) -> torch.Tensor:
+        """The target actors' next joint action: [B, N, A] (continuous) | [B, N] long (discrete)."""
+        gen = self.generators["sample"]
+        if self.layout.discrete:
+            return self.actor_target.act(next_obs, next_avail, deterministic=False, generator=gen)[0]
+        return smoothed_target_actions(self.actor_target, next_obs, self.cfg, gen)
+
+    def update(self, step: int) -> dict:
+        cfg, lay = self.cfg, self.layout
+        b = self.dataset.sample(cfg.batch_size, self.generators["sample"], self.device)
+        state, next_state = self.state_norm(b["states"]), self.state_norm(b["next_states"])
+        obs = standardise(self.obs_norm, b["observations"])
+        next_obs = standardise(self.obs_norm, b["next_observations"])
+        with torch.no_grad():
+            next_q = self.critic_target(next_state, self.next_joint_action(next_obs, b.get("next_avail_actions")))
+            target = b["rewards"] + cfg.gamma * (1.0 - b["terminals"].float()) * next_q.min(0).values
+        q = self.critic(state, b["actions"])  # [2, B]
+        critic_loss = (q - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q[0].mean().detach()}
+
+        if step % cfg.policy_delay == 0:
+            if lay.discrete:
+                logits = self.actor.logits(obs, b.get("avail_actions"))
+                joint = gumbel_softmax_st(logits, self.generators["sample"], cfg.gumbel_temperature)
+                bc = F.cross_entropy(logits.flatten(0, 1), b["actions"].flatten(), reduction="none")
+                bc = bc.view(b["actions"].shape).mean(0)  # [N]
+            else:
+                joint = self.actor(obs)
+                bc = bc_mse(joint, b["actions"], self.actor.action_mask)
+            q_pi = self.critic.q1(state, joint)  # [B]
+            lam = cfg.alpha / q_pi.abs().mean().detach()
+            actor_loss = -lam * q_pi.mean() + bc.sum()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            soft_update_(self.critic_target, self.critic, cfg.tau)
+            soft_update_(self.actor_target, self.actor, cfg.tau)
+            metrics.update({"actor_loss": actor_loss.detach(), "bc_loss": bc.sum().detach(), "lambda": lam})
+        return metrics
+
+    def _parts(self) -> dict:
+        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
+                "critic_target": self.critic_target, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
+                "state_norm": self.state_norm, "obs_norm": self.obs_norm}
+
+    def state_dict(self) -> dict:
+        return state_of(self._parts())
+
+    def load_state_dict(self, state: dict) -> None:
+        load_state_of(self._parts(), state)
