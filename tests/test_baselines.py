@@ -1,0 +1,265 @@
+"""Offline MARL baselines (offmarl/algos/{iql,ma_iql,bc,td3bc,matd3bc,cql,omar}.py).
+
+Two small fixed datasets: the unfavourable coordination game (agent 0 mostly right, agent 1
+mostly left; discrete) and 500 random-action transitions of the real Reacher 2x1 (continuous).
+Networks are shrunk (2x32, batch 32) so that the whole file runs in well under a minute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from offmarl.algos import algo_module
+from offmarl.config import build_config, config_path
+from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.data.generate import generate_coordination
+from offmarl.envs import make_env
+from offmarl.errors import OffmarlError
+from offmarl.evaluation import evaluate_policy
+from offmarl.nn.agents import JointActionCode
+from offmarl.runs import RunDir
+from offmarl.training import LoopConfig, train
+
+ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
+LOSS_KEY = {"ibc": "bc_loss"}  # the others: critic_loss
+DATASETS = ["coordination", "reacher"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machines this runs on are small and shared: one intra-op thread is faster."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def coordination_dataset(size: int = 200, seed: int = 0) -> MultiAgentDataset:
+    # the registry's coordination-unfavorable recipe (P(right) = 0.8 / 0.2), made small
+    return generate_coordination((0.8, 0.2), size, seed, meta_fields={
+        "name": "coordination-unfavorable", "ref_min_return": 0.0, "ref_max_return": 1.0})
+
+
+def reacher_dataset(size: int = 500, seed: int = 0) -> MultiAgentDataset:
+    """Uniform random joint actions in the real Reacher 2x1 (fo observations, 50-step episodes)."""
+    env = make_env("reacher-2x1", obs="fo")
+    spec = env.spec
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ("states", "next_states", "observations", "next_observations", "actions",
+                            "rewards", "terminals", "timeouts")}
+    obs, state, _ = env.reset(seed=seed)
+    episode = 0
+    while len(rows["rewards"]) < size:
+        action = rng.uniform(-1, 1, (spec.n_agents, spec.max_action_dim))
+        next_obs, next_state, reward, term, trunc, _ = env.step(action)
+        for key, value in zip(rows, (state, next_state, obs, next_obs, action, reward, term, trunc and not term)):
+            rows[key].append(value)
+        obs, state = next_obs, next_state
+        if term or trunc:
+            episode += 1
+            obs, state, _ = env.reset(seed=seed + episode)
+    env.close()
+    arr = {k: np.asarray(v) for k, v in rows.items()}
+    for k in ("states", "next_states", "observations", "next_observations", "actions", "rewards"):
+        arr[k] = arr[k].astype(np.float32)
+    arr["terminals"], arr["timeouts"] = arr["terminals"].astype(bool), arr["timeouts"].astype(bool)
+    arr["timeouts"][-1] |= not arr["terminals"][-1]
+    meta = DatasetMeta(env="reacher-2x1", obs_scheme=spec.obs_scheme, n_agents=spec.n_agents,
+                       obs_dims=spec.obs_dims, action_dims=spec.action_dims, state_dim=spec.state_dim,
+                       discrete=False, name="reacher-random-test", ref_min_return=-11.1446, ref_max_return=-4.2371)
+    return MultiAgentDataset(**arr, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {"coordination": coordination_dataset(), "reacher": reacher_dataset()}
+
+
+def small_config(algo: str, **changes):
+    mod = algo_module(algo)
+    cfg = mod.Config()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    small = {"hidden": (32, 32), "batch_size": 32}
+    if "normalize_reward" in fields:
+        small["normalize_reward"] = False
+    small.update(changes)
+    return dataclasses.replace(cfg, **small)
+
+
+def build(algo: str, ds, seed: int = 0, **changes):
+    return algo_module(algo).Algorithm(ds, small_config(algo, **changes), "cpu", seed)
+
+
+def run_updates(algo, start: int, n: int) -> list[dict]:
+    return [algo.update(step) for step in range(start, start + n)]
+
+
+def params_of(algo) -> dict:
+    return {f"{name}.{k}": v.clone() for name, part in algo._parts().items() if isinstance(part, torch.nn.Module)
+            for k, v in part.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- every algorithm
+@pytest.mark.parametrize("which", DATASETS)
+@pytest.mark.parametrize("name", ALGOS)
+def test_updates_reduce_the_loss(name, which, datasets):
+    algo = build(name, datasets[which])
+    key = LOSS_KEY.get(name, "critic_loss")
+    losses = [float(m[key]) for m in run_updates(algo, 0, 200)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]), (name, which, losses[:10], losses[-10:])
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_continuous_actions_stay_in_the_box(name, datasets):
+    ds = datasets["reacher"]
+    algo = build(name, ds)
+    run_updates(algo, 0, 20)
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.as_tensor(ds.observations[:64]) * torch.linspace(1, 100, 64)[:, None, None]  # also far off-data
+    for deterministic in (True, False):
+        actions, logp = algo.policy.act(obs, None, None, deterministic, gen)
+        assert actions.shape == (64, 2, 1) and actions.dtype == torch.float32
+        assert logp.shape == (64, 2)
+        assert torch.all(actions.abs() <= 1.0) and torch.isfinite(logp).all()
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_discrete_actions_are_available(name, datasets):
+    algo = build(name, datasets["coordination"])
+    run_updates(algo, 0, 20)
+    obs = torch.ones(8, 2, 1)
+    only = torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0]]).repeat(2, 1)  # [8, 2]: the one allowed action
+    avail = torch.nn.functional.one_hot(only, 2).bool()
+    gen = torch.Generator().manual_seed(0)
+    for deterministic in (True, False):
+        actions, logp = algo.policy.act(obs, None, avail, deterministic, gen)
+        assert actions.dtype == torch.long and actions.shape == (8, 2)
+        assert torch.equal(actions, only)
+        assert torch.allclose(logp, torch.zeros_like(logp), atol=1e-5)  # the only available action: p = 1
+
+
+@pytest.mark.parametrize("which", DATASETS)
+@pytest.mark.parametrize("name", ALGOS)
+def test_same_seed_same_numbers_and_bit_exact_resume(name, which, datasets):
+    ds = datasets[which]
+    straight = build(name, ds, seed=3)
+    straight_metrics = run_updates(straight, 0, 12)
+
+    again = build(name, ds, seed=3)
+    assert [{k: float(v) for k, v in m.items()} for m in run_updates(again, 0, 12)] == \
+           [{k: float(v) for k, v in m.items()} for m in straight_metrics]
+
+    first = build(name, ds, seed=3)
+    run_updates(first, 0, 7)
+    buf = io.BytesIO()
+    torch.save({"algo": first.state_dict(), "gens": {k: g.get_state() for k, g in first.generators.items()}}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    resumed = build(name, ds, seed=99)  # a different seed: everything must come from the checkpoint
+    resumed.load_state_dict(ckpt["algo"])
+    for k, g in resumed.generators.items():
+        g.set_state(ckpt["gens"][k])
+    tail = run_updates(resumed, 7, 5)
+    assert [{k: float(v) for k, v in m.items()} for m in tail] == \
+           [{k: float(v) for k, v in m.items()} for m in straight_metrics[7:]]
+    want, got = params_of(straight), params_of(resumed)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
+@pytest.mark.parametrize("which", DATASETS)
+@pytest.mark.parametrize("name", ALGOS)
+def test_end_to_end_training_writes_eval(name, which, datasets, tmp_path):
+    ds = datasets[which]
+    loop = LoopConfig(steps=50, eval_every=25, eval_episodes=2, final_eval_episodes=2, eval_envs=2,
+                      log_every=10, checkpoint_every=25)
+    algo = algo_module(name).Algorithm(ds, small_config(name, loop=loop), "cpu", 0)
+    run = RunDir.create(tmp_path, name, ds.meta.name, 0, {"algo": name})
+    try:
+        result = train(algo, run, loop, ds.meta, ds.meta.env, ds.meta.obs_scheme, 0, "cpu", progress=False)
+    finally:
+        run.close()
+    saved = json.loads((run.path / "eval.json").read_text())
+    assert saved["episodes"] == 2 and np.isfinite(saved["normalised_mean"])
+    assert result["return_mean"] == saved["return_mean"]
+    rows = run.metrics("train")
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+    assert all(np.isfinite(v) for r in rows for k, v in r.items() if isinstance(v, float))
+    assert run.has_checkpoint("latest")
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_shipped_yaml_mirrors_the_defaults(name):
+    mod = algo_module(name)
+    assert build_config(mod.Config, [config_path(name)]) == mod.Config()
+    # the coordination preset only changes what it says it changes
+    coord = build_config(mod.Config, [config_path(name), config_path(f"{name}-coordination")])
+    assert coord.hidden == (64, 64) and coord.loop.steps == 3000
+
+
+def test_omar_dataset_table():
+    mod = algo_module("omar")
+    table = {"random": (1.0, 1.0), "medium-replay": (0.9, 5.0), "medium": (0.7, 1.0), "expert": (0.5, 5.0)}
+    for kind, (coe, alpha) in table.items():
+        cfg = build_config(mod.Config, [config_path("omar"), config_path(f"omar-{kind}")])
+        assert (cfg.omar_coe, cfg.cql_alpha) == (coe, alpha), kind
+        assert cfg.gamma == 0.99  # not the release's silent 0.95
+
+
+# ----------------------------------------------------------------------------- specifics
+def test_centralised_iql_solves_unfavourable_coordination(datasets):
+    """The MOMA-PPO paper's upper bound: one agent choosing the joint action agrees with itself."""
+    for seed in (0, 1):
+        algo = build("iql", datasets["coordination"], seed=seed, hidden=(64, 64), batch_size=64, lr=1e-3)
+        run_updates(algo, 0, 600)
+        res = evaluate_policy(algo.policy, "coordination", "fo", episodes=4, n_envs=4, ref_min=0.0, ref_max=1.0)
+        assert res["normalised_mean"] == 1.0, seed
+
+
+def test_iql_needs_full_observations(datasets):
+    ds = datasets["reacher"]
+    po = dataclasses.replace(ds, meta=dataclasses.replace(ds.meta, obs_scheme="po-independent"))
+    with pytest.raises(OffmarlError, match="--obs fo"):
+        build("iql", po)
+
+
+def test_iql_refuses_huge_joint_action_spaces(datasets):
+    with pytest.raises(OffmarlError, match="ma-iql"):
+        build("iql", datasets["coordination"], max_joint_actions=3)
+
+
+def test_joint_action_code_round_trip_and_marginals():
+    code = JointActionCode(n_agents=3, n_actions=4, max_joint=64, where="test")
+    actions = torch.tensor([[0, 0, 0], [3, 2, 1], [1, 0, 3]])
+    assert torch.equal(code.decode(code.encode(actions)), actions)
+    probs = torch.softmax(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)), -1)
+    marg = code.marginal_log_probs(probs.log(), actions[:2]).exp()
+    grid = probs.view(2, 4, 4, 4)
+    assert torch.allclose(marg[0, 0], grid[0, 0].sum()) and torch.allclose(marg[1, 2], grid[1, :, :, 1].sum())
+    avail = torch.ones(1, 3, 4, dtype=torch.bool)
+    avail[0, 1, 2] = False
+    assert int(code.joint_avail(avail).sum()) == 64 - 16
+
+
+@pytest.mark.parametrize("name", ["ibc", "itd3bc", "icql"])
+def test_independent_learners_ignore_the_other_agents(name, datasets):
+    """Agent 0's weights must not depend on agent 1's observations (no hidden coupling through
+    batching, gradient clipping or normalisation)."""
+    ds = datasets["reacher"]
+    rng = np.random.default_rng(0)
+    obs, next_obs = ds.observations.copy(), ds.next_observations.copy()
+    obs[:, 1], next_obs[:, 1] = rng.normal(size=obs[:, 1].shape), rng.normal(size=obs[:, 1].shape)
+    other = dataclasses.replace(ds, observations=obs, next_observations=next_obs)  # a fresh tensor cache
+    a, b = build(name, ds), build(name, other)
+    run_updates(a, 0, 10)
+    run_updates(b, 0, 10)
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
+        assert torch.equal(pa[0], pb[0])
+        assert not torch.equal(pa[1], pb[1]) or pa.shape[0] == 1
