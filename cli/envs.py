@@ -131,6 +131,9 @@ def rollout(
             _, _, r, term, trunc, info = env.step(actions)
             ret += r
             steps += 1
+            if ep == 0 and steps == 1:
+                # the first step compiles (SMAX's jit): keep it out of the speed figure
+                t0, total_steps = time.perf_counter(), -1
             done = term or trunc
         total_steps += steps
         line = f"episode {ep}: return {ret:.3f}  steps {steps}"
@@ -138,5 +141,6 @@ def rollout(
             line += f"  battle_won {bool(info['battle_won'])}"
         console.print(line)
     dt = time.perf_counter() - t0
-    console.print(f"{total_steps} steps in {dt:.2f}s: {total_steps / dt:.0f} steps/s")
+    console.print(f"{total_steps} steps in {dt:.2f}s: {total_steps / max(dt, 1e-9):.0f} steps/s "
+                  "(single env, Python loop, first step excluded)")
     env.close()
