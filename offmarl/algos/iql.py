@@ -138,8 +138,8 @@ class Algorithm:
             self.state_norm = fit_standardiser(torch.as_tensor(dataset.states), cfg.normalize_obs).to(self.device)
             self.values = CentralValues(lay, cfg, self.device)
             if lay.discrete:
-                self.code = JointActionCode(lay.n_agents, lay.action_dim, cfg.max_joint_actions, "iql")
-                joint_mask = self.code.joint_avail(lay.action_mask)[None]  # [1, K^N]
+                self.code = JointActionCode(lay.n_agents, lay.action_dim, cfg.max_joint_actions, "iql", self.device)
+                joint_mask = self.code.joint_avail(lay.action_mask.to(self.device))[None]  # [1, K^N]
                 self.actor = CategoricalActors(1, lay.state_dim, cfg.hidden, joint_mask)
             else:
                 self.actor = GaussianActors(1, lay.state_dim, cfg.hidden, lay.action_mask.reshape(1, -1))

@@ -332,7 +332,7 @@ class JointActionCode:
     """Mixed-radix code of discrete joint actions: index = sum_i a_i * K^(N-1-i).
     ``digits [K^N, N]`` decodes; used by the centralised IQL actor over all K^N joint actions."""
 
-    def __init__(self, n_agents: int, n_actions: int, max_joint: int, where: str):
+    def __init__(self, n_agents: int, n_actions: int, max_joint: int, where: str, device="cpu"):
         size = n_actions ** n_agents
         if size > max_joint:
             raise OffmarlError(
@@ -340,9 +340,10 @@ class JointActionCode:
                 f"more than max_joint_actions={max_joint}; use ma-iql (decentralised actors) for this environment "
                 f"or raise --set max_joint_actions=...")
         self.n_agents, self.n_actions, self.size = n_agents, n_actions, size
-        radix = n_actions ** torch.arange(n_agents - 1, -1, -1)
-        self.radix = radix
-        self.digits = (torch.arange(size)[:, None] // radix[None, :]) % n_actions  # [K^N, N]
+        # kept on the training device: .to(x.device) below is then a no-op, never a host copy
+        self.radix = (n_actions ** torch.arange(n_agents - 1, -1, -1)).to(device)
+        self.digits = (torch.arange(size, device=device)[:, None] // self.radix[None, :]) % n_actions  # [K^N, N]
+        self.agents = torch.arange(n_agents, device=device)
 
     def encode(self, actions: torch.Tensor) -> torch.Tensor:
         """[..., N] long -> [...] joint index."""
@@ -354,9 +355,7 @@ class JointActionCode:
 
     def joint_avail(self, avail: torch.Tensor) -> torch.Tensor:
         """Per-agent availability [..., N, K] -> joint availability [..., K^N]."""
-        d = self.digits.to(avail.device)
-        agents = torch.arange(self.n_agents, device=avail.device)
-        return avail[..., agents, d].all(-1)
+        return avail[..., self.agents.to(avail.device), self.digits.to(avail.device)].all(-1)
 
     def marginal_log_probs(self, log_probs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log P(a_i) of each agent's component under a joint distribution.
