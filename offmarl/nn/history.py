@@ -1,0 +1,158 @@
+"""Per-agent layers and the history (memory) encoder of MA-PPO.
+
+Every module here works on AGENT-MAJOR tensors ``[N, ..., D]`` so that N separate per-agent
+networks run as one batched matmul (``EnsembleLinear`` with E = N) — never a Python loop over
+agents. With ``shared=True`` the same modules become one network for all agents; the agent
+identity then enters as a one-hot appended to the input (MAMBA's shared actor, REFERENCE §4).
+(``offmarl.nn.agents.PerAgentMLP`` is the baselines' batch-major ``[..., N, D]``, separate-only
+counterpart; the agent-major layout here is what the attention over K steps needs.)
+
+HistoryEncoder (MOMA-PPO's memory for partial observability, REFERENCE §2): each agent embeds
+its last K (observation, action) pairs, runs masked multi-head self-attention over them and
+mean-pools the valid steps into one ``dim``-wide vector (128 in the reference).
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from offmarl.nn.layers import EnsembleLinear
+
+
+class AgentMajorLinear(nn.Module):
+    """x [N, ..., in] -> [N, ..., out]: N separate linear maps (``shared=False``) or one."""
+
+    def __init__(self, n_agents: int, in_dim: int, out_dim: int, shared: bool):
+        super().__init__()
+        self.n_agents, self.in_dim, self.out_dim, self.shared = n_agents, in_dim, out_dim, shared
+        self.layer = nn.Linear(in_dim, out_dim) if shared else EnsembleLinear(n_agents, in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return self.layer(x)
+        lead = x.shape[1:-1]
+        y = self.layer(x.reshape(self.n_agents, -1, self.in_dim))
+        return y.reshape(self.n_agents, *lead, self.out_dim)
+
+    @torch.no_grad()
+    def scale_(self, factor: float) -> None:
+        """Multiply the weights by ``factor`` (small output layers: CleanRL/PPO practice)."""
+        self.layer.weight.mul_(factor)
+        self.layer.bias.zero_()
+
+
+class AgentMajorMLP(nn.Module):
+    """x [N, ..., in] -> [N, ..., out]. ``shared=True``: one MLP with the agent one-hot
+    appended to the input (the only way a shared network can tell agents apart)."""
+
+    def __init__(self, n_agents: int, in_dim: int, hidden: tuple[int, ...] | list[int], out_dim: int,
+                 shared: bool, activation=nn.ReLU):
+        super().__init__()
+        self.n_agents, self.shared = n_agents, shared
+        dims = [in_dim + (n_agents if shared else 0), *hidden, out_dim]
+        self.layers = nn.ModuleList(AgentMajorLinear(n_agents, a, b, shared) for a, b in itertools.pairwise(dims))
+        self.act = activation()
+        if shared:
+            self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            ids = self.agent_ids.view(self.n_agents, *([1] * (x.dim() - 2)), self.n_agents)
+            x = torch.cat([x, ids.expand(*x.shape[:-1], self.n_agents)], -1)
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
+
+    @property
+    def out_layer(self) -> AgentMajorLinear:
+        return self.layers[-1]
+
+
+class AgentMajorLayerNorm(nn.Module):
+    """LayerNorm over the last axis of [N, ..., D] with per-agent (or shared) affine parameters."""
+
+    def __init__(self, n_agents: int, dim: int, shared: bool):
+        super().__init__()
+        n = 1 if shared else n_agents
+        self.weight = nn.Parameter(torch.ones(n, dim))
+        self.bias = nn.Parameter(torch.zeros(n, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (self.weight.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
+        return F.layer_norm(x, x.shape[-1:]) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class _AttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block (attention + 2-layer feed-forward), per agent."""
+
+    def __init__(self, n_agents: int, dim: int, heads: int, shared: bool):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = AgentMajorLayerNorm(n_agents, dim, shared)
+        self.qkv = AgentMajorLinear(n_agents, dim, 3 * dim, shared)
+        self.proj = AgentMajorLinear(n_agents, dim, dim, shared)
+        self.norm2 = AgentMajorLayerNorm(n_agents, dim, shared)
+        self.ff1 = AgentMajorLinear(n_agents, dim, 2 * dim, shared)
+        self.ff2 = AgentMajorLinear(n_agents, 2 * dim, dim, shared)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x: [N, B, K, D]; key_mask: [B, K] bool, True = a step that may be attended to."""
+        n, b, k, d = x.shape
+        h, dh = self.heads, d // self.heads
+        q, kk, v = self.qkv(self.norm1(x)).view(n * b, k, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x [NB, h, K, dh]
+        mask = key_mask[None, :, None, None, :].expand(n, b, 1, 1, k).reshape(n * b, 1, 1, k)
+        att = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask)  # [NB, h, K, dh]
+        x = x + self.proj(att.transpose(1, 2).reshape(n, b, k, d))
+        return x + self.ff2(F.relu(self.ff1(self.norm2(x))))
+
+
+class HistoryEncoder(nn.Module):
+    """Encode each agent's last K (obs, action) pairs into one vector, all agents at once.
+
+    hist_obs:     [B, K, N, O] (already normalised), oldest step first
+    hist_actions: [B, K, N, A] float (continuous) or [B, K, N] int (discrete, one-hot inside)
+    hist_mask:    [B, K] bool, True for real steps (False = padding before the episode start);
+                  None = every step is real
+    returns       [B, N, dim]; rows with no real step get the encoding of an empty history.
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, action_dim: int, discrete: bool, history_len: int,
+                 dim: int = 128, heads: int = 4, layers: int = 1, shared: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"history_dim ({dim}) must be divisible by history_heads ({heads})")
+        self.n_agents, self.obs_dim, self.action_dim = n_agents, obs_dim, action_dim
+        self.discrete, self.history_len, self.dim = discrete, history_len, dim
+        self.embed = AgentMajorMLP(n_agents, obs_dim + action_dim, (), dim, shared)
+        # learned position of each of the K slots (slot K-1 = the most recent step)
+        self.position = nn.Parameter(torch.zeros(1 if shared else n_agents, 1, history_len, dim))
+        nn.init.normal_(self.position, std=0.02)
+        self.blocks = nn.ModuleList(_AttentionBlock(n_agents, dim, heads, shared) for _ in range(layers))
+        self.norm = AgentMajorLayerNorm(n_agents, dim, shared)
+
+    def forward(self, hist_obs: torch.Tensor, hist_actions: torch.Tensor,
+                hist_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, k, n = hist_obs.shape[:3]
+        if k != self.history_len or n != self.n_agents:
+            raise ValueError(f"hist_obs has shape {tuple(hist_obs.shape)}; expected [B, {self.history_len}, "
+                             f"{self.n_agents}, {self.obs_dim}] (history_len, n_agents, obs dim)")
+        if self.discrete:
+            actions = F.one_hot(hist_actions.long().clamp_min(0), self.action_dim).to(hist_obs.dtype)
+        else:
+            actions = hist_actions.to(hist_obs.dtype)
+        tokens = torch.cat([hist_obs, actions], -1).permute(2, 0, 1, 3)  # [N, B, K, O + A]
+        x = self.embed(tokens) + self.position
+        if hist_mask is None:
+            hist_mask = torch.ones(b, k, dtype=torch.bool, device=x.device)
+        hist_mask = hist_mask.bool()
+        # an all-padding history would make softmax over no keys = NaN: let it attend to
+        # everything, then zero it out in the pooling below
+        key_mask = hist_mask | ~hist_mask.any(-1, keepdim=True)
+        for block in self.blocks:
+            x = block(x, key_mask)
+        weights = hist_mask.to(x.dtype)  # [B, K]
+        pooled = (x * weights[None, :, :, None]).sum(2) / weights.sum(-1).clamp_min(1.0)[None, :, None]
+        return self.norm(pooled).transpose(0, 1)  # [B, N, dim]
