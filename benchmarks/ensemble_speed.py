@@ -31,17 +31,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(step, device: torch.device, seconds: float) -> tuple[float, int]:
-    """Steps per second of ``step()`` measured for about ``seconds`` after a short warm-up."""
-    for _ in range(5):
+def throughput(step, device: torch.device, seconds: float) -> tuple[float, int, float]:
+    """(steps per wall second, steps, process CPU ms per step) of ``step()`` over about ``seconds``
+    after a short warm-up. CPU ms x threads ~ wall ms on an idle machine; more wall means sharing."""
+    for _ in range(3):
         step()
     _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds or n < 3:
         step()
         n += 1
     _sync(device)
-    return n / (time.perf_counter() - t0), n
+    return n / (time.perf_counter() - t0), n, 1e3 * (time.process_time() - c0) / n
 
 
 def bench(device: torch.device, members: int, batch: int, hidden: tuple[int, ...], seconds: float) -> list[dict]:
@@ -64,11 +65,12 @@ def bench(device: torch.device, members: int, batch: int, hidden: tuple[int, ...
     rows = []
     rates = {}
     for name, fn in (("vectorised", vec_step), ("python_loop", loop_step)):
-        rate, n = throughput(fn, device, seconds)
+        rate, n, cpu_ms = throughput(fn, device, seconds)
         rates[name] = rate
         rows.append({"device": str(device), "impl": name, "members": members, "batch": batch,
                      "hidden": list(hidden), "steps_per_s": round(rate, 1),
-                     "samples_per_s": round(rate * members * batch), "ms_per_step": round(1e3 / rate, 3), "n": n})
+                     "samples_per_s": round(rate * members * batch), "ms_per_step": round(1e3 / rate, 3),
+                     "cpu_ms_per_step": round(cpu_ms, 3), "n": n})
     rows.append({"device": str(device), "impl": "ratio", "members": members, "batch": batch, "hidden": list(hidden),
                  "vectorised_over_loop": round(rates["vectorised"] / rates["python_loop"], 2)})
     return rows

@@ -14,6 +14,7 @@ from offmarl.worldmodel import (
     EnsembleWorldModel,
     RolloutConfig,
     cache_key,
+    calibrate_eps_g_threshold,
     dataset_box,
     encode_joint_action,
     eps_aleatoric,
@@ -158,7 +159,7 @@ def test_fit_lowers_holdout_loss_and_picks_elites():
     model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**TINY))
     seen = []
     stats = model.fit(ds, device="cpu", progress=seen.append)
-    assert seen and seen[-1]["step"] == stats["steps"]
+    assert seen and seen[-1]["step"] == stats["steps"] and len(seen[-1]["holdout_mse"]) == 3
     assert np.all(np.array(stats["holdout_mse"]) < 0.5 * np.array(stats["initial_holdout_mse"]))
     assert stats["n_holdout"] == 400 and stats["n_train"] == 1600
     assert stats["elites"] == list(np.argsort(stats["holdout_mse"])[:2])
@@ -168,6 +169,20 @@ def test_fit_lowers_holdout_loss_and_picks_elites():
     err = (mean[:, :, :S] - t["next_states"][:100]).abs().mean()
     assert err < 0.5 * (t["next_states"][:100] - t["states"][:100]).abs().mean()
     assert done.max() < 0.5  # no terminals in the data
+
+
+def test_discrete_fit_with_an_action_never_taken_stays_finite():
+    # agent 1 always takes action 0 in the data: its one-hot columns for actions 1, 2 are constant
+    g = torch.Generator().manual_seed(0)
+    t, k = 600, 3
+    states = torch.randn(t, S, generator=g)
+    actions = torch.stack([torch.randint(k, (t,), generator=g), torch.zeros(t, dtype=torch.long)], dim=1)
+    data = {"states": states, "actions": actions, "next_states": states + 0.1 * actions[:, :1],
+            "rewards": (actions[:, 0] == 1).float(), "terminals": torch.zeros(t, dtype=torch.bool)}
+    model = EnsembleWorldModel(S, k, N, discrete=True, config=EnsembleConfig(**{**TINY, "max_steps": 100}))
+    model.fit(data)
+    mean, _, _ = model.predict(states[:8], model.encode_actions(torch.full((8, N), 2)))
+    assert torch.isfinite(mean).all() and mean.abs().max() < 100
 
 
 def test_save_load_roundtrip_and_errors(tmp_path):
@@ -233,6 +248,12 @@ def test_uncertainty_termination(spread, fires):
         assert info["frac_uncertainty_terminated"] == 0.0
         assert batch["valid"].all() and not batch["dones"].any()
         assert batch["timeouts"][-1].all() and not batch["timeouts"][:-1].any()
+
+
+def test_calibrated_threshold_is_a_quantile_of_eps_g_on_data():
+    model = constant_model([[i * 1.5] + [0.0] * S for i in range(3)])  # eps_g = 1.5^2 on every input
+    thr = calibrate_eps_g_threshold(model, linear_dataset(t=300), quantile=0.9, n=100, generator=torch.Generator())
+    assert thr == pytest.approx(2.25, rel=1e-5)
 
 
 def test_rollout_shapes_masks_and_determinism():

@@ -8,7 +8,7 @@ from offmarl.worldmodel.ensemble import (
     load_or_fit,
     load_world_model,
 )
-from offmarl.worldmodel.rollout import RolloutConfig, dataset_box, model_rollout
+from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "RolloutConfig",
     "WorldModelError",
     "cache_key",
+    "calibrate_eps_g_threshold",
     "dataset_box",
     "encode_joint_action",
     "eps_aleatoric",

@@ -231,9 +231,12 @@ class EnsembleWorldModel(nn.Module):
         data: a MultiAgentDataset, or a dict with states [T, S], actions [T, N, A] (or [T, N] int),
               next_states [T, S], rewards [T], terminals [T] (numpy arrays or tensors)
         device: where to train (default: where the model is); the model is moved there
-        seed / generator: randomness of holdout split, bootstrap, batches (default: config.seed)
-        progress: called after every holdout evaluation with {step, holdout_mse, train_loss, seconds}
-        returns {holdout_mse: [E], initial_holdout_mse: [E], elites: [Ee], steps, seconds, n_train, n_holdout, stopped_early}
+        seed / generator: randomness of holdout split, bootstrap, batches (default: config.seed); a
+              generator must live on ``device``
+        progress: called after every holdout evaluation with {step, holdout_mse [E] (current),
+              best_holdout_mse [E], train_loss, seconds}
+        returns {holdout_mse: [E] (best snapshot), initial_holdout_mse: [E], elites: [Ee], steps, seconds,
+                 n_train, n_holdout, stopped_early, train_loss}
         """
         cfg = self.config
         device = torch.device(device) if device is not None else self.max_logvar.device
@@ -259,6 +262,9 @@ class EnsembleWorldModel(nn.Module):
         perm = torch.randperm(n, generator=generator, device=device)
         train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
         self.input_norm.fit(x_raw[train_idx])
+        # a feature constant in the data (an action one agent never takes, a fixed state dim) would get
+        # std ~1e-6 and turn any other value at rollout time into a 1e6 input: scale those by 1 instead
+        self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)
         self.target_norm.fit(y_raw[train_idx])
         x = self.input_norm(x_raw)
         y = self.target_norm(y_raw)
@@ -286,6 +292,7 @@ class EnsembleWorldModel(nn.Module):
             step += 1
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 train_loss = float(loss.detach())
+                mse = best_mse
                 if n_hold:
                     mse = self._holdout_mse(x_hold, y_hold)
                     improved = (best_mse - mse) / best_mse.clamp_min(1e-12) > cfg.min_improvement
@@ -298,8 +305,8 @@ class EnsembleWorldModel(nn.Module):
                     else:
                         since_improved += 1
                 if progress is not None:
-                    progress({"step": step, "holdout_mse": best_mse.tolist(), "train_loss": train_loss,
-                              "seconds": time.perf_counter() - t0})
+                    progress({"step": step, "holdout_mse": mse.tolist(), "best_holdout_mse": best_mse.tolist(),
+                              "train_loss": train_loss, "seconds": time.perf_counter() - t0})
                 if n_hold and since_improved >= cfg.patience:
                     stopped_early = True
                     break

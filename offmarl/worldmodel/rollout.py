@@ -38,7 +38,7 @@ class RolloutConfig:
     lambda_g: float = 0.1           # MOMA-PPO reference weight of eps_g in the penalised reward
     lambda_r: float = 0.05          # MOMA-PPO reference weight of eps_r
     lambda_a: float = 0.0           # MOPO aleatoric penalty weight (off in MOMA-PPO)
-    eps_g_threshold: float = 2.0    # MOMA-PPO reference: terminate when eps_g > 2 (tested on the RAW value)
+    eps_g_threshold: float = 2.0    # MOMA-PPO reference: end when eps_g > 2 (tested RAW); see calibrate_eps_g_threshold
     done_threshold: float = 0.5     # predicted termination probability above which a rollout ends
     sample: bool = False            # False: chosen elite's mean (MOMA-PPO reference); True: Gaussian sample (MOPO)
     clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
@@ -63,6 +63,24 @@ def dataset_box(dataset, device: str | torch.device = "cpu") -> dict[str, torch.
         "state_low": s.amin(0), "state_high": s.amax(0),
         "reward_low": t["rewards"].amin(), "reward_high": t["rewards"].amax(),
     }
+
+
+@torch.no_grad()
+def calibrate_eps_g_threshold(model: EnsembleWorldModel, dataset, quantile: float = 0.99, n: int = 10_000,
+                              generator: torch.Generator | None = None, device: str | torch.device | None = None
+                              ) -> float:
+    """The ``quantile`` of eps_g over ``n`` dataset (state, joint action) pairs.
+
+    eps_g is in the state's raw units, so the reference's fixed threshold 2 may end almost every
+    rollout on one dataset and none on another (docs/worldmodel.md, Measured). A quantile of the
+    disagreement ON the data (cf. MOReL's USAD threshold) says "stop when the model is less sure
+    than on 1 - quantile of the data it was fitted on" in any units.
+    """
+    device = device if device is not None else model.elite_idx.device
+    t = dataset.tensors(device)
+    idx = torch.randint(len(dataset), (min(n, len(dataset)),), generator=generator, device=device)
+    out = model.step(t["states"][idx], model.encode_actions(t["actions"][idx]), generator)
+    return float(torch.quantile(eps_g(out["elite_means"]), quantile))
 
 
 def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
