@@ -26,22 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.algos.td3bc import independent_next_value
-from offmarl.nn.agents import (
-    AgentCritics,
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    DeterministicActors,
-    check_action_box,
-    clip_grad_norm_per_agent_,
-    fit_standardiser,
-    load_state_of,
-    mask_logits,
-    seeded_init,
-    soft_update_,
-    standardise,
-    state_of,
-)
+from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors,
+                               check_action_box, clip_grad_norm_per_agent_, fit_standardiser, load_state_of,
+                               mask_logits, seeded_init, soft_update_, standardise, state_of)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -79,11 +66,16 @@ def action_l2(pi: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
     return (pi.pow(2).sum(-1).mean(0) / action_mask.sum(-1)).sum()
 
 
+def check_dataset(dataset, cfg: Config) -> None:
+    """Called by ``offmarl train`` before it creates the run directory."""
+    check_action_box(dataset, "icql")
+
+
 class Algorithm:
     name = "icql"
 
     def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_action_box(dataset, self.name)
+        check_action_box(dataset, self.name)  # the name of the subclass too (omar)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)
         with seeded_init(seed):

@@ -29,21 +29,9 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.agents import (
-    AgentLayout,
-    CategoricalActors,
-    CentralisedPolicy,
-    GaussianActors,
-    JointActionCode,
-    JointCritics,
-    check_action_box,
-    fit_standardiser,
-    load_state_of,
-    return_range_scale,
-    seeded_init,
-    soft_update_,
-    state_of,
-)
+from offmarl.nn.agents import (AgentLayout, CategoricalActors, CentralisedPolicy, GaussianActors, JointActionCode,
+                               JointCritics, check_action_box, fit_standardiser, load_state_of, return_range_scale,
+                               seeded_init, soft_update_, state_of)
 from offmarl.nn.layers import mlp
 from offmarl.training import LoopConfig
 
@@ -121,17 +109,25 @@ def awr_weights(advantage: torch.Tensor, cfg) -> torch.Tensor:
     return torch.exp(cfg.beta * advantage).clamp(max=cfg.exp_adv_max)
 
 
+def check_dataset(dataset, cfg: Config) -> None:
+    """Refuse what the centralised agent cannot use (``offmarl train`` calls this before it
+    creates the run directory; the Algorithm calls it too)."""
+    meta = dataset.meta
+    if meta.obs_scheme != "fo" or any(d != meta.state_dim for d in meta.obs_dims):
+        raise OffmarlError(
+            f"iql is centralised: use --obs fo (dataset {meta.name or dataset.origin!r} has observation scheme "
+            f"{meta.obs_scheme!r}; the centralised actor reads the global state from the observations, which only "
+            "the fo scheme provides). For partial observations use ma-iql.")
+    check_action_box(dataset, "iql")
+    if meta.discrete:
+        JointActionCode(meta.n_agents, max(meta.action_dims), cfg.max_joint_actions, "iql")
+
+
 class Algorithm:
     def __init__(self, dataset, cfg: Config, device, seed: int):
-        meta = dataset.meta
-        if meta.obs_scheme != "fo" or any(d != meta.state_dim for d in meta.obs_dims):
-            raise OffmarlError(
-                f"iql is centralised: use --obs fo (dataset {meta.name or dataset.origin!r} has observation scheme "
-                f"{meta.obs_scheme!r}; the centralised actor reads the global state from the observations, which only "
-                "the fo scheme provides). For partial observations use ma-iql.")
-        check_action_box(dataset, "iql")
+        check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
-        self.layout = lay = AgentLayout(meta)
+        self.layout = lay = AgentLayout(dataset.meta)
         self.reward_scale = return_range_scale(dataset) if cfg.normalize_reward else 1.0
         self.code = None
         with seeded_init(seed):

@@ -18,19 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.algos.iql import CentralValues, awr_weights
-from offmarl.nn.agents import (
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    GaussianActors,
-    check_action_box,
-    fit_standardiser,
-    load_state_of,
-    return_range_scale,
-    seeded_init,
-    standardise,
-    state_of,
-)
+from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, GaussianActors, check_action_box,
+                               fit_standardiser, load_state_of, return_range_scale, seeded_init, standardise, state_of)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -53,9 +42,14 @@ class Config:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # IQL paper: 1M steps
 
 
+def check_dataset(dataset, cfg: Config) -> None:
+    """Called by ``offmarl train`` before it creates the run directory."""
+    check_action_box(dataset, "ma-iql")
+
+
 class Algorithm:
     def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_action_box(dataset, "ma-iql")
+        check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)
         self.reward_scale = return_range_scale(dataset) if cfg.normalize_reward else 1.0

@@ -25,21 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from offmarl.algos.td3bc import bc_mse, smoothed_target_actions
-from offmarl.nn.agents import (
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    DeterministicActors,
-    JointCritics,
-    check_action_box,
-    fit_standardiser,
-    gumbel_softmax_st,
-    load_state_of,
-    seeded_init,
-    soft_update_,
-    standardise,
-    state_of,
-)
+from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors, JointCritics,
+                               check_action_box, fit_standardiser, gumbel_softmax_st, load_state_of, seeded_init,
+                               soft_update_, standardise, state_of)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -63,9 +51,14 @@ class Config:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
 
 
+def check_dataset(dataset, cfg: Config) -> None:
+    """Called by ``offmarl train`` before it creates the run directory."""
+    check_action_box(dataset, "matd3bc")
+
+
 class Algorithm:
     def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_action_box(dataset, "matd3bc")
+        check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)
         with seeded_init(seed):

@@ -26,7 +26,7 @@ import torch
 
 from offmarl.algos import cql
 from offmarl.algos.td3bc import bc_mse
-from offmarl.nn.agents import mask_logits
+from offmarl.nn.agents import check_action_box, mask_logits
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True
@@ -42,6 +42,11 @@ class Config(cql.Config):
     omar_num_elites: int = 5              # OMAR release, MaMuJoCo
     omar_mu: float = 0.0                  # OMAR release --omar_mu: initial CEM mean
     omar_sigma: float = 2.0               # OMAR release --omar_sigma: initial CEM std
+
+
+def check_dataset(dataset, cfg: Config) -> None:
+    """Called by ``offmarl train`` before it creates the run directory."""
+    check_action_box(dataset, "omar")
 
 
 class Algorithm(cql.Algorithm):

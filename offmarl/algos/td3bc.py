@@ -23,20 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.agents import (
-    AgentCritics,
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    DeterministicActors,
-    check_action_box,
-    fit_standardiser,
-    load_state_of,
-    seeded_init,
-    soft_update_,
-    standardise,
-    state_of,
-)
+from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors,
+                               check_action_box, fit_standardiser, load_state_of, seeded_init, soft_update_,
+                               standardise, state_of)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -85,9 +74,14 @@ def bc_mse(pi: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor) -
     return (pi - actions).pow(2).sum(-1).mean(0) / action_mask.sum(-1)
 
 
+def check_dataset(dataset, cfg: Config) -> None:
+    """Called by ``offmarl train`` before it creates the run directory."""
+    check_action_box(dataset, "itd3bc")
+
+
 class Algorithm:
     def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_action_box(dataset, "itd3bc")
+        check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)
         with seeded_init(seed):
