@@ -65,6 +65,8 @@ def clip_grad_norm_per_agent_(parameters, n_agents: int, max_norm: float) -> Non
     networks on their own). Every parameter's leading dim is a multiple of N, member ``e``
     belonging to agent ``e % N`` (the layout of the modules in this file)."""
     grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
     sq = sum(g.reshape(-1, n_agents, g[0].numel()).pow(2).sum((0, 2)) for g in grads)
     scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     for g in grads:
