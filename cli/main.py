@@ -1,6 +1,7 @@
 """The `offmarl` command. Thin: parse options, call the library, print."""
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -41,6 +42,12 @@ def _root(
 
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, not a traceback."""
+    threads = os.environ.get("OFFMARL_NUM_THREADS")
+    if threads:
+        # small networks on a busy CPU: one thread is often faster than several (docs/benchmarks.md)
+        import torch
+
+        torch.set_num_threads(int(threads))
     try:
         app(standalone_mode=True)
     except OffmarlError as e:

@@ -148,12 +148,14 @@ class RunDir:
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         return [r for r in rows if phase is None or r["phase"] == phase]
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop metric rows logged after ``step`` (they belong to work the checkpoint lost)."""
+    def truncate_metrics(self, step: int, drop_at_step: bool = False) -> None:
+        """Drop metric rows logged after ``step`` (they belong to work the checkpoint lost), and
+        the rows AT ``step`` too when ``drop_at_step``."""
         f = self.path / "metrics.jsonl"
         if not f.exists():
             return
-        keep = [line for line in f.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        limit = step - 1 if drop_at_step else step
+        keep = [line for line in f.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= limit]
         atomic_write_text(f, "".join(line + "\n" for line in keep))
 
     def _tensorboard(self):

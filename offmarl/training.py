@@ -58,15 +58,20 @@ def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start, best = 0, -float("inf")
+    resumed_window: list = []
     if resume and run.has_checkpoint("latest"):
         ckpt = run.load_checkpoint("latest", map_location=device)
         algo.load_state_dict(ckpt["algo"])
         set_rng_state(ckpt["rng"], algo.generators)
         start, best = ckpt["step"], ckpt.get("best", best)
-        run.truncate_metrics(start)
+        resumed_window = ckpt.get("window", [])
+        # rows after the checkpoint belong to lost work; a row AT the checkpoint that is off the
+        # log grid was the interrupted run's closing row: the continued run logs that span again
+        run.truncate_metrics(start, drop_at_step=start % loop.log_every != 0)
 
     def checkpoint(step: int) -> None:
-        run.save_checkpoint({"algo": algo.state_dict(), "rng": rng_state(algo.generators), "step": step, "best": best})
+        run.save_checkpoint({"algo": algo.state_dict(), "rng": rng_state(algo.generators), "step": step, "best": best,
+                             "window": window})
 
     def evaluate(step: int, episodes: int) -> dict[str, Any]:
         return evaluate_policy(algo.policy, env_name, obs_scheme, episodes=episodes, seed=seed * 1000 + 10_000,
@@ -80,7 +85,9 @@ def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     last_score = "-"
-    window: list[dict[str, float]] = []
+    # metrics since the last multiple of log_every (saved with checkpoints so that a resumed run
+    # averages exactly the same steps into each row as an uninterrupted one)
+    window: list[dict[str, Any]] = list(resumed_window) if resume and start else []
     t_last = time.perf_counter()
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -96,7 +103,9 @@ def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_
                     row = _mean_metrics(window)
                     now = time.perf_counter()
                     row["steps_per_s"] = len(window) / max(now - t_last, 1e-9)
-                    t_last, window = now, []
+                    t_last = now
+                    if step % loop.log_every == 0:
+                        window = []
                     run.log(step, "train", row)
                 if loop.eval_every and step % loop.eval_every == 0 and step < loop.steps:
                     res = evaluate(step, loop.eval_episodes)
@@ -131,7 +140,11 @@ def algo_config_files(algo: str, dataset_name: str, user_config: str | None) -> 
     base = CONFIG_DIR / f"{algo}.yaml"
     if base.exists():
         files.append(base)
-    for part in dataset_name.split("-")[1:] + [dataset_name]:
+    parts = dataset_name.split("-")
+    # every contiguous run of the name's parts, shortest (most general) first, so that e.g.
+    # ant-medium-replay loads omar-medium.yaml, then omar-medium-replay.yaml over it
+    runs = ["-".join(parts[i:i + n]) for n in range(1, len(parts) + 1) for i in range(len(parts) - n + 1)]
+    for part in runs:
         cand = CONFIG_DIR / f"{algo}-{part}.yaml"
         if cand.exists() and cand not in files:
             files.append(cand)
@@ -189,7 +202,7 @@ def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = N
         run = RunDir.create(Path(out), algo, dataset, seed, resolved)
         log(f"run directory: {run.path}")
     seed_everything(seed)
-    algorithm = mod.Algorithm(ds, cfg, dev, seed)
+    algorithm = mod.Algorithm(ds, cfg, dev, seed, log=log) if _takes_log(mod.Algorithm) else mod.Algorithm(ds, cfg, dev, seed)
     try:
         result = train(algorithm, run, cfg.loop, ds.meta, ds.meta.env, ds.meta.obs_scheme, seed, dev,
                        resume=bool(resume), progress=progress)
@@ -212,7 +225,8 @@ def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", l
     mod = algo_module(saved["algo"])
     cfg = from_dict(mod.Config, saved["config"])
     ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
-    algo = mod.Algorithm(ds, cfg, dev, saved["seed"])
+    algo = (mod.Algorithm(ds, cfg, dev, saved["seed"], log=log) if _takes_log(mod.Algorithm)
+            else mod.Algorithm(ds, cfg, dev, saved["seed"]))
     name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
     algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
     return algo, ds, run, name
@@ -249,3 +263,9 @@ def evaluate_runs(run_dirs: list[str], episodes: int = 10, checkpoint: str = "be
                          "normalised_mean": res.get("normalised_mean")})
         results["cross_play"] = rows
     return results
+
+
+def _takes_log(cls) -> bool:
+    import inspect
+
+    return "log" in inspect.signature(cls.__init__).parameters

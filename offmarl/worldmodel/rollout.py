@@ -136,7 +136,9 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     by_model = torch.zeros(b, dtype=torch.bool, device=dev)
     for h in range(cfg.horizon):
         actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
-        out = model.step(states, model.encode_actions(actions), generator, sample=cfg.sample)
+        # the model was fitted on in-box actions: give it what the environment would execute
+        env_actions = policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
+        out = model.step(states, model.encode_actions(env_actions), generator, sample=cfg.sample)
         next_states, raw_r = out["next_states"], out["rewards"]
         if cfg.clip_to_box:
             next_states = torch.maximum(torch.minimum(next_states, box["state_high"]), box["state_low"])

@@ -1,0 +1,148 @@
+"""MOMA-PPO: MA-PPO on uncertainty-penalised rollouts of a world-model ensemble (REFERENCE.md §2).
+
+    dataset ──► EnsembleWorldModel.fit (cached by dataset checksum + config)
+            └─► every iteration: B start states (+ each agent's last K (obs, action) pairs)
+                ──► model_rollout (H steps, penalised reward r - λg·eps_g - λr·eps_r,
+                    termination on predicted done or RAW eps_g above the threshold)
+                ──► MAPPO.update (GAE, joint clipped ratio, value clipping, adaptive entropy)
+
+One training "step" of offmarl.training is one iteration. The world model is fixed during
+policy training, so resuming needs only the MA-PPO state and the generator.
+
+Deviation from the reference, on purpose: its uncertainty termination never fired (it clamps
+eps_g to the threshold 2 before testing ``> 2``). eps_g is in the state's raw units, so a fixed
+2 ends almost every ant rollout after one step once tested correctly (docs/worldmodel.md).
+By default the threshold is calibrated on the data: the ``calibrate_eps_g`` quantile of eps_g
+over dataset (state, action) pairs — "stop where the model is less sure than on 99% of the data".
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from offmarl.algos.mappo import MAPPO, MAPPOConfig
+from offmarl.envs import make_env
+from offmarl.errors import OffmarlError
+from offmarl.training import LoopConfig
+from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
+from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
+
+
+@dataclass
+class PlannerConfig:
+    kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md)
+
+
+@dataclass
+class Config:
+    world_model: EnsembleConfig = field(default_factory=EnsembleConfig)  # see offmarl/worldmodel/ensemble.py
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)         # horizon 10, λg 0.1, λr 0.05 (reference)
+    ppo: MAPPOConfig = field(default_factory=MAPPOConfig)                 # fast preset (configs/moma-ppo.yaml)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    rollout_batch: int = 2_000       # start states per iteration (x horizon = synthetic transitions); ours
+    calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold; None = rollout's value
+    world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
+    cache_dir: str | None = None          # world-model cache (default ~/.offmarl/cache/worldmodels)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(
+        steps=1_000, eval_every=100, eval_episodes=10, final_eval_episodes=10, log_every=10, checkpoint_every=50))
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".offmarl" / "cache" / "worldmodels"
+
+
+def check_dataset(ds, cfg: Config) -> None:
+    if cfg.planner.kind not in ("none", "mag"):
+        raise OffmarlError(f"planner {cfg.planner.kind!r} is unknown; choose none or mag")
+    if cfg.planner.kind == "mag":
+        try:
+            import offmarl.planners.mag  # noqa: F401
+        except ImportError:
+            raise OffmarlError("--planner mag is not available in this version of offmarl") from None
+    if cfg.rollout_batch < 1:
+        raise OffmarlError("rollout_batch must be >= 1")
+
+
+class Algorithm:
+    def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
+        self.cfg, self.device, self.dataset = cfg, torch.device(device), dataset
+        self.env = make_env(dataset.meta.env, obs=dataset.meta.obs_scheme)
+        spec = self.env.spec
+        if spec.obs_dims != tuple(dataset.meta.obs_dims) or spec.state_dim != dataset.meta.state_dim:
+            raise OffmarlError(
+                f"dataset {dataset.meta.name or dataset.origin} does not match {spec.name} under scheme "
+                f"{spec.obs_scheme}: obs dims {dataset.meta.obs_dims} vs {spec.obs_dims}, state "
+                f"{dataset.meta.state_dim} vs {spec.state_dim}")
+        # the same K feeds the policy's memory and the rollouts' histories
+        self.k = cfg.ppo.history_len
+        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k)
+
+        wm_cfg = dataclasses.replace(cfg.world_model, seed=cfg.world_model.seed + seed)
+        if cfg.world_model_path:
+            self.model = load_world_model(cfg.world_model_path, device=self.device, dataset=dataset)
+            self.model_info = {"cached": True, "path": cfg.world_model_path}
+        else:
+            cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+            log(f"world model: looking in the cache {cache} (or fitting {wm_cfg.members} members, "
+                f"up to {wm_cfg.max_steps} steps)")
+
+            def report(p):
+                best = min(p["best_holdout_mse"])
+                log(f"  world model step {p['step']}/{wm_cfg.max_steps}: best holdout mse {best:.4f}")
+
+            self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report)
+        log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
+        self.model.eval()
+
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.box = dataset_box(dataset, self.device)
+        if cfg.calibrate_eps_g is not None:
+            g = torch.Generator(device=self.device).manual_seed(seed + 1)
+            thr = calibrate_eps_g_threshold(self.model, dataset, quantile=cfg.calibrate_eps_g, generator=g,
+                                            device=self.device)
+            self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(thr))
+        log(f"eps_g termination threshold {self.rollout_cfg.eps_g_threshold:.4g}")
+
+        self.mappo = MAPPO.from_spec(spec, cfg.ppo, self.device)
+        t = dataset.tensors(self.device)
+        self.mappo.update_normalisers(t["observations"], t["states"])
+        self.planner = None
+        if cfg.planner.kind == "mag":
+            from offmarl.planners.mag import MAGPlanner
+
+            self.planner = MAGPlanner.from_config(cfg.planner, self.model, dataset, self.device)
+        self.generators = {"moma": self.gen}
+
+    @property
+    def policy(self):
+        return self.mappo.policy
+
+    def _start_states(self) -> dict:
+        b = self.cfg.rollout_batch
+        if self.k > 0:
+            batch = self.dataset.sample_histories(b, self.k, generator=self.gen, device=self.device)
+            return {"states": batch["states"], "hist_obs": batch["hist_obs"],
+                    "hist_actions": batch["hist_actions"], "hist_mask": batch["hist_mask"]}
+        return {"states": self.dataset.sample(b, generator=self.gen, device=self.device)["states"]}
+
+    def update(self, step: int) -> dict:
+        start = self._start_states()
+        if self.planner is not None:
+            batch, info = self.planner.rollout(self.mappo.policy, start, self.env.observe, self.rollout_cfg,
+                                               self.box, self.gen)
+        else:
+            batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
+                                        self.box, self.gen)
+        metrics = self.mappo.update(batch, self.gen)
+        metrics.update({k: float(v) for k, v in info.items()})
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.mappo.load_state_dict(d["mappo"])
+        self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(d["eps_g_threshold"]))
