@@ -34,6 +34,20 @@ from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold,
 @dataclass
 class PlannerConfig:
     kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md)
+    l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo-mag.yaml)
+    h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
+    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network)
+    discount: float = 1.0       # gamma^(j-1) on the continuation's scores (MAG Algorithm 1: plain sum)
+    candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both
+    error_hidden: tuple[int, ...] = (256, 256, 256, 256)  # R_m widths (MAG appendix B: 4 x 256)
+    error_steps: int = 3_000    # R_m Adam steps (ours)
+    error_lr: float = 1e-3      # R_m Adam lr (ours)
+    error_batch_size: int = 256  # R_m batch (ours)
+    error_max_labels: int = 200_000  # dataset transitions labelled with the model's error (ours)
+    error_seed: int = 0         # R_m labels, split and init
+
+    def __post_init__(self):
+        self.error_hidden = tuple(int(x) for x in self.error_hidden)
 
 
 @dataclass
@@ -113,7 +127,9 @@ class Algorithm:
         if cfg.planner.kind == "mag":
             from offmarl.planners.mag import MAGPlanner
 
-            self.planner = MAGPlanner.from_config(cfg.planner, self.model, dataset, self.device)
+            model_dir = Path(self.model_info["path"]).parent if self.model_info.get("path") else None
+            self.planner = MAGPlanner.from_config(cfg.planner, self.model, dataset, self.device,
+                                                  obs_fn=self.env.observe, cache_dir=model_dir, log=log)
         self.generators = {"moma": self.gen}
 
     @property

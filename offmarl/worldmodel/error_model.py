@@ -1,0 +1,227 @@
+"""R_m: a learned predictor of the world model's one-step prediction error (MAG, AAAI 2023).
+
+MAG scores imagined continuations by the model error they would accumulate. The true error
+needs the real dynamics, so MAG fits a network R_m on REAL transitions (s, a, r, s') of the
+dataset, labelled with the model's error on them (paper, "Approximating R_m"):
+
+    label(s, a) = sum_i || o_hat_i - o_i ||_2  +  | r_hat - r |
+    (s_hat', r_hat) = one model step from (s, a): a random elite's mean, as in rollouts
+    o_hat_i = obs_fn(s_hat')_i,   o_i = obs_fn(s')_i       (each agent's observation scheme)
+
+    R_m(s, a) = MLP(standardise([s, joint a]))  ~  label        (MSE on standardised labels)
+
+Deviation from the MAG release, on purpose: it labels R_m differently from the paper; we use the
+paper's label. Its input is the global state + joint action (our model's input), not MAMBA's
+per-agent latent features. Defaults: 4 x 256 hidden (MAG appendix B).
+
+Cached next to the world model it describes: ``<world-model dir>/error_model-<key>.pt`` where the
+key covers the world model's weights, the dataset checksum, the observation scheme and this config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from offmarl.errors import OffmarlError
+from offmarl.nn.layers import Standardiser, mlp
+from offmarl.worldmodel.ensemble import EnsembleWorldModel
+
+FORMAT = "offmarl-error-model-v1"
+
+
+@dataclass
+class ErrorModelConfig:
+    hidden: tuple[int, ...] = (256, 256, 256, 256)  # MAG appendix B: 4 layers x 256
+    lr: float = 1e-3              # ours (Adam default scale; MAG does not report R_m's lr)
+    batch_size: int = 256         # ours, as the world model's batch
+    steps: int = 3_000            # ours: the loss flattens after ~2k steps on ant-4x2 (docs/mag.md)
+    holdout_fraction: float = 0.1  # ours: held-out transitions for the reported fit quality
+    max_labels: int = 200_000     # ours: label at most this many dataset transitions (labels cost one model step each)
+    seed: int = 0                 # label elites, split, init and batches
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.steps < 1 or self.batch_size < 1:
+            raise OffmarlError("ErrorModelConfig: steps and batch_size must be >= 1")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise OffmarlError(f"ErrorModelConfig: holdout_fraction={self.holdout_fraction} must be in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+class ErrorModel(nn.Module):
+    """R_m(s, a): predicted model error of the world model at (state [B, S], joint action [B, NA])."""
+
+    def __init__(self, state_dim: int, joint_action_dim: int, config: ErrorModelConfig | None = None):
+        super().__init__()
+        self.config = config or ErrorModelConfig()
+        self.state_dim, self.joint_action_dim = state_dim, joint_action_dim
+        self.input_norm = Standardiser(state_dim + joint_action_dim)
+        self.label_norm = Standardiser(1)
+        self.net = mlp(state_dim + joint_action_dim, list(self.config.hidden), 1)
+        self.metadata: dict[str, Any] = {}
+
+    def _raw(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(torch.cat([states, joint_actions.to(states.dtype)], dim=-1))
+        return self.net(x).squeeze(-1)
+
+    @torch.no_grad()
+    def forward(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
+        """-> predicted error [B] in label units (>= 0)."""
+        out = self.label_norm.inverse(self._raw(states, joint_actions).unsqueeze(-1)).squeeze(-1)
+        return out.clamp_min(0.0)
+
+    def fit(self, states: torch.Tensor, joint_actions: torch.Tensor, labels: torch.Tensor,
+            generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Supervised fit on labelled transitions; returns {loss_first, loss_last, holdout_mse (label units),
+        holdout_label_var, steps, seconds} (holdout_mse < holdout_label_var means R_m explains some error)."""
+        cfg, dev = self.config, states.device
+        t0 = time.perf_counter()
+        if generator is None:
+            generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+        n = len(states)
+        n_hold = max(1, int(n * cfg.holdout_fraction)) if n > 10 else 0
+        perm = torch.randperm(n, generator=generator, device=dev)
+        tr, ho = perm[n_hold:], perm[:n_hold]
+        x = torch.cat([states, joint_actions.to(states.dtype)], dim=-1)
+        self.input_norm.fit(x[tr])
+        self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)  # constant features: scale 1
+        self.label_norm.fit(labels[tr].unsqueeze(-1))
+        y = self.label_norm(labels.unsqueeze(-1)).squeeze(-1)
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        losses = []
+        for _ in range(cfg.steps):
+            idx = tr[torch.randint(len(tr), (cfg.batch_size,), generator=generator, device=dev)]
+            loss = ((self._raw(states[idx], joint_actions[idx]) - y[idx]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        k = max(1, min(100, len(losses) // 10))  # mean of the first / last 10% of steps (noisy minibatches)
+        stats = {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": cfg.steps,
+                 "n_train": len(tr), "n_holdout": n_hold, "label_mean": float(labels.mean())}
+        if n_hold:
+            with torch.no_grad():
+                pred = self(states[ho], joint_actions[ho])
+                stats["holdout_mse"] = float(((pred - labels[ho]) ** 2).mean())
+                stats["holdout_label_var"] = float(labels[ho].var())
+        stats["seconds"] = time.perf_counter() - t0
+        self.metadata["fit"] = stats
+        return stats
+
+
+@torch.no_grad()
+def model_error_labels(model: EnsembleWorldModel, states: torch.Tensor, actions: torch.Tensor,
+                       next_states: torch.Tensor, rewards: torch.Tensor,
+                       obs_fn: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None = None,
+                       chunk: int = 8192) -> torch.Tensor:
+    """MAG's label on real transitions: sum_i ||o_hat_i - o_i|| + |r_hat - r| -> [T].
+
+    states/next_states [T, S], actions [T, N, A] (or [T, N] int), rewards [T]; the prediction is one
+    ``model.step`` (a random elite's mean per row, exactly as rollouts draw it).
+    """
+    out = []
+    for i in range(0, len(states), chunk):
+        s, ns = states[i:i + chunk], next_states[i:i + chunk]
+        step = model.step(s, model.encode_actions(actions[i:i + chunk]), generator)
+        obs_err = (obs_fn(step["next_states"]) - obs_fn(ns)).norm(dim=-1).sum(-1)  # [b]; padded dims are 0 in both
+        out.append(obs_err + (step["rewards"] - rewards[i:i + chunk]).abs())
+    return torch.cat(out)
+
+
+def error_model_key(model: EnsembleWorldModel, dataset, cfg: ErrorModelConfig) -> str:
+    """Same world-model weights, data, observation scheme and config -> same fitted R_m."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    payload = json.dumps({"model": h.hexdigest(), "data": dataset.checksum(), "obs": dataset.meta.obs_scheme,
+                          "config": cfg.to_dict(), "format": FORMAT}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.Tensor], torch.Tensor],
+                    cfg: ErrorModelConfig, device: str | torch.device = "cpu") -> ErrorModel:
+    """Label (up to ``max_labels``) dataset transitions with the model's error and fit R_m on them."""
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    t = dataset.tensors(dev)
+    n = len(dataset)
+    idx = (torch.randperm(n, generator=gen, device=dev)[: cfg.max_labels] if n > cfg.max_labels
+           else torch.arange(n, device=dev))
+    states, actions = t["states"][idx].float(), t["actions"][idx]
+    if actions.is_floating_point():
+        actions = actions.float()
+    labels = model_error_labels(model, states, actions, t["next_states"][idx].float(), t["rewards"][idx].float(),
+                                obs_fn, gen)
+    joint = model.encode_actions(actions)
+    with torch.random.fork_rng(devices=[]):  # repeatable init without touching the global RNG
+        torch.manual_seed(cfg.seed)
+        rm = ErrorModel(model.state_dim, joint.shape[-1], cfg)
+    rm.to(dev)
+    rm.fit(states, joint, labels, gen)
+    return rm.eval()
+
+
+def save_error_model(rm: ErrorModel, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "config": rm.config.to_dict(), "state_dim": rm.state_dim,
+            "joint_action_dim": rm.joint_action_dim,
+            "state_dict": {k: v.detach().cpu() for k, v in rm.state_dict().items()},
+            "metadata": json.loads(json.dumps({**rm.metadata, **(metadata or {})}, default=str))}
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_error_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ErrorModel:
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — torch raises many types for unreadable files
+        raise OffmarlError(f"error model {str(path)!r} cannot be read ({exc}); delete it to refit") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise OffmarlError(f"{str(path)!r} is not an offmarl error model (expected format {FORMAT!r}); delete it")
+    cfg = ErrorModelConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in blob["config"].items()})
+    rm = ErrorModel(int(blob["state_dim"]), int(blob["joint_action_dim"]), cfg)
+    rm.load_state_dict(blob["state_dict"])
+    rm.metadata = dict(blob.get("metadata") or {})
+    return rm.to(device).eval()
+
+
+def load_or_fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.Tensor], torch.Tensor],
+                            cfg: ErrorModelConfig, cache_dir: str | os.PathLike | None,
+                            device: str | torch.device = "cpu") -> tuple[ErrorModel, dict[str, Any]]:
+    """The cached R_m of (world model, dataset, scheme, cfg) if there is one, else fit (and cache) it.
+
+    cache_dir: the world model's own directory (``<cache>/<world-model key>/``, the folder of its
+    model.pt); the file is ``error_model-<key>.pt`` there. None: fit without caching.
+    returns (R_m on ``device``, info {cached, path, key, **fit stats})
+    """
+    key = error_model_key(model, dataset, cfg)
+    path = Path(cache_dir) / f"error_model-{key}.pt" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            rm = load_error_model(path, device)
+            return rm, {"cached": True, "path": str(path), "key": key, **rm.metadata.get("fit", {})}
+        except (OffmarlError, RuntimeError, KeyError):
+            pass  # stale or damaged: refit and overwrite
+    rm = fit_error_model(model, dataset, obs_fn, cfg, device)
+    if path is not None:
+        save_error_model(rm, path, {"dataset_checksum": dataset.checksum(), "dataset": dataset.meta.name})
+    return rm, {"cached": False, "path": str(path) if path else None, "key": key, **rm.metadata.get("fit", {})}

@@ -1,0 +1,207 @@
+"""MAG planner: per-start-state selection, L = 1 equals plain rollouts, shapes, and the R_m fit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.errors import OffmarlError
+from offmarl.planners.mag import (
+    ErrorModelScorer,
+    MAGPlanner,
+    UncertaintyScorer,
+    plan_next_states,
+    sample_candidates,
+    select_candidates,
+)
+from offmarl.worldmodel import EnsembleConfig, EnsembleWorldModel, RolloutConfig, dataset_box, model_rollout
+from offmarl.worldmodel.error_model import ErrorModelConfig, load_or_fit_error_model, model_error_labels
+
+S, N, A = 4, 2, 1
+TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 200, "eval_every": 50, "patience": 3,
+        "batch_size": 64}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no CUDA device"))]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def linear_dataset(t: int = 1500, seed: int = 0, episode: int = 50) -> MultiAgentDataset:
+    rng = np.random.default_rng(seed)
+    a_mat, b_mat = rng.normal(size=(S, S)) * 0.3, rng.normal(size=(S, N * A))
+    c, d = rng.normal(size=S), rng.normal(size=N * A)
+    states = rng.normal(size=(t, S)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(t, N, A)).astype(np.float32)
+    flat = actions.reshape(t, -1)
+    next_states = (states + 0.1 * (states @ a_mat.T + flat @ b_mat.T)).astype(np.float32)
+    rewards = (states @ c + flat @ d).astype(np.float32)
+    timeouts = (np.arange(t) % episode) == episode - 1
+    meta = DatasetMeta(env="linear-test", obs_scheme="fo", n_agents=N, obs_dims=(S,) * N, action_dims=(A,) * N,
+                       state_dim=S, discrete=False, name="linear-test")
+    obs, next_obs = np.repeat(states[:, None], N, 1), np.repeat(next_states[:, None], N, 1)
+    return MultiAgentDataset(states, next_states, obs, next_obs, actions, rewards, np.zeros(t, bool), timeouts, meta)
+
+
+def observe(states: torch.Tensor) -> torch.Tensor:
+    return states.unsqueeze(1).expand(-1, N, -1)
+
+
+class LinearGaussianPolicy:
+    def __init__(self, device="cpu"):
+        self.w = torch.linspace(-0.5, 0.5, S * A, device=device).view(S, A)
+
+    def act(self, obs, hist, avail=None, deterministic=False, generator=None):
+        mean = torch.tanh(obs @ self.w)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return (mean if deterministic else mean + 0.1 * noise), -0.5 * (noise ** 2).sum(-1)
+
+    def env_actions(self, actions):
+        return actions.clamp(-1.0, 1.0)
+
+
+def constant_model(deltas: list[list[float]], done_logit: float = -10.0) -> EnsembleWorldModel:
+    """Member e always predicts [delta state, reward] = deltas[e] (standardisers are the identity)."""
+    e = len(deltas)
+    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=e, elites=e, hidden=(8,)))
+    with torch.no_grad():
+        model.net.out.weight.zero_()
+        model.net.out.bias.zero_()
+        model.net.out.bias[:, 0, : S + 1] = torch.tensor(deltas)
+        model.net.out.bias[:, 0, -1] = done_logit
+    return model
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    ds = linear_dataset()
+    torch.manual_seed(0)
+    model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**TINY))
+    model.fit(ds)
+    return ds, model.eval()
+
+
+class FirstDimScorer:
+    """Fake R_m: the error is |state[0]| (small near 0), so the best candidate depends on the start."""
+    uses_ensemble = False
+
+    def __call__(self, states, joint, out=None):
+        return states[:, 0].abs()
+
+
+# ---------------------------------------------------------------- selection
+def test_select_candidates_is_per_row_argmin():
+    scores = torch.tensor([[3.0, 1.0, 2.0], [0.5, 4.0, 1.0], [2.0, 2.0, -1.0]])
+    assert select_candidates(scores).tolist() == [1, 0, 2]
+    # the MAG release's batch-averaged choice would give every row candidate 2 (column mean 0.33 < ...)
+    assert int(scores.mean(0).argmin()) == 2
+
+
+def test_planner_picks_each_start_states_own_best():
+    # two elites: +1 or -1 on state[0]; from state[0] = +2 the best next state is 1 (elite 1), from -2 it is -1
+    model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
+    planner = MAGPlanner(model, FirstDimScorer(), l=2, h=2, candidates="elites")
+    start = torch.zeros(6, S)
+    start[:, 0] = torch.tensor([2.0, -2.0, 2.0, -2.0, 2.0, -2.0])
+    cfg = RolloutConfig(horizon=1, history=0, clip_to_box=False, eps_g_threshold=1e9)
+    for seed in range(3):  # whatever elite candidate 0 drew, the committed step is the right one
+        batch, info = planner.rollout(LinearGaussianPolicy(), {"states": start}, observe, cfg, None,
+                                      torch.Generator().manual_seed(seed))
+        assert batch["next_states"][0, :, 0].tolist() == [1.0, -1.0] * 3
+        assert 0.0 <= info["planner_frac_replaced"] <= 1.0 and info["planner_score_gain"] >= 0.0
+    # low level: H = 3 scores the continuation (next state after one more random elite step, then |s0|)
+    cands = torch.tensor([[[1.0, 0, 0, 0], [3.0, 0, 0, 0]], [[-3.0, 0, 0, 0], [-1.0, 0, 0, 0]]])
+    idx, scores = plan_next_states(model, LinearGaussianPolicy(), cands, observe, None, FirstDimScorer(), 3,
+                                   generator=torch.Generator().manual_seed(0))
+    assert idx.tolist() == [0, 1] and scores.shape == (2, 2)
+
+
+def test_invalid_planner_options_are_clear():
+    model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
+    with pytest.raises(OffmarlError, match="distinct"):
+        MAGPlanner(model, UncertaintyScorer(), l=3, h=3, candidates="elites")
+    with pytest.raises(OffmarlError, match="lookahead"):
+        MAGPlanner(model, UncertaintyScorer(), l=2, h=1)
+    with pytest.raises(OffmarlError, match="candidates"):
+        MAGPlanner(model, UncertaintyScorer(), l=2, h=2, candidates="best")
+
+
+# ---------------------------------------------------------------- L = 1 equals model_rollout
+@pytest.mark.parametrize("sample,history", [(False, 0), (True, 3)])
+def test_l1_equals_model_rollout(fitted, sample, history):
+    ds, model = fitted
+    box = dataset_box(ds)
+    cfg = RolloutConfig(horizon=5, history=history, sample=sample, eps_g_threshold=0.5)
+    start = {"states": ds.tensors("cpu")["states"][:64]}
+    planner = MAGPlanner(model, UncertaintyScorer(), l=1, h=4)
+    want, want_info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
+                                    torch.Generator().manual_seed(7))
+    got, info = planner.rollout(LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(7))
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    for key in want_info:
+        assert info[key] == want_info[key], key
+    assert "planner_seconds" in info
+
+
+# ---------------------------------------------------------------- shapes
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["elites", "samples", "both"])
+def test_shapes(fitted, device, mode):
+    ds, model = fitted
+    model = model.to(device)
+    b, l, hh, k = 7, 2, 3, 2
+    box = dataset_box(ds, device)
+    states = ds.tensors(device)["states"][:b]
+    cand = sample_candidates(model, states, torch.zeros(b, N * A, device=device), 2, mode,
+                             torch.Generator(device=device).manual_seed(0), torch.Generator(device=device).manual_seed(1))
+    assert cand["next_states"].shape == (b, 2, S) and cand["rewards"].shape == (b, 2)
+    assert cand["done_prob"].shape == (b, 2)
+    cfg = RolloutConfig(horizon=hh, history=k)
+    planner = MAGPlanner(model, UncertaintyScorer(), l=l, h=4, candidates=mode)
+    batch, info = planner.rollout(LinearGaussianPolicy(device), {"states": states}, observe, cfg, box,
+                                  torch.Generator(device=device).manual_seed(0))
+    assert batch["next_states"].shape == (hh, b, S) and batch["obs"].shape == (hh, b, N, S)
+    assert batch["hist_obs"].shape == (hh, b, k, N, S) and batch["actions"].shape == (hh, b, N, A)
+    for key in ("rewards", "dones", "timeouts", "valid", "eps_g", "done_prob"):
+        assert batch[key].shape == (hh, b), key
+    assert batch["next_states"].device.type == device
+    assert info["planner_seconds"] > 0
+    model.to("cpu")
+
+
+# ---------------------------------------------------------------- R_m
+def test_error_labels_are_the_papers(fitted):
+    model = constant_model([[0.5, 0, 0, 0, 2.0], [0.5, 0, 0, 0, 2.0]])
+    s = torch.zeros(3, S)
+    ns = torch.zeros(3, S)
+    ns[:, 0] = torch.tensor([0.5, 0.0, 1.5])
+    r = torch.tensor([2.0, 0.0, 1.0])
+    lab = model_error_labels(model, s, torch.zeros(3, N, A), ns, r, observe)
+    # each of the N = 2 agents sees the whole state: 2 * |0.5 - ns0| + |2 - r|
+    assert lab.tolist() == pytest.approx([0.0, 2 * 0.5 + 2.0, 2 * 1.0 + 1.0])
+
+
+def test_error_model_fits_and_caches(fitted, tmp_path):
+    ds, model = fitted
+    cfg = ErrorModelConfig(hidden=(64, 64), steps=400, batch_size=128)
+    rm, info = load_or_fit_error_model(model, ds, observe, cfg, tmp_path, "cpu")
+    assert not info["cached"] and info["loss_last"] < info["loss_first"]
+    assert info["holdout_mse"] < info["holdout_label_var"]  # R_m explains part of the model's error
+    rm2, info2 = load_or_fit_error_model(model, ds, observe, cfg, tmp_path, "cpu")
+    assert info2["cached"] and info2["path"] == info["path"]
+    x = ds.tensors("cpu")
+    joint = model.encode_actions(x["actions"][:5])
+    assert torch.equal(rm(x["states"][:5], joint), rm2(x["states"][:5], joint))
+    # used as the planner's scorer end to end
+    planner = MAGPlanner(model, ErrorModelScorer(rm), l=2, h=3)
+    batch, _ = planner.rollout(LinearGaussianPolicy(), {"states": x["states"][:8]}, observe,
+                               RolloutConfig(horizon=2, history=0), dataset_box(ds), torch.Generator().manual_seed(0))
+    assert batch["states"].shape == (2, 8, S)
