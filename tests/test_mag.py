@@ -205,3 +205,48 @@ def test_error_model_fits_and_caches(fitted, tmp_path):
     batch, _ = planner.rollout(LinearGaussianPolicy(), {"states": x["states"][:8]}, observe,
                                RolloutConfig(horizon=2, history=0), dataset_box(ds), torch.Generator().manual_seed(0))
     assert batch["states"].shape == (2, 8, S)
+
+
+# ---------------------------------------------------------------- MOMA-PPO end to end
+def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
+    """planner.kind=mag trains, logs the planner's cost, caches R_m next to the world model, and resumes exactly."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from offmarl.data.registry import build
+    from offmarl.data.storage import save_dataset
+    from offmarl.training import train_from_options
+
+    path = tmp_path / "coord.hdf5"
+    save_dataset(build("coordination-unfavorable", size=1000, seed=0), path)
+    over = ["world_model.hidden=[16,16]", "world_model.max_steps=100", "world_model.eval_every=50",
+            "rollout_batch=64", "rollout.horizon=3", "ppo.minibatch_size=64", "ppo.epochs=1",
+            "loop.eval_every=4", "loop.eval_episodes=1", "loop.final_eval_episodes=1", "loop.log_every=1",
+            "loop.checkpoint_every=2", "planner.kind=mag", "planner.l=2",
+            "planner.h=3", "planner.error_steps=50", "planner.error_hidden=[16,16]"]
+
+    def train(out, steps, resume=None):
+        return train_from_options(str(path), "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
+                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, progress=False, log=lambda *a, **k: None)
+
+    def rows(run_dir):
+        drop = {"time", "steps_per_s", "planner_seconds", "planner_rollout_seconds"}
+        lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in drop} for r in lines if r["phase"] in ("train", "eval")]
+
+    full = train(tmp_path / "a", 4)
+    train_rows = [r for r in rows(full["run_dir"]) if r["phase"] == "train"]
+    assert train_rows and all("planner_frac_replaced" in r for r in train_rows)
+    # one cache per run, as tests/test_moma_ppo.py: a run that LOADS the world model draws its init from the
+    # global RNG (load_world_model builds the module outside fork_rng) and then differs from a fitting run
+    assert list((tmp_path / "a" / "cache").glob("*/error_model-*.pt"))
+    part = train(tmp_path / "b", 2)
+    cfg = Path(part["run_dir"]) / "config.yaml"
+    c = yaml.safe_load(cfg.read_text())
+    c["config"]["loop"]["steps"] = 4
+    cfg.write_text(yaml.safe_dump(c))
+    (Path(part["run_dir"]) / "eval.json").unlink()
+    train(tmp_path / "b", None, resume=part["run_dir"])
+    assert rows(full["run_dir"]) == [r for r in rows(part["run_dir"]) if r["phase"] != "final_eval"]

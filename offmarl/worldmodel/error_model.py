@@ -198,7 +198,8 @@ def load_error_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise OffmarlError(f"{str(path)!r} is not an offmarl error model (expected format {FORMAT!r}); delete it")
     cfg = ErrorModelConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in blob["config"].items()})
-    rm = ErrorModel(int(blob["state_dim"]), int(blob["joint_action_dim"]), cfg)
+    with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG (fitting does not either)
+        rm = ErrorModel(int(blob["state_dim"]), int(blob["joint_action_dim"]), cfg)
     rm.load_state_dict(blob["state_dict"])
     rm.metadata = dict(blob.get("metadata") or {})
     return rm.to(device).eval()
