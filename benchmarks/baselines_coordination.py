@@ -3,7 +3,7 @@
     python benchmarks/baselines_coordination.py [--seeds 0 1 2] [--steps N] [--algos iql ...]
                                                 [--datasets favorable neutral unfavorable]
 
-Each run: the registry's recipe (P(right) per agent, 10,000 one-step episodes, dataset seed =
+Each run (moma-ppo included): the registry's recipe (P(right) per agent, 10,000 one-step episodes, dataset seed =
 run seed), configs/<algo>.yaml + configs/<algo>-coordination.yaml, ``steps`` updates (default:
 the config's), then 10 deterministic evaluation episodes in the real game. Prints one JSON line
 per run and one summary line (mean and std over seeds) per (dataset, algorithm).
@@ -11,7 +11,9 @@ per run and one summary line (mean and std over seeds) per (dataset, algorithm).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -22,10 +24,14 @@ from offmarl.config import build_config, config_path
 from offmarl.data.generate import generate_coordination
 from offmarl.evaluation import evaluate_policy
 
-ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
+ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar", "moma-ppo"]
 P_RIGHT = {"favorable": (0.8, 0.8), "neutral": (0.5, 0.5), "unfavorable": (0.8, 0.2)}  # offmarl/data/registry.py
-PAPER = {"favorable": {"iql": 1.0, "ma-iql": 1.0, "ibc": 1.0}, "neutral": {"iql": 1.0, "ma-iql": 0.9, "ibc": 0.55},
-         "unfavorable": {"iql": 1.0, "ma-iql": 0.0, "ibc": 0.0}}  # MOMA-PPO slides (REFERENCE §1.1)
+PAPER = {"favorable": {"iql": 1.0, "ma-iql": 1.0, "ibc": 1.0, "moma-ppo": 1.0},
+         "neutral": {"iql": 1.0, "ma-iql": 0.9, "ibc": 0.55, "moma-ppo": 1.0},
+         "unfavorable": {"iql": 1.0, "ma-iql": 0.0, "ibc": 0.0, "moma-ppo": 1.0}}  # MOMA-PPO slides (REFERENCE §1.1)
+
+
+CACHE = tempfile.mkdtemp(prefix="offmarl-coord-wm-")
 
 
 def run_one(algo: str, kind: str, seed: int, steps: int | None) -> dict:
@@ -35,7 +41,11 @@ def run_one(algo: str, kind: str, seed: int, steps: int | None) -> dict:
     ds = generate_coordination(P_RIGHT[kind], 10_000, seed, meta_fields={
         "name": f"coordination-{kind}", "ref_min_return": 0.0, "ref_max_return": 1.0})
     t0 = time.perf_counter()
-    learner = mod.Algorithm(ds, cfg, "cpu", seed)
+    if algo == "moma-ppo":  # world models cached per (dataset, seed) in a throw-away folder
+        cfg = dataclasses.replace(cfg, cache_dir=CACHE)
+        learner = mod.Algorithm(ds, cfg, "cpu", seed, log=lambda *a, **k: None)
+    else:
+        learner = mod.Algorithm(ds, cfg, "cpu", seed)
     for step in range(n_steps):
         learner.update(step)
     res = evaluate_policy(learner.policy, "coordination", "fo", episodes=10, seed=seed * 1000 + 10_000,

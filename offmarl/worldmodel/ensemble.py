@@ -393,8 +393,9 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise WorldModelError(f"{str(path)!r} is not an offmarl world model (format {found!r}, expected {FORMAT!r}); "
                               f"refit it or drop --world-model")
-    model = EnsembleWorldModel(int(blob["state_dim"]), int(blob["action_dim"]), int(blob["n_agents"]),
-                               bool(blob["discrete"]), EnsembleConfig.from_dict(blob["config"]))
+    with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG (a fit does not either)
+        model = EnsembleWorldModel(int(blob["state_dim"]), int(blob["action_dim"]), int(blob["n_agents"]),
+                                   bool(blob["discrete"]), EnsembleConfig.from_dict(blob["config"]))
     if dataset is not None:
         m = dataset.meta
         want = (m.state_dim, max(m.action_dims), m.n_agents, m.discrete)
