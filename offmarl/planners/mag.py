@@ -37,7 +37,7 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in
+from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, start_history
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 CANDIDATE_MODES = ("elites", "samples", "both")
@@ -229,21 +229,7 @@ class MAGPlanner:
             plan_gen = torch.Generator(device=dev).manual_seed(seed)
         clip_box = box if cfg.clip_to_box else None
         obs = obs_fn(states)
-        hist = None
-        if k > 0:
-            hist_obs = start.get("hist_obs")
-            if hist_obs is None:
-                hist_obs = obs.new_zeros(b, k, *obs.shape[1:])
-                n = model.n_agents
-                hist_actions = (torch.zeros(b, k, n, dtype=torch.long, device=dev) if model.discrete
-                                else states.new_zeros(b, k, n, model.action_dim))
-                hist_mask = torch.zeros(b, k, dtype=torch.bool, device=dev)
-            else:
-                hist_actions, hist_mask = start["hist_actions"], start["hist_mask"].bool()
-                if hist_obs.shape[1] != k:
-                    raise OffmarlError(f"MAG planner: start history has {hist_obs.shape[1]} steps, "
-                                       f"RolloutConfig.history is {k}")
-            hist = {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
+        hist = start_history(start, obs, model, k, "MAG planner")
 
         steps: list[dict[str, torch.Tensor]] = []
         alive = torch.ones(b, dtype=torch.bool, device=dev)

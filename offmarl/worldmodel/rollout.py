@@ -83,6 +83,26 @@ def calibrate_eps_g_threshold(model: EnsembleWorldModel, dataset, quantile: floa
     return float(torch.quantile(eps_g(out["elite_means"]), quantile))
 
 
+def start_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: int, who: str) -> dict | None:
+    """The rollouts' initial memory: ``start``'s history, or an empty all-masked one when it has
+    none. -> {hist_obs [B,K,N,O], hist_actions [B,K,N,A] (or [B,K,N] long), hist_mask [B,K]} or None (K=0)."""
+    if k == 0:
+        return None
+    b, dev = obs.shape[0], obs.device
+    hist_obs = start.get("hist_obs")
+    if hist_obs is None:
+        hist_obs = obs.new_zeros(b, k, *obs.shape[1:])
+        n = model.n_agents
+        hist_actions = (torch.zeros(b, k, n, dtype=torch.long, device=dev) if model.discrete
+                        else obs.new_zeros(b, k, n, model.action_dim))
+        hist_mask = torch.zeros(b, k, dtype=torch.bool, device=dev)
+    else:
+        hist_actions, hist_mask = start["hist_actions"], start["hist_mask"].bool()
+        if hist_obs.shape[1] != k:
+            raise OffmarlError(f"{who}: start history has {hist_obs.shape[1]} steps, RolloutConfig.history is {k}")
+    return {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
+
+
 def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """hist [B, K, ...] oldest first; drop the oldest, append ``new`` [B, ...]."""
     return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
@@ -114,21 +134,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     if cfg.clip_to_box and box is None:
         raise OffmarlError("model_rollout: clip_to_box=True needs a box (see dataset_box)")
     obs = obs_fn(states)
-    hist = None
-    if k > 0:
-        hist_obs = start.get("hist_obs")
-        if hist_obs is None:
-            hist_obs = obs.new_zeros(b, k, *obs.shape[1:])
-            n = model.n_agents
-            hist_actions = (torch.zeros(b, k, n, dtype=torch.long, device=dev) if model.discrete
-                            else states.new_zeros(b, k, n, model.action_dim))
-            hist_mask = torch.zeros(b, k, dtype=torch.bool, device=dev)
-        else:
-            hist_actions, hist_mask = start["hist_actions"], start["hist_mask"].bool()
-            if hist_obs.shape[1] != k:
-                raise OffmarlError(f"model_rollout: start history has {hist_obs.shape[1]} steps, "
-                                   f"RolloutConfig.history is {k}")
-        hist = {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
+    hist = start_history(start, obs, model, k, "model_rollout")
 
     steps: list[dict[str, torch.Tensor]] = []
     alive = torch.ones(b, dtype=torch.bool, device=dev)
