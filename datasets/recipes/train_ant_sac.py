@@ -14,6 +14,9 @@ imports. It checkpoints the whole learner (model + replay buffer) to --work-dir 
 
     python datasets/recipes/train_ant_sac.py --steps 1000000 --work-dir ~/.offmarl/sac-ant
 
+On a machine without that work dir it continues from datasets/recipes/state/ant-sac.zip (the
+learner snapshot committed with the repo; weights and optimiser states, no replay buffer).
+
 Exported actors are small fp16 files in offmarl/data/policies/ant/ (loaded by
 offmarl.data.policies without stable-baselines3); progress.csv there records the
 deterministic evaluation return of each.
@@ -99,13 +102,23 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--work-dir", type=Path, default=Path.home() / ".offmarl" / "sac-ant")
     p.add_argument("--export-dir", type=Path, default=EXPORT_DIR)
+    p.add_argument("--resume-from", type=Path, default=Path(__file__).resolve().parent / "state" / "ant-sac.zip",
+                   help="learner snapshot to continue from when --work-dir holds no checkpoint (committed "
+                        "periodically so that training can continue on a fresh machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt, buf = args.work_dir / "sac.zip", args.work_dir / "replay.pkl"
     progress = args.export_dir / "progress.csv"
 
-    if ckpt.exists():
+    if not ckpt.exists() and args.resume_from is not None and args.resume_from.exists():
+        # a fresh machine: continue from the committed learner snapshot (weights + optimisers,
+        # no replay buffer: the first --learning-starts-after-resume steps refill it)
+        model = SAC.load(args.resume_from, env=make_env(), device=args.device)
+        model.learning_starts = model.num_timesteps + 10_000
+        print(f"continuing from {args.resume_from} at step {model.num_timesteps} with an empty replay buffer",
+              flush=True)
+    elif ckpt.exists():
         model = SAC.load(ckpt, env=make_env(), device=args.device)
         if buf.exists():
             model.load_replay_buffer(buf)
