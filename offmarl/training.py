@@ -131,9 +131,10 @@ def train(algo, run: RunDir, loop: LoopConfig, dataset_meta, env_name: str, obs_
     return result
 
 
-def algo_config_files(algo: str, dataset_name: str, user_config: str | None) -> list:
+def algo_config_files(algo: str, dataset_name: str, user_config: str | None, obs: str | None = None) -> list:
     """configs/<algo>.yaml, then configs/<algo>-<task>.yaml for the dataset's task if shipped
-    (e.g. omar-medium), then the user's --config."""
+    (e.g. omar-medium), then configs/<algo>-po.yaml under a partially observed scheme (po,
+    po-independent, po-leader: MOMA-PPO's memory), then the user's --config."""
     from offmarl.config import CONFIG_DIR
 
     files = []
@@ -147,6 +148,10 @@ def algo_config_files(algo: str, dataset_name: str, user_config: str | None) -> 
     for part in runs:
         cand = CONFIG_DIR / f"{algo}-{part}.yaml"
         if cand.exists() and cand not in files:
+            files.append(cand)
+    if obs and obs.startswith("po"):
+        cand = CONFIG_DIR / f"{algo}-po.yaml"
+        if cand.exists():
             files.append(cand)
     if user_config:
         files.append(user_config)
@@ -186,7 +191,7 @@ def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = N
             for p in parts[:-1]:
                 node = node.setdefault(p, {})
             node[parts[-1]] = value
-        cfg = build_config(mod.Config, algo_config_files(algo, Path(dataset).stem, config), ov)
+        cfg = build_config(mod.Config, algo_config_files(algo, Path(dataset).stem, config, obs), ov)
     ds = registry.load(dataset, env=env, obs=obs, log=log)
     check = getattr(mod, "check_dataset", None)
     if check is not None:
