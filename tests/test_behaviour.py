@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from offmarl.data.behaviour import (FORMAT, POLICY_ROOT, ActorFormatError, TanhGaussianActor,
-                                    load_actor, policy_dir)
+from offmarl.data.behaviour import FORMAT, POLICY_ROOT, ActorFormatError, TanhGaussianActor, load_actor, policy_dir
 
 
 def _fake_payload(obs_dim=5, act_dim=3, hidden=(8, 8), seed=0, scale=1.0):

@@ -17,6 +17,7 @@ is applied by the dataset generator, not here.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def load_actor(path: str | Path) -> TanhGaussianActor:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # pickle errors, truncated files, non-torch files
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # not a torch file
         raise ActorFormatError(f"{path}: cannot read as an offmarl actor file ({e})") from None
     return actor_from_payload(payload, path)
 
