@@ -37,7 +37,7 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, start_history
+from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, stack_rollout, start_history
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 CANDIDATE_MODES = ("elites", "samples", "both")
@@ -288,19 +288,11 @@ class MAGPlanner:
             alive = alive & ~done
             states, obs = next_states, next_obs
 
-        batch = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
-        v = batch["valid"]
-        nv = v.sum().clamp_min(1)
-        info = {
-            "frac_uncertainty_terminated": float(by_uncertainty.float().mean()),
-            "frac_model_terminated": float(by_model.float().mean()),
-            "mean_length": float(v.float().sum(0).mean()),
-            "mean_eps_g": float((batch["eps_g"] * v).sum() / nv),
-            "mean_raw_reward": float((batch["raw_rewards"] * v).sum() / nv),
-            "mean_penalty": float(((batch["raw_rewards"] - batch["rewards"]) * v).sum() / nv),
+        batch, info = stack_rollout(steps, by_uncertainty, by_model)
+        info.update({
             "planner_seconds": plan_seconds,
             "planner_rollout_seconds": time.perf_counter() - t_start,
             "planner_frac_replaced": replaced / max(n_valid, 1.0),
             "planner_score_gain": gain / max(n_valid, 1.0),
-        }
+        })
         return batch, info

@@ -176,6 +176,12 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         alive = alive & ~done
         states, obs = next_states, next_obs
 
+    return stack_rollout(steps, by_uncertainty, by_model)
+
+
+def stack_rollout(steps: list[dict[str, torch.Tensor]], by_uncertainty: torch.Tensor, by_model: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-step records -> the [H, B, ...] batch and its summary (shared with the MAG planner)."""
     batch = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
     v = batch["valid"]
     nv = v.sum().clamp_min(1)
