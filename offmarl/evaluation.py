@@ -126,5 +126,6 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
         norm = (returns_a - ref_min) / (ref_max - ref_min)
         out["normalised_scores"] = norm.tolist()
         out["normalised_mean"] = float(norm.mean())
+        out["normalized_score"] = out["normalised_mean"]  # the name eval.json consumers expect
         out["normalised_std"] = float(norm.std())
     return out

@@ -9,6 +9,7 @@ block between ``<!-- stats -->`` and ``<!-- /stats -->`` in datasets/<name>.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    import torch
+
+    # small batched actor forwards: one thread is much faster on a busy machine (docs/benchmarks.md)
+    torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     rec = registry.recipe(args.name)
     size = args.size or rec.default_size
     path = registry.native_path(args.name)
@@ -31,7 +36,11 @@ def main() -> None:
     ds = load_dataset_file(path) if path.exists() else None
     if ds is None or len(ds) != size:
         t0 = time.perf_counter()
-        ds = registry.build(args.name, size, seed=args.seed)
+        from rich.progress import Progress
+
+        with Progress() as bar:
+            task = bar.add_task(f"generating {args.name}", total=size)
+            ds = registry.build(args.name, size, seed=args.seed, progress=lambda n: bar.advance(task, n))
         gen_s = time.perf_counter() - t0
         save_dataset(ds, path)
     st = ds.stats()

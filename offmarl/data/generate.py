@@ -46,6 +46,10 @@ def generate_with_actors(env_name: str, segments: list[Segment], size: int, seed
     episode_counter = 0
     envs = [make_env(env_name, obs=obs_scheme) for _ in range(n_envs)]
     spec = envs[0].spec
+    threads = torch.get_num_threads()
+    # the actor forward is a tiny [n_envs, state] batch: extra threads only add contention
+    # (a 1M reacher generation took >20 min with 2 threads on the busy 2-core machine, ~5 with 1)
+    torch.set_num_threads(1)
     try:
         for seg, share in zip(segments, shares):
             if share <= 0:
@@ -53,6 +57,7 @@ def generate_with_actors(env_name: str, segments: list[Segment], size: int, seed
             part, episode_counter = _roll_segment(envs, seg, int(share), seed, episode_counter, gen, progress)
             parts.append(part)
     finally:
+        torch.set_num_threads(threads)
         for e in envs:
             e.close()
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
