@@ -250,6 +250,29 @@ def test_uncertainty_termination(spread, fires):
         assert batch["timeouts"][-1].all() and not batch["timeouts"][:-1].any()
 
 
+@pytest.mark.parametrize("mode", ["halt", "timeout", "terminal"])
+def test_uncertain_end_modes(mode):
+    # eps_g = 9 > 2 at the first step: every row ends there, in the way `mode` says
+    model = constant_model([[i * 3.0] + [0.0] * S for i in range(3)])
+    box = {"state_low": torch.full((S,), -1e3), "state_high": torch.full((S,), 1e3),
+           "reward_low": torch.tensor(-2.0), "reward_high": torch.tensor(1e3)}
+    cfg = RolloutConfig(horizon=4, history=0, uncertain_end=mode, gamma=0.9)
+    batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, box,
+                                torch.Generator().manual_seed(0))
+    assert info["frac_uncertainty_terminated"] == 1.0 and info["mean_length"] == 1.0
+    assert not batch["valid"][1:].any()
+    plain = batch["raw_rewards"][0] - cfg.lambda_g * 9.0 - cfg.lambda_r * batch["eps_r"][0]
+    if mode == "timeout":  # bootstrap from V(next state): no terminal, no extra penalty
+        assert batch["timeouts"][0].all() and not batch["dones"].any()
+        torch.testing.assert_close(batch["rewards"][0], plain)
+    else:
+        assert batch["dones"][0].all() and not batch["timeouts"].any()
+        halt = 0.9 * -2.0 / (1 - 0.9) if mode == "halt" else 0.0  # gamma * r_min / (1 - gamma)
+        torch.testing.assert_close(batch["rewards"][0], plain + halt)
+    with pytest.raises(OffmarlError, match="uncertain_end"):
+        RolloutConfig(uncertain_end="stop")
+
+
 def test_calibrated_threshold_is_a_quantile_of_eps_g_on_data():
     model = constant_model([[i * 1.5] + [0.0] * S for i in range(3)])  # eps_g = 1.5^2 on every input
     thr = calibrate_eps_g_threshold(model, linear_dataset(t=300), quantile=0.9, n=100, generator=torch.Generator())

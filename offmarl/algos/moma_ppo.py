@@ -92,7 +92,7 @@ class Algorithm:
                 f"{dataset.meta.state_dim} vs {spec.state_dim}")
         # the same K feeds the policy's memory and the rollouts' histories
         self.k = cfg.ppo.history_len
-        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k)
+        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
 
         wm_cfg = dataclasses.replace(cfg.world_model, seed=cfg.world_model.seed + seed)
         if cfg.world_model_path:

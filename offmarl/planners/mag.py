@@ -37,7 +37,7 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, stack_rollout, start_history
+from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, end_step, stack_rollout, start_history
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 CANDIDATE_MODES = ("elites", "samples", "both")
@@ -268,24 +268,22 @@ class MAGPlanner:
             g, rv = eps_g(cand["elite_means"]), eps_r(cand["elite_means"])
             a = eps_aleatoric(cand["elite_logvars"]) if cfg.lambda_a != 0.0 else None
             r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-            model_done = done_prob > cfg.done_threshold
-            unc_done = g > cfg.eps_g_threshold  # RAW eps_g, as model_rollout
-            done = model_done | unc_done
-            timeout = ~done if h == cfg.horizon - 1 else torch.zeros_like(done)
+            end = end_step(cfg, h, r, done_prob, g, box)
             valid = alive.clone()
             next_states = torch.where(alive.unsqueeze(-1), next_states, states)
             next_obs = obs_fn(next_states)
-            rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": r, "raw_rewards": raw_r,
-                   "eps_g": g, "eps_r": rv, "done_prob": done_prob, "dones": done & valid,
-                   "timeouts": timeout & valid, "valid": valid, "next_states": next_states, "next_obs": next_obs}
+            rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
+                   "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": done_prob,
+                   "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
+                   "next_states": next_states, "next_obs": next_obs}
             if hist is not None:
                 rec.update(hist)
                 rec.update({"next_" + key: v for key, v in nxt.items()})
                 hist = nxt
             steps.append(rec)
-            by_uncertainty |= alive & unc_done
-            by_model |= alive & model_done
-            alive = alive & ~done
+            by_uncertainty |= alive & end["unc_done"]
+            by_model |= alive & end["model_done"]
+            alive = alive & ~end["ended"]
             states, obs = next_states, next_obs
 
         batch, info = stack_rollout(steps, by_uncertainty, by_model)

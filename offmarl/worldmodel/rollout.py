@@ -9,7 +9,14 @@ steps (never over rollouts, agents or members). Each step:
     next_state, r = clip to the dataset box                  (MOMA-PPO reference)
     eps_g, eps_r  from the elites' UNCLIPPED means           (clipping would hide disagreement)
     r~ = r - lambda_g eps_g - lambda_r eps_r                 (penalised_reward)
-    done = done_prob > 0.5  |  eps_g > threshold             threshold tested on the RAW eps_g
+    done = done_prob > 0.5                                   predicted termination (no bootstrap)
+    eps_g > threshold (RAW eps_g) ends the rollout as ``uncertain_end`` says:
+        halt     (default) terminal, and the step's reward gets gamma * r_min / (1 - gamma): the
+                 pessimistic value of an absorbing HALT state (MOReL), r_min = the dataset's
+                 lowest reward (0 if none is negative)
+        timeout  bootstrap from V(next_state) (MBPO-style truncation)
+        terminal no bootstrap, value 0 — exploitable when rewards are negative (reacher): ending
+                 early is then better than continuing, so the policy seeks uncertainty
     timeout at the last step (bootstrap from V(next_state))
     history <- shift in (obs, action)                        each agent's last K pairs
 
@@ -43,6 +50,12 @@ class RolloutConfig:
     sample: bool = False            # False: chosen elite's mean (MOMA-PPO reference); True: Gaussian sample (MOPO)
     clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
     history: int = 10               # K: each agent's last K (obs, action) pairs (MOMA-PPO memory); 0 = none
+    uncertain_end: str = "halt"     # halt | timeout | terminal: how eps_g > threshold ends a rollout (module doc)
+    gamma: float = 0.99             # discount of the HALT value; MOMA-PPO sets it to ppo.gamma
+
+    def __post_init__(self):
+        if self.uncertain_end not in ("halt", "timeout", "terminal"):
+            raise OffmarlError(f"rollout.uncertain_end must be halt, timeout or terminal, got {self.uncertain_end!r}")
 
 
 class Policy(Protocol):
@@ -103,6 +116,30 @@ def start_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: 
     return {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
 
 
+def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch.Tensor, g: torch.Tensor,
+             box: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """How step ``h`` ends each row (shared by model_rollout and the MAG planner).
+
+    returns rewards (with the HALT value added where it applies), dones (no bootstrap),
+    timeouts (bootstrap), ended (the row stops after this step), model_done, unc_done.
+    """
+    model_done = done_prob > cfg.done_threshold
+    unc_done = g > cfg.eps_g_threshold  # RAW eps_g: the reference's clamp-then-test never fires
+    last = h == cfg.horizon - 1
+    if cfg.uncertain_end == "timeout":
+        done = model_done
+        timeout = ~done & (unc_done | last)
+    else:
+        done = model_done | unc_done
+        timeout = ~done if last else torch.zeros_like(done)
+        if cfg.uncertain_end == "halt":
+            r_min = box["reward_low"].clamp(max=0.0) if box is not None else rewards.new_zeros(())
+            halt = cfg.gamma * r_min / (1.0 - cfg.gamma)
+            rewards = torch.where(unc_done & ~model_done, rewards + halt, rewards)
+    return {"rewards": rewards, "dones": done, "timeouts": timeout, "ended": done | unc_done,
+            "model_done": model_done, "unc_done": unc_done}
+
+
 def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """hist [B, K, ...] oldest first; drop the oldest, append ``new`` [B, ...]."""
     return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
@@ -152,17 +189,15 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         g, rv = eps_g(out["elite_means"]), eps_r(out["elite_means"])
         a = eps_aleatoric(out["elite_logvars"]) if cfg.lambda_a != 0.0 else None
         r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-        model_done = out["done_prob"] > cfg.done_threshold
-        unc_done = g > cfg.eps_g_threshold  # RAW eps_g: the reference's clamp-then-test never fires
-        done = model_done | unc_done
-        timeout = ~done if h == cfg.horizon - 1 else torch.zeros_like(done)
+        end = end_step(cfg, h, r, out["done_prob"], g, box)
         valid = alive.clone()
         # rows already finished stay at their last valid state: bounded filler, masked by `valid`
         next_states = torch.where(alive.unsqueeze(-1), next_states, states)
         next_obs = obs_fn(next_states)
-        rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": r, "raw_rewards": raw_r,
-               "eps_g": g, "eps_r": rv, "done_prob": out["done_prob"], "dones": done & valid,
-               "timeouts": timeout & valid, "valid": valid, "next_states": next_states, "next_obs": next_obs}
+        rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
+               "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": out["done_prob"],
+               "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
+               "next_states": next_states, "next_obs": next_obs}
         if hist is not None:
             nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
                    "hist_actions": _shift_in(hist["hist_actions"], actions),
@@ -171,9 +206,9 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
             rec.update({"next_" + key: v for key, v in nxt.items()})
             hist = nxt
         steps.append(rec)
-        by_uncertainty |= alive & unc_done
-        by_model |= alive & model_done
-        alive = alive & ~done
+        by_uncertainty |= alive & end["unc_done"]
+        by_model |= alive & end["model_done"]
+        alive = alive & ~end["ended"]
         states, obs = next_states, next_obs
 
     return stack_rollout(steps, by_uncertainty, by_model)
