@@ -105,6 +105,10 @@ def test_checksum_and_coverage(ant):
     r = ant.rewards.copy()
     r[0] += 1
     assert _build(ant, rewards=r).checksum() != ant.checksum()
+    assert _build(ant, rewards=r).dynamics_checksum() != ant.dynamics_checksum()
+    # another observation scheme of the same data: a different dataset, the same dynamics
+    fo = ant.with_obs("fo")
+    assert fo.checksum() != ant.checksum() and fo.dynamics_checksum() == ant.dynamics_checksum()
     cov = state_action_coverage(ant)
     assert 0 < cov <= 1
     stats = ant.stats()

@@ -212,10 +212,10 @@ def test_load_or_fit_caches(tmp_path):
     t0 = time.perf_counter()
     m2, info2 = load_or_fit(ds, cfg, tmp_path, "cpu")
     assert not info1["cached"] and info2["cached"] and time.perf_counter() - t0 < 2.0
-    assert info2["key"] == cache_key(ds.checksum(), cfg) and (tmp_path / info2["key"] / "stats.json").is_file()
+    assert info2["key"] == cache_key(ds.dynamics_checksum(), cfg) and (tmp_path / info2["key"] / "stats.json").is_file()
     x, a = torch.randn(3, S), torch.randn(3, N * A)
     torch.testing.assert_close(m1.predict(x, a)[0], m2.predict(x, a)[0])
-    assert cache_key(ds.checksum(), EnsembleConfig(**{**TINY, "seed": 1})) != info2["key"]
+    assert cache_key(ds.dynamics_checksum(), EnsembleConfig(**{**TINY, "seed": 1})) != info2["key"]
 
 
 # ---------------------------------------------------------------- rollouts

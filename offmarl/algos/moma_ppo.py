@@ -1,6 +1,6 @@
 """MOMA-PPO: MA-PPO on uncertainty-penalised rollouts of a world-model ensemble (REFERENCE.md §2).
 
-    dataset ──► EnsembleWorldModel.fit (cached by dataset checksum + config)
+    dataset ──► EnsembleWorldModel.fit (cached by the data's dynamics checksum + config: fo/po share it)
             └─► every iteration: B start states (+ each agent's last K (obs, action) pairs)
                 ──► model_rollout (H steps, penalised reward r - λg·eps_g - λr·eps_r,
                     termination on predicted done or RAW eps_g above the threshold)

@@ -178,6 +178,17 @@ class MultiAgentDataset:
         h.update(self.meta.env.encode() + self.meta.obs_scheme.encode())
         return h.hexdigest()[:16]
 
+    def dynamics_checksum(self) -> str:
+        """Hash of what a world model learns from (states, actions, rewards, ends; NOT the
+        observations): the same data under another observation scheme shares fitted models."""
+        h = hashlib.sha256()
+        for k in ("states", "next_states", "actions", "rewards", "terminals", "timeouts"):
+            arr = np.ascontiguousarray(getattr(self, k))
+            h.update(k.encode() + str(arr.dtype).encode() + str(arr.shape).encode())
+            h.update(arr.tobytes())
+        h.update(self.meta.env.encode())
+        return h.hexdigest()[:16]
+
     def stats(self) -> dict[str, Any]:
         """Summary used by `offmarl datasets info` and the dataset cards."""
         rets = self.episode_returns()

@@ -429,7 +429,8 @@ def load_or_fit(dataset, config: EnsembleConfig, cache_dir: str | os.PathLike, d
     Files: ``cache_dir/<cache_key>/model.pt`` and ``stats.json``.
     returns (model on ``device``, info) with info = {cached: bool, path: str, key: str, **fit stats}
     """
-    checksum = dataset.checksum()
+    # the model sees states and joint actions only: fo and po views of the same data share it
+    checksum = dataset.dynamics_checksum()
     key = cache_key(checksum, config)
     path = Path(cache_dir) / key / "model.pt"
     if path.is_file():
