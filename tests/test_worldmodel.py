@@ -236,7 +236,7 @@ def test_uncertainty_termination(spread, fires):
     # 3 elites disagree on one state dim by 0, spread, 2*spread: Cov has one non-zero entry,
     # eps_g = var([0, s, 2s], ddof=1) = s^2 -> 9 (> 2, fires) or 0.25 (< 2, does not)
     model = constant_model([[i * spread] + [0.0] * S for i in range(3)])
-    cfg = RolloutConfig(horizon=4, history=2, clip_to_box=False)
+    cfg = RolloutConfig(horizon=4, history=2, clip_to_box=False, uncertain_end="terminal")
     batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, None,
                                 torch.Generator().manual_seed(0))
     torch.testing.assert_close(batch["eps_g"][0], torch.full((8,), spread ** 2))
