@@ -230,8 +230,11 @@ def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", l
     mod = algo_module(saved["algo"])
     cfg = from_dict(mod.Config, saved["config"])
     ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
-    algo = (mod.Algorithm(ds, cfg, dev, saved["seed"], log=log) if _takes_log(mod.Algorithm)
-            else mod.Algorithm(ds, cfg, dev, saved["seed"]))
+    if hasattr(mod.Algorithm, "for_evaluation"):  # e.g. MOMA-PPO: skip the world model
+        algo = mod.Algorithm.for_evaluation(ds, cfg, dev, saved["seed"], log=log)
+    else:
+        algo = (mod.Algorithm(ds, cfg, dev, saved["seed"], log=log) if _takes_log(mod.Algorithm)
+                else mod.Algorithm(ds, cfg, dev, saved["seed"]))
     name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
     algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
     return algo, ds, run, name

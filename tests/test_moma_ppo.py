@@ -56,6 +56,22 @@ def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
     assert res["run_dir"] == str(run_dir)
 
 
+def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
+    """`offmarl evaluate` rebuilds only the agents: with the world-model cache gone it must not
+    refit, and it reproduces the final evaluation of the run (same checkpoint, same seed)."""
+    import shutil
+
+    from offmarl.training import evaluate_runs
+
+    res = _train(coord_file, tmp_path, steps=6)
+    shutil.rmtree(tmp_path / "cache")
+    out = evaluate_runs([res["run_dir"]], episodes=4, checkpoint="latest", device="cpu", seed=0,
+                        log=lambda *a, **k: None)
+    ev = out["runs"][res["run_dir"]]
+    assert not (tmp_path / "cache").exists()
+    assert ev["episodes"] == 4 and 0.0 <= ev["normalised_mean"] <= 1.0
+
+
 def test_resume_gives_identical_metrics(coord_file, tmp_path):
     full = _train(coord_file, tmp_path / "a", steps=6)
     from pathlib import Path

@@ -132,6 +132,21 @@ class Algorithm:
                                                   obs_fn=self.env.observe, cache_dir=model_dir, log=log)
         self.generators = {"moma": self.gen}
 
+    @classmethod
+    def for_evaluation(cls, dataset, cfg: Config, device, seed: int, log=print) -> "Algorithm":
+        """Only what acting needs (the MA-PPO agents): no world model, no planner, no fitting.
+        ``offmarl evaluate`` uses this, then ``load_state_dict`` restores the agents."""
+        self = cls.__new__(cls)
+        self.cfg, self.device, self.dataset = cfg, torch.device(device), dataset
+        self.env = make_env(dataset.meta.env, obs=dataset.meta.obs_scheme)
+        self.k = cfg.ppo.history_len
+        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
+        self.mappo = MAPPO.from_spec(self.env.spec, cfg.ppo, self.device)
+        self.model, self.planner, self.model_info = None, None, {}
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.generators = {"moma": self.gen}
+        return self
+
     @property
     def policy(self):
         return self.mappo.policy
