@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     if args.run:
         from offmarl.training import load_trained
 
-        algo, ds, _, _ = load_trained(args.run, device=args.device, log=lambda *a: None)
+        algo, ds, _, _ = load_trained(args.run, device=args.device, log=lambda *a: None, policy_only=False)
         data_desc = f"{ds.meta.name} (from run {args.run})"
     else:
         ds = None

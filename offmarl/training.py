@@ -217,8 +217,10 @@ def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = N
     return result
 
 
-def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", log=print):
-    """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run)."""
+def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", log=print, policy_only: bool = True):
+    """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run, name).
+    ``policy_only``: build only what acting needs where the algorithm allows it (MOMA-PPO skips
+    its world model); False rebuilds everything (e.g. to roll the run's world model)."""
     from offmarl.algos import algo_module
     from offmarl.config import from_dict
     from offmarl.data import registry
@@ -230,7 +232,7 @@ def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", l
     mod = algo_module(saved["algo"])
     cfg = from_dict(mod.Config, saved["config"])
     ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
-    if hasattr(mod.Algorithm, "for_evaluation"):  # e.g. MOMA-PPO: skip the world model
+    if policy_only and hasattr(mod.Algorithm, "for_evaluation"):  # e.g. MOMA-PPO: skip the world model
         algo = mod.Algorithm.for_evaluation(ds, cfg, dev, saved["seed"], log=log)
     else:
         algo = (mod.Algorithm(ds, cfg, dev, saved["seed"], log=log) if _takes_log(mod.Algorithm)
