@@ -140,3 +140,37 @@ def test_bad_inputs_are_clear_errors():
         env.step(np.zeros((4, 3)))
     with pytest.raises(EnvError, match="NaN"):
         env.step(np.full((4, 2), np.nan))
+
+
+@pytest.mark.parametrize("name", ["ant-4x2", "hopper-3x1", "walker2d-2x3", "reacher-2x1", "halfcheetah-2x3"])
+def test_termination_rule_matches_the_live_env(name):
+    """env.terminated(next_state) == the env's own `terminated` flag on random-action episodes
+    (hopper and walker fall within tens of steps; ant and the others must never disagree)."""
+    env = make_env(name)
+    rng = np.random.default_rng(0)
+    seen_terminal, steps = 0, 0
+    for ep in range(6 if name != "ant-4x2" else 2):
+        env.reset(seed=ep)
+        for _ in range(200):
+            a = rng.uniform(-1, 1, (env.spec.n_agents, env.spec.max_action_dim))
+            _, s, _, term, trunc, _ = env.step(a)
+            steps += 1
+            assert bool(env.terminated(s[None])[0]) == term, (name, steps)
+            assert bool(env.terminated(torch.as_tensor(s[None]))[0]) == term
+            seen_terminal += term
+            if term or trunc:
+                break
+    if name in ("hopper-3x1", "walker2d-2x3"):
+        assert seen_terminal > 0  # the test saw the rule fire
+    env.close()
+
+
+def test_ant_termination_rule_on_constructed_states():
+    env = make_env("ant-4x2")
+    _, s, _ = env.reset(seed=0)
+    states = np.repeat(s[None], 4, 0)
+    states[1, 0] = 1.05  # torso too high (a jump)
+    states[2, 0] = 0.1   # torso on the ground
+    states[3, 5] = np.nan
+    np.testing.assert_array_equal(env.terminated(states), [False, True, True, True])
+    assert env.has_termination_rule and not make_env("coordination").has_termination_rule

@@ -273,6 +273,24 @@ def test_uncertain_end_modes(mode):
         RolloutConfig(uncertain_end="stop")
 
 
+def test_env_termination_rule_on_unclipped_predictions():
+    # every member predicts state dim 0 += 5: outside the data box, so clipping would hide it;
+    # the env rule "state[0] > 1 ends the episode" must see the UNCLIPPED prediction
+    model = constant_model([[5.0] + [0.0] * S for _ in range(3)])
+    box = {"state_low": torch.full((S,), -1.0), "state_high": torch.full((S,), 1.0),
+           "reward_low": torch.tensor(-1.0), "reward_high": torch.tensor(1.0)}
+    rule = lambda s: s[..., 0] > 1.0  # noqa: E731
+    start = {"states": torch.zeros(8, S)}
+    for termination, fires in [("env", True), ("model", False)]:
+        cfg = RolloutConfig(horizon=3, history=0, termination=termination, eps_g_threshold=1e9)
+        batch, info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
+                                    torch.Generator().manual_seed(0), done_fn=rule)
+        assert torch.all(batch["next_states"][..., 0] <= 1.0)  # clipped in the batch
+        assert bool(batch["dones"][0].all()) is fires and info["frac_model_terminated"] == float(fires)
+    with pytest.raises(OffmarlError, match="termination"):
+        RolloutConfig(termination="learned")
+
+
 def test_calibrated_threshold_is_a_quantile_of_eps_g_on_data():
     model = constant_model([[i * 1.5] + [0.0] * S for i in range(3)])  # eps_g = 1.5^2 on every input
     thr = calibrate_eps_g_threshold(model, linear_dataset(t=300), quantile=0.9, n=100, generator=torch.Generator())

@@ -161,12 +161,13 @@ class Algorithm:
 
     def update(self, step: int) -> dict:
         start = self._start_states()
+        done_fn = self.env.terminated if self.env.has_termination_rule else None
         if self.planner is not None:
             batch, info = self.planner.rollout(self.mappo.policy, start, self.env.observe, self.rollout_cfg,
-                                               self.box, self.gen)
+                                               self.box, self.gen, done_fn=done_fn)
         else:
             batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
-                                        self.box, self.gen)
+                                        self.box, self.gen, done_fn=done_fn)
         metrics = self.mappo.update(batch, self.gen)
         metrics.update({k: float(v) for k, v in info.items()})
         return metrics

@@ -111,6 +111,13 @@ class MultiAgentEnv(abc.ABC):
     def observe(self, states):
         raise EnvError(f"{self.spec.name}: observations are not a function of the global state")
 
+    #: True when ``terminated(states)`` implements the environment's own termination rule
+    has_termination_rule = False
+
+    def terminated(self, states):
+        """states [B, S] -> bool [B]: would the episode end on reaching these states?"""
+        raise EnvError(f"{self.spec.name}: no termination rule on states (use the world model's head)")
+
     def close(self) -> None:
         pass
 

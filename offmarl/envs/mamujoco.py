@@ -67,6 +67,18 @@ _ANT_TORSO = [0, 1, 2, 3, 4, 13, 14, 15, 16, 17, 18]  # z, quaternion, linear + 
 
 SCHEME_ALIASES = {"reacher-2x1": {"po": "po-independent"}}
 
+# Gymnasium v5's termination rules ("unhealthy" with terminate_when_unhealthy=True), written on
+# offmarl's state (the single-agent observation): (index, low, high, strict) per condition.
+# Ant-v5: finite state and 0.2 <= torso z <= 1.0 (z = qpos[2] = state[0]). Hopper-v5: z > 0.7,
+# -0.2 < angle < 0.2 and |qpos[2:], qvel| < 100 (the state's qvel is clipped to +-10, so only
+# qpos[2:] = state[1:5] can break it). Walker2d-v5: 0.8 < z < 2.0, -1 < angle < 1.
+# Reacher and HalfCheetah never terminate. Tested against the live envs.
+_HEALTHY = {
+    "Ant": [(0, 0.2, 1.0, False)],
+    "Hopper": [(0, 0.7, float("inf"), True), (1, -0.2, 0.2, True)] + [(i, -100.0, 100.0, True) for i in range(1, 5)],
+    "Walker2d": [(0, 0.8, 2.0, True), (1, -1.0, 1.0, True)],
+}
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -104,6 +116,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
         if name not in SCENARIOS:
             raise EnvError(f"unknown MaMuJoCo scenario {name!r}; known: {', '.join(SCENARIOS)}")
         sc = SCENARIOS[name]
+        self.scenario = sc
         self.name = name
         mamujoco_v1 = _quiet_import_mamujoco()
         kwargs = dict(sc.gym_kwargs)
@@ -183,6 +196,25 @@ class MaMuJoCoEnv(MultiAgentEnv):
         states = np.asarray(states)
         padded = np.concatenate([states, np.zeros(states.shape[:-1] + (1,), states.dtype)], axis=-1)
         return padded[..., self._gather]
+
+    has_termination_rule = True
+
+    def terminated(self, states):
+        """The environment's own termination rule applied to states [B, S] (numpy or torch)
+        -> bool [B] (True = the episode would end on reaching this state). Used by model
+        rollouts instead of a learned termination head (MBPO/MOPO's static termination)."""
+        is_torch = hasattr(states, "new_zeros")
+        if is_torch:
+            import torch
+
+            healthy = torch.isfinite(states).all(-1)
+        else:
+            states = np.asarray(states)
+            healthy = np.isfinite(states).all(-1)
+        for i, lo, hi, strict in _HEALTHY.get(self.scenario.scenario, []):
+            x = states[..., i]
+            healthy = healthy & (((x > lo) & (x < hi)) if strict else ((x >= lo) & (x <= hi)))
+        return ~healthy
 
     def to_global_actions(self, actions):
         """Per-agent actions [..., N, A] -> single-agent action [..., A_global] (numpy)."""

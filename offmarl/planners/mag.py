@@ -210,7 +210,8 @@ class MAGPlanner:
     @torch.no_grad()
     def rollout(self, policy: Policy, start: dict[str, torch.Tensor | None],
                 obs_fn: Callable[[torch.Tensor], torch.Tensor], cfg: RolloutConfig,
-                box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None
+                box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None,
+                done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Same contract and bookkeeping as ``model_rollout`` (batch [H, B, ...], info); info adds
         planner_seconds (time spent sampling the extra candidates and looking ahead),
@@ -244,6 +245,7 @@ class MAGPlanner:
             t0 = time.perf_counter()
             cand = sample_candidates(model, states, joint, self.l, self.candidates, generator, plan_gen, cfg.sample)
             cand_states, cand_r = cand["next_states"], cand["rewards"]
+            unclipped = cand_states
             if cfg.clip_to_box:
                 cand_states = _clip(cand_states, box)
                 cand_r = cand_r.clamp(min=box["reward_low"], max=box["reward_high"])
@@ -268,7 +270,7 @@ class MAGPlanner:
             g, rv = eps_g(cand["elite_means"]), eps_r(cand["elite_means"])
             a = eps_aleatoric(cand["elite_logvars"]) if cfg.lambda_a != 0.0 else None
             r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-            end = end_step(cfg, h, r, done_prob, g, box)
+            end = end_step(cfg, h, r, done_prob, g, box, unclipped[rows, idx], done_fn)
             valid = alive.clone()
             next_states = torch.where(alive.unsqueeze(-1), next_states, states)
             next_obs = obs_fn(next_states)

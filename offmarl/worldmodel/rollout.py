@@ -9,7 +9,9 @@ steps (never over rollouts, agents or members). Each step:
     next_state, r = clip to the dataset box                  (MOMA-PPO reference)
     eps_g, eps_r  from the elites' UNCLIPPED means           (clipping would hide disagreement)
     r~ = r - lambda_g eps_g - lambda_r eps_r                 (penalised_reward)
-    done = done_prob > 0.5                                   predicted termination (no bootstrap)
+    done = env_rule(next_state)  or  done_prob > 0.5         termination (no bootstrap): the env's own rule on
+                                                             the UNCLIPPED predicted state when the env has one
+                                                             (MBPO/MOPO), else the model's learned head
     eps_g > threshold (RAW eps_g) ends the rollout as ``uncertain_end`` says:
         timeout  (default) bootstrap from V(next_state) (MBPO-style truncation)
         halt     terminal, and the step's reward gets gamma * r_min / (1 - gamma): the
@@ -51,11 +53,15 @@ class RolloutConfig:
     clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
     history: int = 10               # K: each agent's last K (obs, action) pairs (MOMA-PPO memory); 0 = none
     uncertain_end: str = "timeout"  # timeout | halt | terminal: how eps_g > threshold ends a rollout (module doc)
+    termination: str = "env"        # env: the env's rule on predicted states when it has one (MBPO/MOPO), else
+                                    # the model's head; model: always the learned head (MOMA-PPO reference)
     gamma: float = 0.99             # discount of the HALT value; MOMA-PPO sets it to ppo.gamma
 
     def __post_init__(self):
         if self.uncertain_end not in ("halt", "timeout", "terminal"):
             raise OffmarlError(f"rollout.uncertain_end must be halt, timeout or terminal, got {self.uncertain_end!r}")
+        if self.termination not in ("env", "model"):
+            raise OffmarlError(f"rollout.termination must be env or model, got {self.termination!r}")
 
 
 class Policy(Protocol):
@@ -117,13 +123,19 @@ def start_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: 
 
 
 def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch.Tensor, g: torch.Tensor,
-             box: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+             box: dict[str, torch.Tensor] | None, next_states: torch.Tensor | None = None,
+             done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """How step ``h`` ends each row (shared by model_rollout and the MAG planner).
 
+    next_states: the UNCLIPPED predicted states, for ``done_fn`` (the env's termination rule;
+    used when cfg.termination == "env" and given, else the model's done_prob).
     returns rewards (with the HALT value added where it applies), dones (no bootstrap),
     timeouts (bootstrap), ended (the row stops after this step), model_done, unc_done.
     """
-    model_done = done_prob > cfg.done_threshold
+    if cfg.termination == "env" and done_fn is not None and next_states is not None:
+        model_done = done_fn(next_states).to(torch.bool)
+    else:
+        model_done = done_prob > cfg.done_threshold
     unc_done = g > cfg.eps_g_threshold  # RAW eps_g: the reference's clamp-then-test never fires
     last = h == cfg.horizon - 1
     if cfg.uncertain_end == "timeout":
@@ -148,7 +160,8 @@ def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, torch.Tensor | None],
                   obs_fn: Callable[[torch.Tensor], torch.Tensor], cfg: RolloutConfig,
-                  box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None
+                  box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None,
+                  done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Roll the policy H steps in the model from ``start``.
 
@@ -157,6 +170,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     obs_fn: states [B, S] -> obs [B, N, O] (the env's ``observe``)
     box: from ``dataset_box`` (required when cfg.clip_to_box)
     generator: on the device of the states; the same seed gives the same rollout
+    done_fn: the env's termination rule on states (``env.terminated``; None = the model's head)
 
     returns (batch, info). batch entries are [H, B, ...]: states, obs, [hist_obs, hist_actions,
     hist_mask, next_hist_obs, next_hist_actions, next_hist_mask when K > 0], actions, logp [H, B, N],
@@ -183,13 +197,14 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         env_actions = policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
         out = model.step(states, model.encode_actions(env_actions), generator, sample=cfg.sample)
         next_states, raw_r = out["next_states"], out["rewards"]
+        unclipped = next_states
         if cfg.clip_to_box:
             next_states = torch.maximum(torch.minimum(next_states, box["state_high"]), box["state_low"])
             raw_r = raw_r.clamp(min=box["reward_low"], max=box["reward_high"])
         g, rv = eps_g(out["elite_means"]), eps_r(out["elite_means"])
         a = eps_aleatoric(out["elite_logvars"]) if cfg.lambda_a != 0.0 else None
         r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-        end = end_step(cfg, h, r, out["done_prob"], g, box)
+        end = end_step(cfg, h, r, out["done_prob"], g, box, unclipped, done_fn)
         valid = alive.clone()
         # rows already finished stay at their last valid state: bounded filler, masked by `valid`
         next_states = torch.where(alive.unsqueeze(-1), next_states, states)
