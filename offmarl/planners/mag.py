@@ -155,7 +155,7 @@ def plan_next_states(model: EnsembleWorldModel, policy: Policy, candidates: torc
         if not last:
             if hist is not None:
                 hist = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                        "hist_actions": _shift_in(hist["hist_actions"], actions),
+                        "hist_actions": _shift_in(hist["hist_actions"], env_actions),
                         "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(score, dtype=torch.bool))}
             states = _clip(out["next_states"], box)
     scores = score.view(b, l)
@@ -252,7 +252,7 @@ class MAGPlanner:
             nxt = None
             if hist is not None:
                 nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                       "hist_actions": _shift_in(hist["hist_actions"], actions),
+                       "hist_actions": _shift_in(hist["hist_actions"], env_actions),
                        "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(alive))}
             if self.l > 1:
                 idx, scores = plan_next_states(model, policy, cand_states, obs_fn, nxt, self.scorer, self.h,

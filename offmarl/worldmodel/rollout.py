@@ -215,7 +215,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
                "next_states": next_states, "next_obs": next_obs}
         if hist is not None:
             nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                   "hist_actions": _shift_in(hist["hist_actions"], actions),
+                   "hist_actions": _shift_in(hist["hist_actions"], env_actions),  # what was executed
                    "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(alive))}
             rec.update(hist)
             rec.update({"next_" + key: v for key, v in nxt.items()})
