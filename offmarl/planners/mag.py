@@ -37,8 +37,8 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, _shift_in, end_step, stack_rollout, start_history
-from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
+from offmarl.worldmodel.rollout import Policy, RolloutConfig, record_step, shift_history, stack_rollout, start_history
+from offmarl.worldmodel.uncertainty import eps_g
 
 CANDIDATE_MODES = ("elites", "samples", "both")
 SCORES = ("error_model", "uncertainty")
@@ -154,9 +154,7 @@ def plan_next_states(model: EnsembleWorldModel, policy: Policy, candidates: torc
         score += (discount ** (j - 1)) * scorer(states, joint, out)
         if not last:
             if hist is not None:
-                hist = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                        "hist_actions": _shift_in(hist["hist_actions"], env_actions),
-                        "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(score, dtype=torch.bool))}
+                hist = shift_history(hist, obs, env_actions)
             states = _clip(out["next_states"], box)
     scores = score.view(b, l)
     return select_candidates(scores), scores
@@ -249,11 +247,7 @@ class MAGPlanner:
             if cfg.clip_to_box:
                 cand_states = _clip(cand_states, box)
                 cand_r = cand_r.clamp(min=box["reward_low"], max=box["reward_high"])
-            nxt = None
-            if hist is not None:
-                nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                       "hist_actions": _shift_in(hist["hist_actions"], env_actions),
-                       "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(alive))}
+            nxt = None if hist is None else shift_history(hist, obs, env_actions)
             if self.l > 1:
                 idx, scores = plan_next_states(model, policy, cand_states, obs_fn, nxt, self.scorer, self.h,
                                                self.discount, clip_box, plan_gen, cfg.sample)
@@ -266,22 +260,10 @@ class MAGPlanner:
             plan_seconds += time.perf_counter() - t0
             next_states = cand_states[rows, idx]
             raw_r = cand_r[rows, idx]
-            done_prob = cand["done_prob"][rows, idx]
-            g, rv = eps_g(cand["elite_means"]), eps_r(cand["elite_means"])
-            a = eps_aleatoric(cand["elite_logvars"]) if cfg.lambda_a != 0.0 else None
-            r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-            end = end_step(cfg, h, r, done_prob, g, box, unclipped[rows, idx], done_fn)
-            valid = alive.clone()
-            next_states = torch.where(alive.unsqueeze(-1), next_states, states)
-            next_obs = obs_fn(next_states)
-            rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
-                   "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": done_prob,
-                   "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
-                   "next_states": next_states, "next_obs": next_obs}
-            if hist is not None:
-                rec.update(hist)
-                rec.update({"next_" + key: v for key, v in nxt.items()})
-                hist = nxt
+            rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
+                                   next_states, unclipped[rows, idx], raw_r, cand["done_prob"][rows, idx],
+                                   cand["elite_means"], cand["elite_logvars"])
+            next_states, next_obs, hist = rec["next_states"], rec["next_obs"], nxt
             steps.append(rec)
             by_uncertainty |= alive & end["unc_done"]
             by_model |= alive & end["model_done"]

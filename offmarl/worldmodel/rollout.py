@@ -201,25 +201,11 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         if cfg.clip_to_box:
             next_states = torch.maximum(torch.minimum(next_states, box["state_high"]), box["state_low"])
             raw_r = raw_r.clamp(min=box["reward_low"], max=box["reward_high"])
-        g, rv = eps_g(out["elite_means"]), eps_r(out["elite_means"])
-        a = eps_aleatoric(out["elite_logvars"]) if cfg.lambda_a != 0.0 else None
-        r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-        end = end_step(cfg, h, r, out["done_prob"], g, box, unclipped, done_fn)
-        valid = alive.clone()
-        # rows already finished stay at their last valid state: bounded filler, masked by `valid`
-        next_states = torch.where(alive.unsqueeze(-1), next_states, states)
-        next_obs = obs_fn(next_states)
-        rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
-               "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": out["done_prob"],
-               "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
-               "next_states": next_states, "next_obs": next_obs}
-        if hist is not None:
-            nxt = {"hist_obs": _shift_in(hist["hist_obs"], obs),
-                   "hist_actions": _shift_in(hist["hist_actions"], env_actions),  # what was executed
-                   "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(alive))}
-            rec.update(hist)
-            rec.update({"next_" + key: v for key, v in nxt.items()})
-            hist = nxt
+        nxt = None if hist is None else shift_history(hist, obs, env_actions)
+        rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
+                               next_states, unclipped, raw_r, out["done_prob"], out["elite_means"],
+                               out["elite_logvars"])
+        next_states, next_obs, hist = rec["next_states"], rec["next_obs"], nxt
         steps.append(rec)
         by_uncertainty |= alive & end["unc_done"]
         by_model |= alive & end["model_done"]
@@ -227,6 +213,36 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         states, obs = next_states, next_obs
 
     return stack_rollout(steps, by_uncertainty, by_model)
+
+
+def shift_history(hist: dict[str, torch.Tensor], obs: torch.Tensor, env_actions: torch.Tensor) -> dict:
+    """Each agent's memory after this step: drop the oldest pair, append (obs, executed action)."""
+    return {"hist_obs": _shift_in(hist["hist_obs"], obs),
+            "hist_actions": _shift_in(hist["hist_actions"], env_actions),  # what was executed, as in the data
+            "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(hist["hist_mask"][:, 0]))}
+
+
+def record_step(cfg: RolloutConfig, h: int, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
+                next_states, unclipped, raw_r, done_prob, elite_means, elite_logvars
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One committed rollout step (shared by model_rollout and the MAG planner): uncertainty,
+    penalised reward, how the step ends, finished rows frozen at their last valid state (bounded
+    filler, masked by ``valid``), and the step's record incl. the memory before/after.
+    -> (record, end_step's dict)."""
+    g, rv = eps_g(elite_means), eps_r(elite_means)
+    a = eps_aleatoric(elite_logvars) if cfg.lambda_a != 0.0 else None
+    r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
+    end = end_step(cfg, h, r, done_prob, g, box, unclipped, done_fn)
+    valid = alive.clone()
+    next_states = torch.where(alive.unsqueeze(-1), next_states, states)
+    rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
+           "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": done_prob,
+           "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
+           "next_states": next_states, "next_obs": obs_fn(next_states)}
+    if hist is not None:
+        rec.update(hist)
+        rec.update({"next_" + key: v for key, v in nxt.items()})
+    return rec, end
 
 
 def stack_rollout(steps: list[dict[str, torch.Tensor]], by_uncertainty: torch.Tensor, by_model: torch.Tensor
