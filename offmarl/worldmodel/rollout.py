@@ -13,10 +13,10 @@ steps (never over rollouts, agents or members). Each step:
                                                              the UNCLIPPED predicted state when the env has one
                                                              (MBPO/MOPO), else the model's learned head
     eps_g > threshold (RAW eps_g) ends the rollout as ``uncertain_end`` says:
-        timeout  (default) bootstrap from V(next_state) (MBPO-style truncation)
-        halt     terminal, and the step's reward gets gamma * r_min / (1 - gamma): the
-                 pessimistic value of an absorbing HALT state (MOReL), r_min = the dataset's
-                 lowest reward (0 if none is negative)
+        halt     (default) terminal, and the step's reward gets gamma * r_min / (1 - gamma):
+                 the pessimistic value of an absorbing HALT state (MOReL), r_min = the
+                 dataset's lowest reward (0 if none is negative)
+        timeout  bootstrap from V(next_state) (MBPO-style truncation)
         terminal no bootstrap, value 0 — exploitable when rewards are negative (reacher): ending
                  early is then better than continuing, so the policy seeks uncertainty
     timeout at the last step (bootstrap from V(next_state))
@@ -52,7 +52,7 @@ class RolloutConfig:
     sample: bool = False            # False: chosen elite's mean (MOMA-PPO reference); True: Gaussian sample (MOPO)
     clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
     history: int = 10               # K: each agent's last K (obs, action) pairs (MOMA-PPO memory); 0 = none
-    uncertain_end: str = "timeout"  # timeout | halt | terminal: how eps_g > threshold ends a rollout (module doc)
+    uncertain_end: str = "halt"     # halt | timeout | terminal: how eps_g > threshold ends a rollout (module doc)
     termination: str = "env"        # env: the env's rule on predicted states when it has one (MBPO/MOPO), else
                                     # the model's head; model: always the learned head (MOMA-PPO reference)
     gamma: float = 0.99             # discount of the HALT value; MOMA-PPO sets it to ppo.gamma
