@@ -80,6 +80,7 @@ def main() -> None:
 
     import torch
 
+    from offmarl.errors import OffmarlError
     from offmarl.training import train_from_options
 
     out = Path(args.out)
@@ -97,9 +98,12 @@ def main() -> None:
                     if key in done:
                         continue
                     t0 = time.perf_counter()
-                    res = train_from_options(args.dataset, algo=algo, obs=obs, overrides=args.overrides,
-                                             steps=args.steps, seed=seed, device=args.device,
-                                             out=str(out / "runs"), progress=False, log=lambda *a, **k: None)
+                    try:
+                        res = train_from_options(args.dataset, algo=algo, obs=obs, overrides=args.overrides,
+                                                 steps=args.steps, seed=seed, device=args.device,
+                                                 out=str(out / "runs"), progress=False, log=lambda *a, **k: None)
+                    except OffmarlError as exc:  # finished runs stay in results.jsonl
+                        raise SystemExit(f"offline_table: {algo} / {obs} / seed {seed}: {exc}") from None
                     row = {"dataset": args.dataset, "algo": algo, "obs": obs, "seed": seed, "steps": args.steps,
                            "overrides": args.overrides, "normalized_score": res["normalized_score"],
                            "return_mean": res["return_mean"], "return_std": res["return_std"],

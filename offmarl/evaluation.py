@@ -89,8 +89,8 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                         np.stack([envs[b].avail_actions() if alive[b] else np.ones((spec.n_agents, spec.n_actions), bool)
                                   for b in range(wave)]), device=device)
                 actions, _ = policy.act(obs_t, hist, avail, deterministic, gen)
-                if not spec.discrete:  # the memory holds what the env executed (as the dataset does)
-                    actions = actions.clamp(min=float(np.min(spec.action_low)), max=float(np.max(spec.action_high)))
+                if not spec.discrete:  # the env and the memory get what is executed (as in the dataset)
+                    actions = actions.clamp(min=spec.action_low, max=spec.action_high)
                 if hist is not None:
                     hist = {
                         "hist_obs": torch.cat([hist["hist_obs"][:, 1:], obs_t[:, None]], 1),
@@ -98,8 +98,6 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                         "hist_mask": torch.cat([hist["hist_mask"][:, 1:], torch.ones(wave, 1, dtype=torch.bool, device=device)], 1),
                     }
                 a = actions.cpu().numpy()
-                if not spec.discrete:
-                    a = np.clip(a, spec.action_low, spec.action_high)
                 for b in np.flatnonzero(alive):
                     o, _, r, term, trunc, info = envs[b].step(a[b])
                     obs[b] = o

@@ -81,18 +81,27 @@ def check_dataset(ds, cfg: Config) -> None:
 
 
 class Algorithm:
-    def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
+    def _setup_agents(self, dataset, cfg: Config, device, seed: int) -> None:
+        """Shared by training and ``for_evaluation``: env, memory length, rollout config, generator.
+        The caller builds the MA-PPO agents (training builds them after the world model, so the
+        global RNG stream that initialises them is the same as before this helper existed)."""
         self.cfg, self.device, self.dataset = cfg, torch.device(device), dataset
         self.env = make_env(dataset.meta.env, obs=dataset.meta.obs_scheme)
+        # the same K feeds the policy's memory and the rollouts' histories
+        self.k = cfg.ppo.history_len
+        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.generators = {"moma": self.gen}
+        self.model, self.planner, self.model_info = None, None, {}
+
+    def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
+        self._setup_agents(dataset, cfg, device, seed)
         spec = self.env.spec
         if spec.obs_dims != tuple(dataset.meta.obs_dims) or spec.state_dim != dataset.meta.state_dim:
             raise OffmarlError(
                 f"dataset {dataset.meta.name or dataset.origin} does not match {spec.name} under scheme "
                 f"{spec.obs_scheme}: obs dims {dataset.meta.obs_dims} vs {spec.obs_dims}, state "
                 f"{dataset.meta.state_dim} vs {spec.state_dim}")
-        # the same K feeds the policy's memory and the rollouts' histories
-        self.k = cfg.ppo.history_len
-        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
 
         wm_cfg = dataclasses.replace(cfg.world_model, seed=cfg.world_model.seed + seed)
         if cfg.world_model_path:
@@ -111,7 +120,6 @@ class Algorithm:
         log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
         self.model.eval()
 
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.box = dataset_box(dataset, self.device)
         if cfg.calibrate_eps_g is not None:
             g = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -123,28 +131,20 @@ class Algorithm:
         self.mappo = MAPPO.from_spec(spec, cfg.ppo, self.device)
         t = dataset.tensors(self.device)
         self.mappo.update_normalisers(t["observations"], t["states"])
-        self.planner = None
         if cfg.planner.kind == "mag":
             from offmarl.planners.mag import MAGPlanner
 
             model_dir = Path(self.model_info["path"]).parent if self.model_info.get("path") else None
             self.planner = MAGPlanner.from_config(cfg.planner, self.model, dataset, self.device,
                                                   obs_fn=self.env.observe, cache_dir=model_dir, log=log)
-        self.generators = {"moma": self.gen}
 
     @classmethod
     def for_evaluation(cls, dataset, cfg: Config, device, seed: int, log=print) -> "Algorithm":
         """Only what acting needs (the MA-PPO agents): no world model, no planner, no fitting.
         ``offmarl evaluate`` uses this, then ``load_state_dict`` restores the agents."""
         self = cls.__new__(cls)
-        self.cfg, self.device, self.dataset = cfg, torch.device(device), dataset
-        self.env = make_env(dataset.meta.env, obs=dataset.meta.obs_scheme)
-        self.k = cfg.ppo.history_len
-        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
+        self._setup_agents(dataset, cfg, device, seed)
         self.mappo = MAPPO.from_spec(self.env.spec, cfg.ppo, self.device)
-        self.model, self.planner, self.model_info = None, None, {}
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.generators = {"moma": self.gen}
         return self
 
     @property

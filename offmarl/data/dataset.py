@@ -167,27 +167,23 @@ class MultiAgentDataset:
             return returns
         return (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
 
-    def checksum(self) -> str:
-        """Content hash of the arrays (used to key cached world models)."""
+    def _hash(self, keys, extra: str) -> str:
         h = hashlib.sha256()
-        for k in ARRAY_KEYS:
+        for k in keys:
             arr = np.ascontiguousarray(getattr(self, k))
-            h.update(k.encode())
-            h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+            h.update(k.encode() + str(arr.dtype).encode() + str(arr.shape).encode())
             h.update(arr.tobytes())
-        h.update(self.meta.env.encode() + self.meta.obs_scheme.encode())
+        h.update(extra.encode())
         return h.hexdigest()[:16]
+
+    def checksum(self) -> str:
+        """Content hash of every array and the observation scheme (the dataset's identity)."""
+        return self._hash(ARRAY_KEYS, self.meta.env + self.meta.obs_scheme)
 
     def dynamics_checksum(self) -> str:
         """Hash of what a world model learns from (states, actions, rewards, ends; NOT the
         observations): the same data under another observation scheme shares fitted models."""
-        h = hashlib.sha256()
-        for k in ("states", "next_states", "actions", "rewards", "terminals", "timeouts"):
-            arr = np.ascontiguousarray(getattr(self, k))
-            h.update(k.encode() + str(arr.dtype).encode() + str(arr.shape).encode())
-            h.update(arr.tobytes())
-        h.update(self.meta.env.encode())
-        return h.hexdigest()[:16]
+        return self._hash(("states", "next_states", "actions", "rewards", "terminals", "timeouts"), self.meta.env)
 
     def stats(self) -> dict[str, Any]:
         """Summary used by `offmarl datasets info` and the dataset cards."""

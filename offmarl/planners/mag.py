@@ -37,7 +37,7 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, record_step, shift_history, stack_rollout, start_history
+from offmarl.worldmodel.rollout import Policy, RolloutConfig, RolloutRecorder, record_step, shift_history, start_history
 from offmarl.worldmodel.uncertainty import eps_g
 
 CANDIDATE_MODES = ("elites", "samples", "both")
@@ -230,13 +230,11 @@ class MAGPlanner:
         obs = obs_fn(states)
         hist = start_history(start, obs, model, k, "MAG planner")
 
-        steps: list[dict[str, torch.Tensor]] = []
-        alive = torch.ones(b, dtype=torch.bool, device=dev)
-        by_uncertainty = torch.zeros(b, dtype=torch.bool, device=dev)
-        by_model = torch.zeros(b, dtype=torch.bool, device=dev)
+        recorder = RolloutRecorder(b, dev)
         plan_seconds, replaced, gain, n_valid = 0.0, 0.0, 0.0, 0.0
         rows = torch.arange(b, device=dev)
         for h in range(cfg.horizon):
+            alive = recorder.alive
             actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
             env_actions = policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
             joint = model.encode_actions(env_actions)
@@ -263,14 +261,10 @@ class MAGPlanner:
             rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
                                    next_states, unclipped[rows, idx], raw_r, cand["done_prob"][rows, idx],
                                    cand["elite_means"], cand["elite_logvars"])
-            next_states, next_obs, hist = rec["next_states"], rec["next_obs"], nxt
-            steps.append(rec)
-            by_uncertainty |= alive & end["unc_done"]
-            by_model |= alive & end["model_done"]
-            alive = alive & ~end["ended"]
-            states, obs = next_states, next_obs
+            recorder.add(rec, end)
+            states, obs, hist = rec["next_states"], rec["next_obs"], nxt
 
-        batch, info = stack_rollout(steps, by_uncertainty, by_model)
+        batch, info = recorder.finish()
         info.update({
             "planner_seconds": plan_seconds,
             "planner_rollout_seconds": time.perf_counter() - t_start,

@@ -187,11 +187,9 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     obs = obs_fn(states)
     hist = start_history(start, obs, model, k, "model_rollout")
 
-    steps: list[dict[str, torch.Tensor]] = []
-    alive = torch.ones(b, dtype=torch.bool, device=dev)
-    by_uncertainty = torch.zeros(b, dtype=torch.bool, device=dev)
-    by_model = torch.zeros(b, dtype=torch.bool, device=dev)
+    rec_all = RolloutRecorder(b, dev)
     for h in range(cfg.horizon):
+        alive = rec_all.alive
         actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
         # the model was fitted on in-box actions: give it what the environment would execute
         env_actions = policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
@@ -205,14 +203,10 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
                                next_states, unclipped, raw_r, out["done_prob"], out["elite_means"],
                                out["elite_logvars"])
-        next_states, next_obs, hist = rec["next_states"], rec["next_obs"], nxt
-        steps.append(rec)
-        by_uncertainty |= alive & end["unc_done"]
-        by_model |= alive & end["model_done"]
-        alive = alive & ~end["ended"]
-        states, obs = next_states, next_obs
+        rec_all.add(rec, end)
+        states, obs, hist = rec["next_states"], rec["next_obs"], nxt
 
-    return stack_rollout(steps, by_uncertainty, by_model)
+    return rec_all.finish()
 
 
 def shift_history(hist: dict[str, torch.Tensor], obs: torch.Tensor, env_actions: torch.Tensor) -> dict:
@@ -243,6 +237,26 @@ def record_step(cfg: RolloutConfig, h: int, box, done_fn, obs_fn, alive, states,
         rec.update(hist)
         rec.update({"next_" + key: v for key, v in nxt.items()})
     return rec, end
+
+
+class RolloutRecorder:
+    """The per-step records of B rollouts and which rows are still alive / why they ended
+    (shared by model_rollout and the MAG planner)."""
+
+    def __init__(self, b: int, device):
+        self.steps: list[dict[str, torch.Tensor]] = []
+        self.alive = torch.ones(b, dtype=torch.bool, device=device)
+        self.by_uncertainty = torch.zeros(b, dtype=torch.bool, device=device)
+        self.by_model = torch.zeros(b, dtype=torch.bool, device=device)
+
+    def add(self, rec: dict[str, torch.Tensor], end: dict[str, torch.Tensor]) -> None:
+        self.steps.append(rec)
+        self.by_uncertainty |= self.alive & end["unc_done"]
+        self.by_model |= self.alive & end["model_done"]
+        self.alive = self.alive & ~end["ended"]
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return stack_rollout(self.steps, self.by_uncertainty, self.by_model)
 
 
 def stack_rollout(steps: list[dict[str, torch.Tensor]], by_uncertainty: torch.Tensor, by_model: torch.Tensor
