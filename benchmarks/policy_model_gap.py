@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
 
     from offmarl.training import load_trained
 
-    algo, ds, run, ckpt = load_trained(args.run_dir, policy_only=False, device="cpu", log=lambda *a: None)
+    algo, ds, _run, ckpt = load_trained(args.run_dir, policy_only=False, device="cpu", log=lambda *a: None)
     env, model, policy = algo.env, algo.model, algo.policy
     if not env.has_termination_rule:
         raise SystemExit(f"{env.name} has no termination rule: nothing to foresee")
@@ -138,17 +138,17 @@ def main(argv=None) -> dict:
     }
     lines = [
         f"# Policy vs model: {args.run_dir} ({ckpt})", "",
-        f"Real episodes: returns {res['returns']}, lengths {res['lengths']}, ended by the simulator {res['terminated']}; "
-        f"real reward per step {res['real_reward_per_step']}.", "",
+        (f"Real episodes: returns {res['returns']}, lengths {res['lengths']}, ended by the simulator {res['terminated']}; "
+        f"real reward per step {res['real_reward_per_step']}."), "",
         "| one step (q50 / q90 / q99) | dataset transitions | the policy's real transitions |", "|---|---|---|",
     ]
     for k in data:
         lines.append(f"| {k} | {' / '.join(map(str, res['one_step']['data'][k]))} | "
                      f"{' / '.join(map(str, res['one_step']['policy'][k]))} |")
-    lines += ["", f"Share of the policy's transitions with eps_g above the run's threshold ({res['eps_g_threshold']}): "
-              f"{res['one_step']['policy_share_above_threshold']}.", "",
-              f"| closed-loop model rollout from b steps before the real end ({args.rows} rows, b + 20 steps) "
-              "| share of rows the model ends, per ended episode |", "|---|---|"]
+    lines += ["", (f"Share of the policy's transitions with eps_g above the run's threshold ({res['eps_g_threshold']}): "
+              f"{res['one_step']['policy_share_above_threshold']}."), "",
+              (f"| closed-loop model rollout from b steps before the real end ({args.rows} rows, b + 20 steps) "
+              "| share of rows the model ends, per ended episode |"), "|---|---|"]
     for k, v in fores.items():
         lines.append(f"| b = {k} | {v} |")
     md = "\n".join(lines) + "\n"
