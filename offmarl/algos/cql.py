@@ -19,16 +19,14 @@ categorical actor (as ITD3+BC's discrete form); the actor minimises -sum_a pi_i(
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.algos.td3bc import independent_next_value
-from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors,
-                               check_action_box, clip_grad_norm_per_agent_, fit_standardiser, load_state_of,
-                               mask_logits, seeded_init, soft_update_, standardise, state_of)
+from offmarl.algos.td3bc import ActorCriticBase, independent_next_value
+from offmarl.nn.agents import (AgentCritics, check_action_box, clip_grad_norm_per_agent_, mask_logits, soft_update_,
+                               standardise)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -71,28 +69,10 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "icql")
 
 
-class Algorithm:
-    name = "icql"
+class Algorithm(ActorCriticBase):
+    """ICQL: per-agent twin critics on (o_i, a_i) (the subclass OMAR keeps them)."""
 
-    def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_action_box(dataset, self.name)  # the name of the subclass too (omar)
-        self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
-        self.layout = lay = AgentLayout(dataset.meta)
-        with seeded_init(seed):
-            self.obs_norm = fit_standardiser(torch.as_tensor(dataset.observations), cfg.normalize_obs).to(self.device)
-            if lay.discrete:
-                self.actor = CategoricalActors(lay.n_agents, lay.obs_dim, cfg.hidden, lay.action_mask)
-            else:
-                self.actor = DeterministicActors(lay, cfg.hidden)
-            self.critic = AgentCritics(lay, cfg.hidden)
-        self.actor.to(self.device)
-        self.critic.to(self.device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
-        self.policy = AgentPolicy(self.actor, self.obs_norm)
+    name = "icql"
 
     # ------------------------------------------------------------------ CQL regulariser
     def sampled_logsumexp(self, obs, next_obs) -> torch.Tensor:
@@ -166,15 +146,3 @@ class Algorithm:
             soft_update_(self.actor_target, self.actor, cfg.tau)
             metrics.update(actor_metrics)
         return metrics
-
-    def _parts(self) -> dict:
-        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
-                "critic_target": self.critic_target, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
-                "obs_norm": self.obs_norm}
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)
-

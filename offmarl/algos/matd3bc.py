@@ -18,16 +18,13 @@ actors; the BC term is the cross-entropy.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from offmarl.algos.td3bc import bc_mse, smoothed_target_actions
-from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors, JointCritics,
-                               check_action_box, fit_standardiser, gumbel_softmax_st, load_state_of, seeded_init,
-                               soft_update_, standardise, state_of)
+from offmarl.algos.td3bc import ActorCriticBase, bc_mse, smoothed_target_actions
+from offmarl.nn.agents import JointCritics, check_action_box, gumbel_softmax_st, soft_update_, standardise
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -56,27 +53,12 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "matd3bc")
 
 
-class Algorithm:
-    def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_dataset(dataset, cfg)
-        self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
-        self.layout = lay = AgentLayout(dataset.meta)
-        with seeded_init(seed):
-            self.state_norm = fit_standardiser(torch.as_tensor(dataset.states), cfg.normalize_obs).to(self.device)
-            self.obs_norm = fit_standardiser(torch.as_tensor(dataset.observations), cfg.normalize_obs).to(self.device)
-            if lay.discrete:
-                self.actor = CategoricalActors(lay.n_agents, lay.obs_dim, cfg.hidden, lay.action_mask)
-            else:
-                self.actor = DeterministicActors(lay, cfg.hidden)
-            self.critic = JointCritics(lay, cfg.hidden)
-        self.actor.to(self.device)
-        self.critic.to(self.device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
-        self.policy = AgentPolicy(self.actor, self.obs_norm)
+class Algorithm(ActorCriticBase):
+    """MATD3+BC: twin joint critics on (s, a_1..a_N)."""
+
+    name = "matd3bc"
+    critic_cls = JointCritics
+    uses_state = True
 
     @torch.no_grad()
     def next_joint_action(self, next_obs, next_avail) -> torch.Tensor:
@@ -121,14 +103,3 @@ class Algorithm:
             soft_update_(self.actor_target, self.actor, cfg.tau)
             metrics.update({"actor_loss": actor_loss.detach(), "bc_loss": bc.sum().detach(), "lambda": lam})
         return metrics
-
-    def _parts(self) -> dict:
-        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
-                "critic_target": self.critic_target, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
-                "state_norm": self.state_norm, "obs_norm": self.obs_norm}
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)

@@ -79,18 +79,29 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "itd3bc")
 
 
-class Algorithm:
-    def __init__(self, dataset, cfg: Config, device, seed: int):
-        check_dataset(dataset, cfg)
+class ActorCriticBase:
+    """What ITD3+BC, MATD3+BC and ICQL/OMAR share, written once: the observation standardiser
+    (and the state's, for a critic on the state), the actor (categorical for discrete actions,
+    deterministic otherwise), twin critics of class ``critic_cls``, their Polyak targets, the Adam
+    optimisers, the sampling generator, the acting policy and the checkpoint parts."""
+
+    name = "itd3bc"
+    critic_cls = AgentCritics
+    uses_state = False  # True: also standardise the global state (a joint critic's input)
+
+    def __init__(self, dataset, cfg, device, seed: int):
+        check_action_box(dataset, self.name)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)
         with seeded_init(seed):
+            if self.uses_state:
+                self.state_norm = fit_standardiser(torch.as_tensor(dataset.states), cfg.normalize_obs).to(self.device)
             self.obs_norm = fit_standardiser(torch.as_tensor(dataset.observations), cfg.normalize_obs).to(self.device)
             if lay.discrete:
                 self.actor = CategoricalActors(lay.n_agents, lay.obs_dim, cfg.hidden, lay.action_mask)
             else:
                 self.actor = DeterministicActors(lay, cfg.hidden)
-            self.critic = AgentCritics(lay, cfg.hidden)
+            self.critic = self.critic_cls(lay, cfg.hidden)
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
@@ -99,6 +110,24 @@ class Algorithm:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
         self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
         self.policy = AgentPolicy(self.actor, self.obs_norm)
+
+    def _parts(self) -> dict:
+        parts = {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
+                 "critic_target": self.critic_target, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+        if self.uses_state:
+            parts["state_norm"] = self.state_norm
+        parts["obs_norm"] = self.obs_norm
+        return parts
+
+    def state_dict(self) -> dict:
+        return state_of(self._parts())
+
+    def load_state_dict(self, state: dict) -> None:
+        load_state_of(self._parts(), state)
+
+
+class Algorithm(ActorCriticBase):
+    """ITD3+BC: per-agent twin critics on (o_i, a_i)."""
 
     # ------------------------------------------------------------------ critic
     def data_q(self, obs, actions) -> torch.Tensor:
@@ -148,14 +177,3 @@ class Algorithm:
             soft_update_(self.actor_target, self.actor, cfg.tau)
             metrics.update(actor_metrics)
         return metrics
-
-    def _parts(self) -> dict:
-        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
-                "critic_target": self.critic_target, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
-                "obs_norm": self.obs_norm}
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)
