@@ -118,6 +118,7 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
         "env": env_name, "obs_scheme": spec.obs_scheme, "episodes": episodes, "seed": seed,
         "returns": returns, "lengths": lengths,
         "return_mean": float(returns_a.mean()), "return_std": float(returns_a.std()),
+        "length_mean": float(np.mean(lengths)),  # logged with every evaluation (ant: early falls)
         "steps_per_s": steps / max(time.perf_counter() - t0, 1e-9),
     }
     if env_name.startswith("smac-"):

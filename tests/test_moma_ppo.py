@@ -52,6 +52,7 @@ def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
     assert ev["episodes"] == 4 and 0.0 <= ev["normalised_mean"] <= 1.0
     assert ev["normalized_score"] == ev["normalised_mean"]
     assert {"return_mean", "return_std"} <= set(ev)
+    assert ev["length_mean"] == 1.0  # one-step episodes
     assert (run_dir / "checkpoints" / "latest.pt").exists()
     assert res["run_dir"] == str(run_dir)
 
