@@ -100,6 +100,12 @@ def _coerce(value, typ, where: str):
         return _coerce(value, args[0], where) if len(args) == 1 else value
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; people write learning rates that way
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if typ is int and isinstance(value, bool) is False and isinstance(value, (int,)):
         return value
     if typ is int and isinstance(value, float) and value.is_integer():

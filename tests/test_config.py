@@ -30,6 +30,16 @@ def test_layers_and_overrides(tmp_path):
     assert to_dict(cfg)["hidden"] == [64, 64]
 
 
+def test_floats_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; --set ppo.lr=1e-4 and "lr: 3e-4" in a file must still work
+    f = tmp_path / "a.yaml"
+    f.write_text("inner:\n  lam: 3e-4\n")
+    assert build_config(Outer, [f], {}).inner.lam == 3e-4
+    assert build_config(Outer, [], parse_overrides(["inner.lam=1e-4"])).inner.lam == 1e-4
+    with pytest.raises(ConfigError, match="expected float"):
+        build_config(Outer, [], parse_overrides(["inner.lam=fast"]))
+
+
 def test_unknown_key_suggests(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'inner.horizn'.*inner.horizon"):
         build_config(Outer, [], parse_overrides(["inner.horizn=3"]))
