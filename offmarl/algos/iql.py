@@ -29,9 +29,20 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.agents import (AgentLayout, CategoricalActors, CentralisedPolicy, GaussianActors, JointActionCode,
-                               JointCritics, check_action_box, fit_standardiser, load_state_of, return_range_scale,
-                               seeded_init, soft_update_, state_of)
+from offmarl.nn.agents import (
+    AgentLayout,
+    CategoricalActors,
+    CentralisedPolicy,
+    CheckpointParts,
+    GaussianActors,
+    JointActionCode,
+    JointCritics,
+    check_action_box,
+    fit_standardiser,
+    return_range_scale,
+    seeded_init,
+    soft_update_,
+)
 from offmarl.nn.layers import mlp
 from offmarl.training import LoopConfig
 
@@ -123,7 +134,7 @@ def check_dataset(dataset, cfg: Config) -> None:
         JointActionCode(meta.n_agents, max(meta.action_dims), cfg.max_joint_actions, "iql")
 
 
-class Algorithm:
+class Algorithm(CheckpointParts):
     def __init__(self, dataset, cfg: Config, device, seed: int):
         check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
@@ -174,9 +185,3 @@ class Algorithm:
     def _parts(self) -> dict:
         return {**self.values.parts(), "actor": self.actor, "actor_opt": self.actor_opt,
                 "actor_sched": self.actor_sched, "state_norm": self.state_norm}
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)

@@ -18,8 +18,18 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.algos.iql import CentralValues, awr_weights
-from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, GaussianActors, check_action_box,
-                               fit_standardiser, load_state_of, return_range_scale, seeded_init, standardise, state_of)
+from offmarl.nn.agents import (
+    AgentLayout,
+    AgentPolicy,
+    CategoricalActors,
+    CheckpointParts,
+    GaussianActors,
+    check_action_box,
+    fit_standardiser,
+    return_range_scale,
+    seeded_init,
+    standardise,
+)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -47,7 +57,7 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "ma-iql")
 
 
-class Algorithm:
+class Algorithm(CheckpointParts):
     def __init__(self, dataset, cfg: Config, device, seed: int):
         check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
@@ -93,9 +103,3 @@ class Algorithm:
     def _parts(self) -> dict:
         return {**self.values.parts(), "actor": self.actor, "actor_opt": self.actor_opt,
                 "actor_sched": self.actor_sched, "state_norm": self.state_norm, "obs_norm": self.obs_norm}
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)

@@ -23,9 +23,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, DeterministicActors,
-                               check_action_box, fit_standardiser, load_state_of, seeded_init, soft_update_,
-                               standardise, state_of)
+from offmarl.nn.agents import (
+    AgentCritics,
+    AgentLayout,
+    AgentPolicy,
+    CategoricalActors,
+    CheckpointParts,
+    DeterministicActors,
+    check_action_box,
+    fit_standardiser,
+    seeded_init,
+    soft_update_,
+    standardise,
+)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
@@ -79,7 +89,7 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "itd3bc")
 
 
-class ActorCriticBase:
+class ActorCriticBase(CheckpointParts):
     """What ITD3+BC, MATD3+BC and ICQL/OMAR share, written once: the observation standardiser
     (and the state's, for a critic on the state), the actor (categorical for discrete actions,
     deterministic otherwise), twin critics of class ``critic_cls``, their Polyak targets, the Adam
@@ -118,12 +128,6 @@ class ActorCriticBase:
             parts["state_norm"] = self.state_norm
         parts["obs_norm"] = self.obs_norm
         return parts
-
-    def state_dict(self) -> dict:
-        return state_of(self._parts())
-
-    def load_state_dict(self, state: dict) -> None:
-        load_state_of(self._parts(), state)
 
 
 class Algorithm(ActorCriticBase):

@@ -53,6 +53,20 @@ def load_state_of(parts: dict, state: dict) -> None:
         part.load_state_dict(state[name])
 
 
+class CheckpointParts:
+    """``state_dict`` / ``load_state_dict`` of an offline algorithm from its ``_parts()`` dict
+    (modules, optimisers, schedulers, standardisers), written once for every algorithm."""
+
+    def _parts(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return state_of(self._parts())
+
+    def load_state_dict(self, state: dict) -> None:
+        load_state_of(self._parts(), state)
+
+
 @torch.no_grad()
 def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging target <- (1 - tau) target + tau source, one fused op for all weights."""
