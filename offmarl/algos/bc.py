@@ -16,17 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.agents import (
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    CheckpointParts,
-    GaussianActors,
-    check_action_box,
-    fit_standardiser,
-    seeded_init,
-    standardise,
-)
+from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
+                               check_action_box, fit_standardiser, seeded_init, standardise)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True

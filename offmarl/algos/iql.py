@@ -29,20 +29,9 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.agents import (
-    AgentLayout,
-    CategoricalActors,
-    CentralisedPolicy,
-    CheckpointParts,
-    GaussianActors,
-    JointActionCode,
-    JointCritics,
-    check_action_box,
-    fit_standardiser,
-    return_range_scale,
-    seeded_init,
-    soft_update_,
-)
+from offmarl.nn.agents import (AgentLayout, CategoricalActors, CentralisedPolicy, CheckpointParts, GaussianActors,
+                               JointActionCode, JointCritics, check_action_box, fit_standardiser, return_range_scale,
+                               seeded_init, soft_update_)
 from offmarl.nn.layers import mlp
 from offmarl.training import LoopConfig
 

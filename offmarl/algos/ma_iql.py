@@ -18,18 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.algos.iql import CentralValues, awr_weights
-from offmarl.nn.agents import (
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    CheckpointParts,
-    GaussianActors,
-    check_action_box,
-    fit_standardiser,
-    return_range_scale,
-    seeded_init,
-    standardise,
-)
+from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
+                               check_action_box, fit_standardiser, return_range_scale, seeded_init, standardise)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True

@@ -23,19 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.agents import (
-    AgentCritics,
-    AgentLayout,
-    AgentPolicy,
-    CategoricalActors,
-    CheckpointParts,
-    DeterministicActors,
-    check_action_box,
-    fit_standardiser,
-    seeded_init,
-    soft_update_,
-    standardise,
-)
+from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts,
+                               DeterministicActors, check_action_box, fit_standardiser, seeded_init, soft_update_,
+                               standardise)
 from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
