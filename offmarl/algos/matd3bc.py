@@ -18,14 +18,14 @@ actors; the BC term is the cross-entropy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from offmarl.algos import td3bc
 from offmarl.algos.td3bc import ActorCriticBase, bc_mse, smoothed_target_actions
 from offmarl.nn.agents import JointCritics, check_action_box, gumbel_softmax_st, soft_update_, standardise
-from offmarl.training import LoopConfig
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True
@@ -33,19 +33,10 @@ NEEDS_FULL_OBS = False
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actors and critic
-    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
-    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
-    gamma: float = 0.99                   # TD3+BC paper
-    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
-    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
-    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
-    policy_delay: int = 2                 # TD3: actors and targets updated every 2nd critic step
-    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
+class Config(td3bc.Config):
+    """ITD3+BC's values (TD3+BC paper, offmarl/algos/td3bc.py) plus the discrete form's temperature."""
+
     gumbel_temperature: float = 1.0       # MADDPG discrete actions: Gumbel-softmax temperature
-    normalize_obs: bool = True            # TD3+BC paper: standardised states and observations
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
 
 
 def check_dataset(dataset, cfg: Config) -> None:
