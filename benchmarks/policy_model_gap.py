@@ -95,9 +95,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    from offmarl.errors import OffmarlError
     from offmarl.training import load_trained
 
-    algo, ds, _run, ckpt = load_trained(args.run_dir, policy_only=False, device="cpu", log=lambda *a: None)
+    try:
+        algo, ds, _run, ckpt = load_trained(args.run_dir, policy_only=False, device="cpu", log=lambda *a: None)
+    except OffmarlError as exc:
+        raise SystemExit(f"policy_model_gap: cannot load {args.run_dir}: {exc}") from None
+    if not hasattr(algo, "model"):
+        raise SystemExit(f"policy_model_gap: {args.run_dir} is not a MOMA-PPO run (no world model)")
     env, model, policy = algo.env, algo.model, algo.policy
     if not env.has_termination_rule:
         raise SystemExit(f"{env.name} has no termination rule: nothing to foresee")
@@ -138,15 +144,15 @@ def main(argv=None) -> dict:
     }
     lines = [
         f"# Policy vs model: {args.run_dir} ({ckpt})", "",
-        (f"Real episodes: returns {res['returns']}, lengths {res['lengths']}, ended by the simulator {res['terminated']}; "
-        f"real reward per step {res['real_reward_per_step']}."), "",
+        (f"Real episodes: returns {res['returns']}, lengths {res['lengths']}, "
+         f"ended by the simulator {res['terminated']}; real reward per step {res['real_reward_per_step']}."), "",
         "| one step (q50 / q90 / q99) | dataset transitions | the policy's real transitions |", "|---|---|---|",
     ]
     for k in data:
         lines.append(f"| {k} | {' / '.join(map(str, res['one_step']['data'][k]))} | "
                      f"{' / '.join(map(str, res['one_step']['policy'][k]))} |")
-    lines += ["", (f"Share of the policy's transitions with eps_g above the run's threshold ({res['eps_g_threshold']}): "
-              f"{res['one_step']['policy_share_above_threshold']}."), "",
+    lines += ["", (f"Share of the policy's transitions with eps_g above the run's threshold "
+                   f"({res['eps_g_threshold']}): {res['one_step']['policy_share_above_threshold']}."), "",
               (f"| closed-loop model rollout from b steps before the real end ({args.rows} rows, b + 20 steps) "
               "| share of rows the model ends, per ended episode |"), "|---|---|"]
     for k, v in fores.items():

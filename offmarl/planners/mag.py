@@ -37,7 +37,8 @@ import torch
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig, load_or_fit_error_model
-from offmarl.worldmodel.rollout import Policy, RolloutConfig, RolloutRecorder, record_step, shift_history, start_history
+from offmarl.worldmodel.rollout import (Policy, RolloutConfig, RolloutRecorder, clip_states, record_step, shift_history,
+                                       start_history)
 from offmarl.worldmodel.uncertainty import eps_g
 
 CANDIDATE_MODES = ("elites", "samples", "both")
@@ -74,12 +75,6 @@ class UncertaintyScorer:
 def select_candidates(scores: torch.Tensor) -> torch.Tensor:
     """scores [B, L] (accumulated predicted error) -> idx [B]: each start state's own argmin."""
     return scores.argmin(dim=1)
-
-
-def _clip(states: torch.Tensor, box: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    if box is None:
-        return states
-    return torch.maximum(torch.minimum(states, box["state_high"]), box["state_low"])
 
 
 @torch.no_grad()
@@ -155,7 +150,7 @@ def plan_next_states(model: EnsembleWorldModel, policy: Policy, candidates: torc
         if not last:
             if hist is not None:
                 hist = shift_history(hist, obs, env_actions)
-            states = _clip(out["next_states"], box)
+            states = clip_states(out["next_states"], box)
     scores = score.view(b, l)
     return select_candidates(scores), scores
 
@@ -243,7 +238,7 @@ class MAGPlanner:
             cand_states, cand_r = cand["next_states"], cand["rewards"]
             unclipped = cand_states
             if cfg.clip_to_box:
-                cand_states = _clip(cand_states, box)
+                cand_states = clip_states(cand_states, box)
                 cand_r = cand_r.clamp(min=box["reward_low"], max=box["reward_high"])
             nxt = None if hist is None else shift_history(hist, obs, env_actions)
             if self.l > 1:

@@ -85,6 +85,13 @@ def dataset_box(dataset, device: str | torch.device = "cpu") -> dict[str, torch.
 
 
 @torch.no_grad()
+def clip_states(states: torch.Tensor, box: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """Clip states [..., S] to the dataset's per-dimension box (no-op without a box)."""
+    if box is None:
+        return states
+    return torch.maximum(torch.minimum(states, box["state_high"]), box["state_low"])
+
+
 def calibrate_eps_g_threshold(model: EnsembleWorldModel, dataset, quantile: float = 0.99, n: int = 10_000,
                               generator: torch.Generator | None = None, device: str | torch.device | None = None
                               ) -> float:
@@ -197,7 +204,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         next_states, raw_r = out["next_states"], out["rewards"]
         unclipped = next_states
         if cfg.clip_to_box:
-            next_states = torch.maximum(torch.minimum(next_states, box["state_high"]), box["state_low"])
+            next_states = clip_states(next_states, box)
             raw_r = raw_r.clamp(min=box["reward_low"], max=box["reward_high"])
         nxt = None if hist is None else shift_history(hist, obs, env_actions)
         rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
