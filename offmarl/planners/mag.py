@@ -72,6 +72,45 @@ class UncertaintyScorer:
         return eps_g(out["elite_means"])
 
 
+class LookaheadWorld(Protocol):
+    """What the planner looks ahead in: a model, the current joint policy and a scorer behind one
+    interface, so that the SAME planner serves the offline ensemble (states [M, S]) and the online
+    latent model (states [M, N, D]). Rows are independent; row ``b * L + c`` is candidate c of
+    start state b."""
+
+    def tile(self, memory: Any, l: int) -> Any:
+        """Each start state's memory (policy history, recurrent context; None if there is none)
+        repeated L times, row ``b * L + c`` as above."""
+
+    def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool
+                ) -> tuple[torch.Tensor | None, Any, torch.Tensor]:
+        """One look-ahead step from ``states`` [M, ...]: the current policy acts, the scorer gives
+        the predicted one-step model error of (states, actions) [M], and unless ``last`` the model
+        predicts the next states. -> (next_states [M, ...] or None, next memory, score [M])."""
+
+
+@torch.no_grad()
+def plan(candidates: torch.Tensor, memory: Any, world: LookaheadWorld, h: int, discount: float = 1.0,
+         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAG's choice (Algorithm 1): for each start state, the candidate next state whose (H-1)-step
+    continuation under the current joint policy accumulates the least predicted error.
+
+    candidates: [B, L, ...] next-state candidates of B start states; memory: the start states'
+    memory AFTER the committed step (``world.tile`` repeats it per candidate).
+    returns idx [B] (``select_candidates``), scores [B, L]. All B x L continuations run as one
+    batch; the only Python loop is over the H - 1 look-ahead steps.
+    """
+    b, l = candidates.shape[:2]
+    states = candidates.reshape(b * l, *candidates.shape[2:])
+    mem = world.tile(memory, l)
+    score = states.new_zeros(b * l)
+    for j in range(1, h):
+        states, mem, s = world.advance(states, mem, generator, last=j == h - 1)
+        score += (discount ** (j - 1)) * s
+    scores = score.view(b, l)
+    return select_candidates(scores), scores
+
+
 def select_candidates(scores: torch.Tensor) -> torch.Tensor:
     """scores [B, L] (accumulated predicted error) -> idx [B]: each start state's own argmin."""
     return scores.argmin(dim=1)

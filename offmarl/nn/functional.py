@@ -1,0 +1,29 @@
+"""Small tensor functions that several parts of offmarl share (written once here)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def soft_clamp(x: torch.Tensor, low: float | torch.Tensor, high: float | torch.Tensor) -> torch.Tensor:
+    """Smooth clamp into (low, high) (mbrl-lib / PETS log-variance bounds): unlike a hard clamp
+    its gradient never vanishes, so a value pushed past a bound can always come back."""
+    x = high - F.softplus(high - x)
+    return low + F.softplus(x - low)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor | float, log_std: torch.Tensor | float) -> torch.Tensor:
+    """Element-wise log N(x; mean, exp(log_std)^2). Callers sum over the dimensions they need
+    (and mask padded ones first)."""
+    log_std = torch.as_tensor(log_std, dtype=x.dtype, device=x.device)
+    z = (x - mean) * torch.exp(-log_std)
+    return -0.5 * z.square() - log_std - HALF_LOG_2PI
+
+
+def shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A memory window hist [B, K, ...] (oldest first): drop the oldest entry, append ``new`` [B, ...]."""
+    return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
