@@ -101,6 +101,18 @@ def test_bad_options_are_clear(coord_file, tmp_path):
     with pytest.raises(OffmarlError, match="unknown config key 'rollout.horizn'.*rollout.horizon"):
         train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path), progress=False,
                            log=lambda *a: None)
+    # derived keys cannot be set (they come from ppo.history_len / ppo.gamma), and a fixed threshold
+    # together with the calibration is a contradiction, not a silently ignored --set
+    for key in ("rollout.history=5", "rollout.gamma=0.9"):
+        with pytest.raises(OffmarlError, match=f"unknown config key '{key.split('=')[0]}'"):
+            train_from_options(coord_file, "moma-ppo", overrides=[key], out=str(tmp_path), progress=False,
+                               log=lambda *a: None)
+    with pytest.raises(OffmarlError, match="calibrate_eps_g=null"):
+        train_from_options(coord_file, "moma-ppo", overrides=["rollout.eps_g_threshold=2"], out=str(tmp_path),
+                           progress=False, log=lambda *a: None)
+    with pytest.raises(OffmarlError, match="no eps_g termination threshold"):
+        train_from_options(coord_file, "moma-ppo", overrides=["calibrate_eps_g=null"], out=str(tmp_path),
+                           progress=False, log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown dataset"):
         train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), progress=False, log=lambda *a: None)
     with pytest.raises(OffmarlError, match="world model file"):
