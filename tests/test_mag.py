@@ -1,13 +1,20 @@
 """MAG planner: per-start-state selection, L = 1 equals plain rollouts, shapes, and the R_m fit."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.data.registry import build
+from offmarl.data.storage import save_dataset
 from offmarl.errors import OffmarlError
 from offmarl.planners.mag import MAGPlanner, PlannerConfig, plan, select_candidates
+from offmarl.training import train_from_options
 from offmarl.worldmodel import (
     EnsembleConfig,
     EnsembleLookahead,
@@ -218,15 +225,6 @@ def test_error_model_fits_and_caches(fitted, tmp_path):
 # ---------------------------------------------------------------- MOMA-PPO end to end
 def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
     """planner.kind=mag trains, logs the planner's cost, caches R_m next to the world model, and resumes exactly."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    from offmarl.data.registry import build
-    from offmarl.data.storage import save_dataset
-    from offmarl.training import train_from_options
-
     path = tmp_path / "coord.hdf5"
     save_dataset(build("coordination-unfavorable", size=1000, seed=0), path)
     over = ["world_model.hidden=[16,16]", "world_model.max_steps=100", "world_model.eval_every=50",
@@ -258,3 +256,22 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
     (Path(part["run_dir"]) / "eval.json").unlink()
     train(tmp_path / "b", None, resume=part["run_dir"])
     assert rows(full["run_dir"]) == [r for r in rows(part["run_dir"]) if r["phase"] != "final_eval"]
+
+
+def test_plan_takes_latent_states_of_any_shape():
+    """The planner contract the online model uses: states [M, N, D], a memory tiled per candidate."""
+
+    class Halving:  # next latent = latent / 2; error = sum |latent|; memory counts the steps per row
+        def tile(self, memory, l):
+            return memory.repeat_interleave(l, dim=0)
+
+        def advance(self, states, memory, generator, last):
+            score = states.abs().sum(dim=(1, 2))
+            return (None if last else states / 2), memory + 1, score
+
+    b, l, n, d = 3, 4, 2, 5
+    cands = torch.arange(b * l * n * d, dtype=torch.float32).view(b, l, n, d) % 7 - 3
+    idx, scores = plan(cands, torch.zeros(b), Halving(), h=3, discount=0.5)
+    flat = cands.abs().sum(dim=(2, 3))
+    torch.testing.assert_close(scores, flat + 0.5 * flat / 2)  # j = 1: the candidate, j = 2: its successor
+    assert idx.tolist() == flat.argmin(dim=1).tolist()

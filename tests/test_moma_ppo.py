@@ -1,13 +1,18 @@
 """MOMA-PPO end to end on tiny data: training, eval.json, resume == uninterrupted, bad options."""
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from offmarl.algos.moma_ppo import Algorithm, Config
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
 from offmarl.errors import OffmarlError
-from offmarl.training import train_from_options
+from offmarl.training import evaluate_runs, train_from_options
 
 TINY = [
     "world_model.hidden=[32,32]", "world_model.max_steps=300", "world_model.eval_every=100",
@@ -60,10 +65,6 @@ def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
 def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     """`offmarl evaluate` rebuilds only the agents: with the world-model cache gone it must not
     refit, and it reproduces the final evaluation of the run (same checkpoint, same seed)."""
-    import shutil
-
-    from offmarl.training import evaluate_runs
-
     res = _train(coord_file, tmp_path, steps=6)
     shutil.rmtree(tmp_path / "cache")
     out = evaluate_runs([res["run_dir"]], episodes=4, checkpoint="latest", device="cpu", seed=0,
@@ -75,14 +76,10 @@ def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
 
 def test_resume_gives_identical_metrics(coord_file, tmp_path):
     full = _train(coord_file, tmp_path / "a", steps=6)
-    from pathlib import Path
-
     # the interrupted run: 3 steps (checkpoint at 3), then resumed up to 6
     part = _train(coord_file, tmp_path / "b", steps=3)
     run_b = Path(part["run_dir"])
     cfg = run_b / "config.yaml"
-    import yaml
-
     c = yaml.safe_load(cfg.read_text())
     c["config"]["loop"]["steps"] = 6
     cfg.write_text(yaml.safe_dump(c))
@@ -122,12 +119,8 @@ def test_bad_options_are_clear(coord_file, tmp_path):
 
 def test_dataset_env_mismatch_is_clear(tmp_path):
     """A dataset whose widths do not fit its declared env is rejected with both shapes named."""
-    import dataclasses
-
     ds = build("coordination-neutral", size=50, seed=0)
     bad = dataclasses.replace(ds.meta, env="reacher-2x1")
-    from offmarl.algos.moma_ppo import Algorithm, Config
-
     ds.meta = bad
     with pytest.raises(OffmarlError, match="does not match reacher-2x1"):
         Algorithm(ds, Config(), "cpu", 0, log=lambda *a: None)

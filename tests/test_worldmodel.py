@@ -1,12 +1,15 @@
 """World model: uncertainty maths, fitting, caching, loading errors, and synthetic rollouts."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel import (
@@ -25,6 +28,7 @@ from offmarl.worldmodel import (
     model_rollout,
     penalised_reward,
 )
+from offmarl.worldmodel.ensemble import FORMAT
 
 S, N, A = 4, 2, 1  # tiny widths: state 4, two agents with one action each
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_every": 50, "patience": 3,
@@ -430,11 +434,6 @@ def test_default_stopping_is_the_step_cap():
 
 
 def test_silu_option_and_cache_keys(tmp_path):
-    import hashlib
-    import json
-
-    from offmarl.worldmodel.ensemble import FORMAT
-
     ds = linear_dataset(t=300)
     silu = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "activation": "silu", "max_steps": 30}))
     assert isinstance(silu.net.act, torch.nn.SiLU)
@@ -453,8 +452,6 @@ def test_silu_option_and_cache_keys(tmp_path):
 
 
 def test_atomic_writes_leave_nothing_behind(tmp_path):
-    from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
-
     atomic_write_text(tmp_path / "a" / "x.txt", "one")
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "a" / "x.txt") as tmp:
         tmp.write_text("half")
