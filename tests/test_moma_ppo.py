@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from offmarl.algos.moma_ppo import Algorithm, Config
+from offmarl.algos.moma_ppo import Algorithm, Config, migrate_saved_config
+from offmarl.config import from_dict
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
 from offmarl.errors import OffmarlError
@@ -124,3 +125,11 @@ def test_dataset_env_mismatch_is_clear(tmp_path):
     ds.meta = bad
     with pytest.raises(OffmarlError, match="does not match reacher-2x1"):
         Algorithm(ds, Config(), "cpu", 0, log=lambda *a: None)
+
+
+def test_configs_saved_before_the_derived_keys_still_load():
+    old = {"rollout": {"horizon": 5, "history": 10, "gamma": 0.99, "eps_g_threshold": 2.0}, "calibrate_eps_g": 0.99}
+    cfg = from_dict(Config, migrate_saved_config(old))
+    assert cfg.rollout.horizon == 5 and cfg.rollout.eps_g_threshold is None
+    fixed = {"rollout": {"history": 10, "eps_g_threshold": 2.0}, "calibrate_eps_g": None}
+    assert from_dict(Config, migrate_saved_config(fixed)).rollout.eps_g_threshold == 2.0

@@ -70,6 +70,16 @@ def check_config(cfg: Config) -> None:
                            "rollout.eps_g_threshold (a fixed value; the reference's is 2)")
 
 
+def migrate_saved_config(saved: dict) -> dict:
+    """A run's saved ``config`` dict from before rollout.history / rollout.gamma became derived (they
+    are ppo.history_len / ppo.gamma) and before eps_g_threshold=None meant "calibrated": drop the
+    derived keys, and the fixed threshold that calibration replaced. Newer dicts pass unchanged."""
+    rollout = {k: v for k, v in (saved.get("rollout") or {}).items() if k not in ("history", "gamma")}
+    if saved.get("calibrate_eps_g", Config.calibrate_eps_g) is not None:
+        rollout.pop("eps_g_threshold", None)
+    return {**saved, "rollout": rollout} if "rollout" in saved else saved
+
+
 class Algorithm:
     def _setup_agents(self, dataset, cfg: Config, device, seed: int) -> None:
         """Shared by training and ``for_evaluation``: env, memory length, rollout config, generator.
