@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from offmarl.algos import algo_module
 from offmarl.config import build_config, config_path
 from offmarl.data.generate import generate_coordination
+from offmarl.driver import algorithm_module as algo_module
 from offmarl.evaluation import evaluate_policy
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar", "moma-ppo"]

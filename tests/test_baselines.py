@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from offmarl.algos import algo_module
 from offmarl.config import build_config, config_path
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.data.generate import generate_coordination
+from offmarl.driver import algorithm_module as algo_module
+from offmarl.driver import real_env_evaluator
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import evaluate_policy
+from offmarl.loop import LoopConfig, train
 from offmarl.nn.agents import JointActionCode
 from offmarl.runs import RunDir
-from offmarl.training import LoopConfig, train
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
 LOSS_KEY = {"ibc": "bc_loss"}  # the others: critic_loss
@@ -183,7 +184,7 @@ def test_end_to_end_training_writes_eval(name, which, datasets, tmp_path):
     algo = algo_module(name).Algorithm(ds, small_config(name, loop=loop), "cpu", 0)
     run = RunDir.create(tmp_path, name, ds.meta.name, 0, {"algo": name})
     try:
-        result = train(algo, run, loop, ds.meta, ds.meta.env, ds.meta.obs_scheme, 0, "cpu", progress=False)
+        result = train(algo, run, loop, real_env_evaluator(algo, ds.meta, 0, loop.eval_envs, "cpu"), "cpu")
     finally:
         run.close()
     saved = json.loads((run.path / "eval.json").read_text())

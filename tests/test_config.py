@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from offmarl.config import ConfigError, build_config, parse_overrides, to_dict
-from offmarl.training import algo_config_files
+from offmarl.driver import ALGORITHMS, _config_files
 
 
 @dataclass
@@ -51,12 +51,12 @@ def test_unknown_key_suggests(tmp_path):
 
 def test_algo_config_files_pick_task_and_po_files():
     names = lambda files: [p.name for p in files]  # noqa: E731
-    assert names(algo_config_files("moma-ppo", "coordination-unfavorable", None)) == [
+    assert names(_config_files("moma-ppo", "coordination-unfavorable", None, None)) == [
         "moma-ppo.yaml", "moma-ppo-coordination.yaml"]
-    assert names(algo_config_files("moma-ppo", "reacher-expert-mix", None, "po-leader")) == [
+    assert names(_config_files("moma-ppo", "reacher-expert-mix", None, "po-leader")) == [
         "moma-ppo.yaml", "moma-ppo-po.yaml"]
     # the most specific task file is applied last
-    assert names(algo_config_files("omar", "ant-medium-replay", None)) == [
+    assert names(_config_files("omar", "ant-medium-replay", None, None)) == [
         "omar.yaml", "omar-medium.yaml", "omar-medium-replay.yaml"]
 
 
@@ -64,14 +64,12 @@ def test_every_shipped_config_builds_against_its_algorithm():
     """configs/<algo>[-variant].yaml must only use keys the algorithm's Config has."""
     from pathlib import Path
 
-    from offmarl.algos import ALGOS, algo_module
-
     root = Path(__file__).resolve().parents[1] / "configs"
     checked = 0
     for f in sorted(root.glob("*.yaml")):
-        algo = max((a for a in ALGOS if f.stem == a or f.stem.startswith(a + "-")), key=len, default=None)
+        algo = max((a for a in ALGORITHMS if f.stem == a or f.stem.startswith(a + "-")), key=len, default=None)
         if algo is None:  # mappo*.yaml (MAPPOConfig, tests/test_mappo.py), mag-smac.yaml (online loop)
             continue
-        build_config(algo_module(algo).Config, [algo_config_files(algo, "x", None)[0], f])
+        build_config(ALGORITHMS[algo].Config, [_config_files(algo, "x", None, None)[0], f])
         checked += 1
     assert checked >= 20

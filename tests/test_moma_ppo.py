@@ -6,8 +6,8 @@ import torch
 
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
+from offmarl.driver import train_from_options
 from offmarl.errors import OffmarlError
-from offmarl.training import train_from_options
 
 TINY = [
     "world_model.hidden=[32,32]", "world_model.max_steps=300", "world_model.eval_every=100",
@@ -35,7 +35,7 @@ def coord_file(tmp_path):
 def _train(coord_file, tmp_path, steps, resume=None, seed=0, extra=()):
     return train_from_options(coord_file, "moma-ppo", steps=steps, seed=seed, device="cpu", out=str(tmp_path / "runs"),
                               overrides=TINY + [f"cache_dir={tmp_path / 'cache'}", *extra], resume=resume,
-                              progress=False, log=lambda *a, **k: None)
+                              log=lambda *a, **k: None)
 
 
 def _train_rows(run_dir):
@@ -62,7 +62,7 @@ def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     refit, and it reproduces the final evaluation of the run (same checkpoint, same seed)."""
     import shutil
 
-    from offmarl.training import evaluate_runs
+    from offmarl.driver import evaluate_runs
 
     res = _train(coord_file, tmp_path, steps=6)
     shutil.rmtree(tmp_path / "cache")
@@ -95,17 +95,17 @@ def test_resume_gives_identical_metrics(coord_file, tmp_path):
 
 def test_bad_options_are_clear(coord_file, tmp_path):
     with pytest.raises(OffmarlError, match="unknown algorithm 'moma-pp'.*Did you mean: moma-ppo"):
-        train_from_options(coord_file, "moma-pp", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-pp", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="not available for coordination"):
-        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown config key 'rollout.horizn'.*rollout.horizon"):
-        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path), progress=False,
+        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path),
                            log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown dataset"):
-        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="world model file"):
         train_from_options(coord_file, "moma-ppo", extra={"world_model_path": str(tmp_path / "nope.pt")},
-                           out=str(tmp_path), progress=False, log=lambda *a: None)
+                           out=str(tmp_path), log=lambda *a: None)
 
 
 def test_dataset_env_mismatch_is_clear(tmp_path):

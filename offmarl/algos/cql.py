@@ -27,7 +27,7 @@ import torch
 from offmarl.algos.td3bc import ActorCriticBase, independent_next_value
 from offmarl.nn.agents import (AgentCritics, check_action_box, clip_grad_norm_per_agent_, mask_logits, soft_update_,
                                standardise)
-from offmarl.training import LoopConfig
+from offmarl.loop import LoopConfig
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True

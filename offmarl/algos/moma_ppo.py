@@ -6,7 +6,7 @@
                     termination on predicted done or RAW eps_g above the threshold)
                 ──► MAPPO.update (GAE, joint clipped ratio, value clipping, adaptive entropy)
 
-One training "step" of offmarl.training is one iteration. The world model is fixed during
+One training "step" of offmarl.loop is one iteration. The world model is fixed during
 policy training, so resuming needs only the MA-PPO state and the generator.
 
 Deviation from the reference, on purpose: its uncertainty termination never fired (it clamps
@@ -26,7 +26,7 @@ import torch
 from offmarl.algos.mappo import MAPPO, MAPPOConfig
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
-from offmarl.training import LoopConfig
+from offmarl.loop import LoopConfig
 from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
 from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
 
