@@ -18,8 +18,8 @@ def train(
                              help="moma-ppo | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
     obs: str = typer.Option(None, "--obs", help="Observation scheme (fo, po, local, po-independent, po-leader); "
                             "default: the dataset's."),
-    config: str = typer.Option(None, "--config", help="Extra YAML config file or a name in configs/ "
-                               "(e.g. moma-ppo-reference)."),
+    config: str = typer.Option(None, "--config", help="Override block of configs/<algo>.yaml (e.g. moma-ppo: "
+                               "reference, mag) or a YAML file of config keys."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set rollout.horizon=5 (repeatable)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps (baselines: gradient steps; "
                               "moma-ppo: iterations)."),

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, td3bc
-from offmarl.config import build_config, config_path, from_dict, parse_overrides, to_dict
+from offmarl.config import (ConfigError, build_config, from_dict, parse_overrides, read_blocks, read_yaml,
+                            shipped_config, to_dict)
 from offmarl.data import registry
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import CrossPlayPolicy, evaluate_policy
@@ -48,10 +49,50 @@ def algorithm_module(name: str):
     return ALGORITHMS[name]
 
 
+# override blocks selected by the observation scheme (configs/<algo>.yaml), on top of the dataset's
+OBS_CONFIG_TAGS = {"po": ("po",), "po-independent": ("po",), "po-leader": ("po",)}
+
+
+def override_blocks(algo: str, dataset: str, obs: str | None, config: str | None) -> list[tuple[str, dict]]:
+    """The override blocks applied over ``algo``'s defaults, in order, as (name, mapping):
+
+    1. each tag of the dataset's recipe (``Recipe.config`` in offmarl/data/registry.py; a dataset
+       given as a file has none), then each tag of the observation scheme (``OBS_CONFIG_TAGS``):
+       block ``tag`` of configs/<algo>.yaml and block ``algo`` of configs/<tag>.yaml (a task file,
+       e.g. configs/coordination.yaml), where they exist;
+    2. the user's ``--config``: a block of configs/<algo>.yaml (e.g. ``reference``) or a YAML file.
+    Names read ``moma-ppo.yaml:ant``; a user's file is named by its path."""
+    tags = [] if registry.is_file_reference(dataset) else list(registry.recipe(dataset).config)
+    tags += OBS_CONFIG_TAGS.get(obs or "", ())
+    own_file = shipped_config(algo)
+    own = read_blocks(own_file) if own_file else {}
+    blocks = []
+    for tag in tags:
+        if tag in own:
+            blocks.append((f"{algo}.yaml:{tag}", own[tag]))
+        task_file = shipped_config(tag)
+        task = read_blocks(task_file) if task_file else {}
+        if algo in task:
+            blocks.append((f"{tag}.yaml:{algo}", task[algo]))
+    if config:
+        if config in own:
+            blocks.append((f"{algo}.yaml:{config}", own[config]))
+        elif Path(config).is_file():
+            blocks.append((config, read_yaml(Path(config))))
+        else:
+            choices = ", ".join(own) or "none"
+            close = difflib.get_close_matches(config.removeprefix(f"{algo}-"), list(own), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/{algo}.yaml "
+                              f"(blocks: {choices}).{hint}")
+    return blocks
+
+
 def resolve_config(algo: str, dataset: str, obs: str | None, config: str | None, overrides: list[str] | None,
                    steps: int | None, extra: dict[str, Any] | None):
-    """The algorithm's ``Config``: dataclass defaults <- override blocks <- ``--set`` / ``--steps`` /
-    CLI options. Returns (config, names of the applied override blocks/files)."""
+    """The algorithm's ``Config``: dataclass defaults <- ``override_blocks`` <- ``--set`` /
+    ``--steps`` / algorithm-specific CLI options (``extra``, dotted keys). Returns (config, names
+    of the applied override blocks)."""
     mod = algorithm_module(algo)
     ov = parse_overrides(overrides)
     if steps is not None:
@@ -62,30 +103,8 @@ def resolve_config(algo: str, dataset: str, obs: str | None, config: str | None,
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-    files = _config_files(algo, Path(dataset).stem, config, obs)
-    return build_config(mod.Config, files, ov), [Path(str(f)).name for f in files]
-
-
-def _config_files(algo: str, dataset_name: str, user_config: str | None, obs: str | None) -> list:
-    from offmarl.config import CONFIG_DIR
-
-    files = []
-    base = CONFIG_DIR / f"{algo}.yaml"
-    if base.exists():
-        files.append(base)
-    parts = dataset_name.split("-")
-    runs = ["-".join(parts[i:i + n]) for n in range(1, len(parts) + 1) for i in range(len(parts) - n + 1)]
-    for part in runs:
-        cand = CONFIG_DIR / f"{algo}-{part}.yaml"
-        if cand.exists() and cand not in files:
-            files.append(cand)
-    if obs and obs.startswith("po"):
-        cand = CONFIG_DIR / f"{algo}-po.yaml"
-        if cand.exists():
-            files.append(cand)
-    if user_config:
-        files.append(config_path(user_config) if not Path(user_config).exists() else Path(user_config))
-    return files
+    blocks = override_blocks(algo, dataset, obs, config)
+    return build_config(mod.Config, blocks, ov), [name for name, _ in blocks]
 
 
 def real_env_evaluator(algo, meta, seed: int, n_envs: int, device) -> Callable[[int], dict[str, Any]]:
@@ -117,7 +136,6 @@ def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = N
         env = saved.get("env")
         mod = algorithm_module(algo)
         cfg = from_dict(mod.Config, saved["config"])
-        applied = saved.get("overrides", [])
         log(f"resuming {run.path}")
     else:
         mod = algorithm_module(algo)
