@@ -1,8 +1,8 @@
 """Algorithm registry: ``offmarl train --algo NAME`` -> the module that implements it.
 
 Each module provides ``Config`` (a dataclass with a ``loop: LoopConfig`` field) and
-``Algorithm(dataset, cfg, device, seed)`` (see offmarl/training.py for the contract), and may
-declare ``DISCRETE_OK`` / ``CONTINUOUS_OK`` and ``NEEDS_FULL_OBS``.
+``Algorithm(dataset, cfg, device, seed)`` (see offmarl/training.py for the contract) and
+``check_dataset(dataset, cfg)``.
 """
 from __future__ import annotations
 

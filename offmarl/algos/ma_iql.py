@@ -1,6 +1,6 @@
 """MA-IQL: IQL with centralised training and decentralised execution (CTDE).
 
-The critics are IQL's, on the global state and the joint action (``iql.CentralValues``):
+The critics are IQL's, on the global state and the joint action (``CentralValues``, offmarl/nn/critics.py):
 twin Q(s, a_1..a_N), V(s) by expectile regression. Each agent i has its own actor on its local
 observation, trained by advantage-weighted regression with the JOINT advantage:
 
@@ -17,14 +17,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.algos.iql import CentralValues, awr_weights
-from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
-                               check_action_box, fit_standardiser, return_range_scale, seeded_init, standardise)
+from offmarl.nn.actors import CategoricalActors, GaussianActors
+from offmarl.nn.agents import (
+    AgentLayout,
+    AgentPolicy,
+    CheckpointParts,
+    check_action_box,
+    fit_standardiser,
+    return_range_scale,
+    seeded_init,
+    standardise,
+)
+from offmarl.nn.critics import CentralValues
+from offmarl.nn.losses import awr_weights
 from offmarl.training import LoopConfig
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
 
 
 @dataclass

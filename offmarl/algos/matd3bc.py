@@ -1,7 +1,7 @@
 """MATD3+BC: TD3+BC with a centralised critic and decentralised deterministic actors.
 
 One twin critic sees the global state and the joint action; each agent's actor sees only its
-own observation (CTDE). TD3+BC's hyper-parameters throughout (offmarl/algos/td3bc.py).
+own observation (CTDE). TD3+BC's hyper-parameters throughout (the same values as ITD3+BC).
 
     critic   Q(s, a_1..a_N) <- r + gamma (1 - terminal) min_j Q_target_j(s', a')
              a'_i = clip(pi_target_i(o_i') + clip(N(0, 0.2), -0.5, 0.5), -1, 1)
@@ -18,24 +18,34 @@ actors; the BC term is the cross-entropy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from offmarl.algos import td3bc
-from offmarl.algos.td3bc import ActorCriticBase, bc_mse, smoothed_target_actions
-from offmarl.nn.agents import JointCritics, check_action_box, gumbel_softmax_st, soft_update_, standardise
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
+from offmarl.nn.actor_critic import ActorCriticBase, smoothed_target_actions
+from offmarl.nn.actors import gumbel_softmax_st
+from offmarl.nn.agents import check_action_box, soft_update_, standardise
+from offmarl.nn.critics import JointCritics
+from offmarl.nn.losses import bc_mse
+from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config(td3bc.Config):
-    """ITD3+BC's values (TD3+BC paper, offmarl/algos/td3bc.py) plus the discrete form's temperature."""
+class Config:
+    """TD3+BC's values (as ITD3+BC) plus the discrete form's temperature."""
 
+    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actor and critics
+    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
+    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
+    gamma: float = 0.99                   # TD3+BC paper
+    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
+    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
+    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
+    policy_delay: int = 2                 # TD3: actor and targets updated every 2nd critic step
+    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
+    normalize_obs: bool = True            # TD3+BC paper: standardised states (CORL normalize=True)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
     gumbel_temperature: float = 1.0       # MADDPG discrete actions: Gumbel-softmax temperature
 
 

@@ -1,6 +1,7 @@
 """OMAR (Pan et al. 2022, "Plan Better Amid Conservatism"): ICQL + actor rectification.
 
-The critics are exactly ICQL's (offmarl/algos/cql.py). The actor does not only climb the
+The critics are exactly ICQL's (``ConservativeActorCritic``, offmarl/nn/actor_critic.py: TD target
+plus the CQL(H) logsumexp regulariser, per-agent gradient clipping). The actor does not only climb the
 conservative Q locally — where CQL's pessimism makes many bad local optima — it is also pulled
 towards the best action a global search over Q finds:
 
@@ -20,23 +21,38 @@ the Q term is the expected Q_i1 under the categorical actor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.algos import cql
-from offmarl.algos.td3bc import bc_mse
-from offmarl.nn.agents import check_action_box, mask_logits
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
+from offmarl.nn.actor_critic import ConservativeActorCritic
+from offmarl.nn.actors import mask_logits
+from offmarl.nn.agents import check_action_box
+from offmarl.nn.losses import action_l2, bc_mse
+from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config(cql.Config):
-    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar-<kind>.yaml per dataset)
+class Config:
+    """ICQL's values (the OMAR release's ICQL baseline) plus the actor rectification's."""
+
+    hidden: tuple[int, ...] = (256, 256)  # OMAR release, MaMuJoCo: hidden_dim 256, 2 hidden layers
+    batch_size: int = 256                 # OMAR release, MaMuJoCo
+    lr: float = 3e-4                      # OMAR release, MaMuJoCo (actor and critic)
+    gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (REFERENCE §5)
+    tau: float = 0.005                    # OMAR release, MaMuJoCo
     cql_alpha: float = 1.0                # OMAR release MaMuJoCo table, "medium"
+    num_sampled_actions: int = 10         # OMAR release --num_sampled_actions (per source: uniform, pi(o), pi(o'))
+    lse_temp: float = 1.0                 # OMAR release --lse_temp: logsumexp temperature
+    cql_sample_noise: float = 0.2         # OMAR release --cql_sample_noise_level: std around pi's actions
+    policy_noise: float = 0.0             # OMAR release: no target smoothing (TD3 would use 0.2)
+    noise_clip: float = 0.5               # TD3: target smoothing clip (unused while policy_noise = 0)
+    policy_delay: int = 1                 # OMAR release: actor and targets updated every step
+    grad_clip: float = 0.5                # OMAR release: clip_grad_norm(0.5) on each agent's critic and actor
+    actor_l2: float = 1e-3                # OMAR release: + 1e-3 * mean(pi(o)^2) in the actor loss
+    normalize_obs: bool = True            # ours: data standardisation in place of the release's input BatchNorm
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # OMAR release, MaMuJoCo: 1e6
+    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar-<kind>.yaml per dataset)
     omar_iters: int = 2                   # OMAR release, MaMuJoCo (argparse default 3)
     omar_num_samples: int = 20            # OMAR release, MaMuJoCo
     omar_num_elites: int = 5              # OMAR release, MaMuJoCo
@@ -49,8 +65,8 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "omar")
 
 
-class Algorithm(cql.Algorithm):
-    """ICQL's critics and update; only the actor loss differs."""
+class Algorithm(ConservativeActorCritic):
+    """ICQL's critics and update (ConservativeActorCritic); only the actor loss differs."""
 
     name = "omar"
 
@@ -92,5 +108,5 @@ class Algorithm(cql.Algorithm):
             target = self.rectified_actions(obs, pi.detach(), q_pi.detach())
             mimic = bc_mse(pi, target, self.actor.action_mask)  # [N]
             loss = ((coe * mimic - (1.0 - coe) * q_pi.mean(0)).sum()
-                    + self.cfg.actor_l2 * cql.action_l2(pi, self.actor.action_mask))
+                    + self.cfg.actor_l2 * action_l2(pi, self.actor.action_mask))
         return loss, {"actor_loss": loss.detach(), "mimic_loss": mimic.sum().detach(), "q_pi": q_pi.mean().detach()}
