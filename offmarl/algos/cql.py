@@ -26,29 +26,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.actor_critic import ConservativeActorCritic
+from offmarl.nn.actor_critic import ConservativeActorCritic, ConservativeConfig
 from offmarl.nn.agents import check_action_box
 from offmarl.nn.losses import action_l2
 from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # OMAR release, MaMuJoCo: hidden_dim 256, 2 hidden layers
-    batch_size: int = 256                 # OMAR release, MaMuJoCo
-    lr: float = 3e-4                      # OMAR release, MaMuJoCo (actor and critic)
-    gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (REFERENCE §5)
-    tau: float = 0.005                    # OMAR release, MaMuJoCo
-    cql_alpha: float = 1.0                # OMAR release --cql_alpha (per-dataset values: configs/omar-*.yaml)
-    num_sampled_actions: int = 10         # OMAR release --num_sampled_actions (per source: uniform, pi(o), pi(o'))
-    lse_temp: float = 1.0                 # OMAR release --lse_temp: logsumexp temperature
-    cql_sample_noise: float = 0.2         # OMAR release --cql_sample_noise_level: std around pi's actions
-    policy_noise: float = 0.0             # OMAR release: no target smoothing (TD3 would use 0.2)
-    noise_clip: float = 0.5               # TD3: target smoothing clip (unused while policy_noise = 0)
-    policy_delay: int = 1                 # OMAR release: actor and targets updated every step
-    grad_clip: float = 0.5                # OMAR release: clip_grad_norm(0.5) on each agent's critic and actor
-    actor_l2: float = 1e-3                # OMAR release: + 1e-3 * mean(pi(o)^2) in the actor loss
-    normalize_obs: bool = True            # ours: data standardisation in place of the release's input BatchNorm
+class Config(ConservativeConfig):
+    """The OMAR release's values (offmarl/nn/actor_critic.py: ConservativeConfig) and the training length."""
+
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # OMAR release, MaMuJoCo: 1e6
 
 

@@ -39,23 +39,15 @@ from offmarl.nn.agents import (
     return_range_scale,
     seeded_init,
 )
-from offmarl.nn.critics import CentralValues
+from offmarl.nn.critics import CentralValues, CosineAdam, IQLConfig
 from offmarl.nn.losses import awr_weights
 from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # IQL paper App. B / CORL iql.py: 2x256 MLPs everywhere
-    batch_size: int = 256                 # IQL paper App. B
-    lr: float = 3e-4                      # IQL paper App. B: actor, Q and V learning rate
-    gamma: float = 0.99                   # IQL paper App. B
-    tau: float = 0.005                    # IQL paper App. B: target-Q Polyak rate
-    expectile: float = 0.7                # IQL paper, locomotion (REFERENCE §5)
-    beta: float = 3.0                     # IQL paper, locomotion: AWR inverse temperature
-    exp_adv_max: float = 100.0            # CORL iql.py EXP_ADV_MAX: clip of exp(beta * adv)
-    normalize_obs: bool = True            # CORL iql.py normalize=True: standardise states with data stats
-    normalize_reward: bool = True         # IQL paper App. B: r * 1000 / (max - min episode return)
+class Config(IQLConfig):
+    """IQL's values (offmarl/nn/critics.py: IQLConfig), the joint actor's size limit, the training length."""
+
     max_joint_actions: int = 4096         # ours: largest K^N the discrete joint actor may enumerate
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # IQL paper: 1M steps
 
@@ -91,9 +83,7 @@ class Algorithm(CheckpointParts):
             else:
                 self.actor = GaussianActors(1, lay.state_dim, cfg.hidden, lay.action_mask.reshape(1, -1))
         self.actor.to(self.device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        # IQL paper / CORL: cosine decay of the actor learning rate over the whole run
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.loop.steps, 1))
+        self.actor_opt = CosineAdam(self.actor, cfg.lr, cfg.loop.steps)
         self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
         self.policy = CentralisedPolicy(self.actor, self.state_norm, lay, self.code)
 
@@ -115,13 +105,10 @@ class Algorithm(CheckpointParts):
         advantage, metrics = self.values.update(state, b["actions"], reward, b["terminals"].float(), next_state)
 
         actor_loss = -(awr_weights(advantage, cfg) * self.actor_log_prob(state, b)).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.actor_sched.step()
+        self.actor_opt.step(actor_loss)
         metrics["actor_loss"] = actor_loss.detach()
         return metrics
 
     def _parts(self) -> dict:
-        return {**self.values.parts(), "actor": self.actor, "actor_opt": self.actor_opt,
-                "actor_sched": self.actor_sched, "state_norm": self.state_norm}
+        return {**self.values.parts(), "actor": self.actor, **self.actor_opt.parts("actor"),
+                "state_norm": self.state_norm}

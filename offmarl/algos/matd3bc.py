@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from offmarl.nn.actor_critic import ActorCriticBase, smoothed_target_actions
+from offmarl.nn.actor_critic import ActorCriticBase, TD3BCConfig, smoothed_target_actions
 from offmarl.nn.actors import gumbel_softmax_st
 from offmarl.nn.agents import check_action_box, soft_update_, standardise
 from offmarl.nn.critics import JointCritics
@@ -32,19 +32,10 @@ from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config:
-    """TD3+BC's values (as ITD3+BC) plus the discrete form's temperature."""
+class Config(TD3BCConfig):
+    """TD3+BC's values (as ITD3+BC; offmarl/nn/actor_critic.py: TD3BCConfig) plus the discrete
+    form's temperature."""
 
-    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actor and critics
-    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
-    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
-    gamma: float = 0.99                   # TD3+BC paper
-    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
-    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
-    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
-    policy_delay: int = 2                 # TD3: actor and targets updated every 2nd critic step
-    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
-    normalize_obs: bool = True            # TD3+BC paper: standardised states (CORL normalize=True)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
     gumbel_temperature: float = 1.0       # MADDPG discrete actions: Gumbel-softmax temperature
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.actor_critic import ActorCriticBase, independent_next_value
+from offmarl.nn.actor_critic import ActorCriticBase, TD3BCConfig, independent_next_value
 from offmarl.nn.agents import check_action_box, soft_update_, standardise
 from offmarl.nn.critics import AgentCritics
 from offmarl.nn.losses import bc_mse
@@ -30,17 +30,9 @@ from offmarl.training import LoopConfig
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actor and critics
-    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
-    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
-    gamma: float = 0.99                   # TD3+BC paper
-    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
-    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
-    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
-    policy_delay: int = 2                 # TD3: actor and targets updated every 2nd critic step
-    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
-    normalize_obs: bool = True            # TD3+BC paper: standardised states (CORL normalize=True)
+class Config(TD3BCConfig):
+    """TD3+BC's values (offmarl/nn/actor_critic.py: TD3BCConfig) and the training length."""
+
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
 
 

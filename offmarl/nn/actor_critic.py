@@ -1,5 +1,7 @@
 """The actor-critic skeleton that ITD3+BC, MATD3+BC, ICQL and OMAR share, written once.
 
+    TD3BCConfig, ConservativeConfig   the hyper-parameters of the two families (each
+                           algorithm's Config adds its training length and its own extras)
     ActorCriticBase        observation (and state) standardiser, actor (categorical for discrete
                            actions, deterministic otherwise), twin critics, Polyak targets, Adam
                            optimisers, the sampling generator, the acting policy, checkpoint parts
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +33,43 @@ from offmarl.nn.agents import (
     standardise,
 )
 from offmarl.nn.critics import AgentCritics
+
+
+@dataclass
+class TD3BCConfig:
+    """ITD3+BC's and MATD3+BC's hyper-parameters (TD3+BC, Fujimoto & Gu 2021)."""
+
+    hidden: tuple[int, ...] = (256, 256)  # TD3+BC paper / CORL td3_bc.py: 2x256 actor and critics
+    batch_size: int = 256                 # TD3+BC paper / CORL td3_bc.py
+    lr: float = 3e-4                      # TD3+BC paper: actor and critic learning rate
+    gamma: float = 0.99                   # TD3+BC paper
+    tau: float = 0.005                    # TD3+BC paper: Polyak rate of both targets
+    policy_noise: float = 0.2             # TD3: target smoothing std (continuous only)
+    noise_clip: float = 0.5               # TD3: target smoothing clip (continuous only)
+    policy_delay: int = 2                 # TD3: actor and targets updated every 2nd critic step
+    alpha: float = 2.5                    # TD3+BC paper: lambda = alpha / mean|Q|
+    normalize_obs: bool = True            # TD3+BC paper: standardised states (CORL normalize=True)
+
+
+@dataclass
+class ConservativeConfig:
+    """ICQL's and OMAR's hyper-parameters (the OMAR release's MaMuJoCo values, Pan et al. 2022)."""
+
+    hidden: tuple[int, ...] = (256, 256)  # OMAR release, MaMuJoCo: hidden_dim 256, 2 hidden layers
+    batch_size: int = 256                 # OMAR release, MaMuJoCo
+    lr: float = 3e-4                      # OMAR release, MaMuJoCo (actor and critic)
+    gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (REFERENCE §5)
+    tau: float = 0.005                    # OMAR release, MaMuJoCo
+    cql_alpha: float = 1.0                # OMAR release --cql_alpha (per-dataset values: configs/omar-*.yaml)
+    num_sampled_actions: int = 10         # OMAR release --num_sampled_actions (per source: uniform, pi(o), pi(o'))
+    lse_temp: float = 1.0                 # OMAR release --lse_temp: logsumexp temperature
+    cql_sample_noise: float = 0.2         # OMAR release --cql_sample_noise_level: std around pi's actions
+    policy_noise: float = 0.0             # OMAR release: no target smoothing (TD3 would use 0.2)
+    noise_clip: float = 0.5               # TD3: target smoothing clip (unused while policy_noise = 0)
+    policy_delay: int = 1                 # OMAR release: actor and targets updated every step
+    grad_clip: float = 0.5                # OMAR release: clip_grad_norm(0.5) on each agent's critic and actor
+    actor_l2: float = 1e-3                # OMAR release: + 1e-3 * mean(pi(o)^2) in the actor loss
+    normalize_obs: bool = True            # ours: data standardisation in place of the release's input BatchNorm
 
 
 def smoothed_target_actions(actor_target: DeterministicActors, next_obs, cfg, generator) -> torch.Tensor:

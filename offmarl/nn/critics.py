@@ -3,11 +3,14 @@ and IQL's in-sample value learner.
 
     AgentCritics   per-agent twin Q_i(o_i, a_i) (continuous) or Q_i(o_i, .) (discrete)
     JointCritics   centralised twin Q(s, a_1..a_N)
-    CentralValues  IQL's twin Q(s, a) + V(s) by expectile regression (IQL and MA-IQL)
+    IQLConfig, CentralValues  IQL's hyper-parameters; twin Q(s, a) + V(s) by expectile regression
+                   (IQL and MA-IQL)
+    CosineAdam     the actor's optimiser of IQL and MA-IQL
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -87,6 +90,22 @@ class JointCritics(nn.Module):
         return self.twin.first(self._input(state, actions))[..., 0, 0]
 
 
+@dataclass
+class IQLConfig:
+    """IQL's and MA-IQL's hyper-parameters (Kostrikov et al. 2022, locomotion)."""
+
+    hidden: tuple[int, ...] = (256, 256)  # IQL paper App. B / CORL iql.py: 2x256 MLPs (critics, V, each actor)
+    batch_size: int = 256                 # IQL paper App. B
+    lr: float = 3e-4                      # IQL paper App. B: actor, Q and V learning rate
+    gamma: float = 0.99                   # IQL paper App. B
+    tau: float = 0.005                    # IQL paper App. B: target-Q Polyak rate
+    expectile: float = 0.7                # IQL paper, locomotion (REFERENCE §5)
+    beta: float = 3.0                     # IQL paper, locomotion: AWR inverse temperature
+    exp_adv_max: float = 100.0            # CORL iql.py EXP_ADV_MAX: clip of exp(beta * adv)
+    normalize_obs: bool = True            # CORL iql.py normalize=True: standardise states (and observations)
+    normalize_reward: bool = True         # IQL paper App. B: r * 1000 / (max - min episode return)
+
+
 class CentralValues:
     """IQL's in-sample value learning on the global state and the joint action:
     twin Q(s, a), its Polyak target, and V(s). Used by IQL and MA-IQL."""
@@ -127,3 +146,22 @@ class CentralValues:
                    "q_mean": q[0].mean().detach(), "v_mean": v.mean().detach(),
                    "advantage_mean": advantage.mean().detach()}
         return advantage.detach(), metrics
+
+
+class CosineAdam:
+    """Adam whose learning rate decays on a cosine over the whole run, stepped once per update:
+    IQL's actor optimiser (IQL paper / CORL iql.py), used by IQL and MA-IQL."""
+
+    def __init__(self, module: nn.Module, lr: float, steps: int):
+        self.opt = torch.optim.Adam(module.parameters(), lr=lr)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(steps, 1))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+
+    def parts(self, name: str) -> dict:
+        """Checkpoint parts ``<name>_opt`` and ``<name>_sched``."""
+        return {f"{name}_opt": self.opt, f"{name}_sched": self.sched}
