@@ -185,6 +185,10 @@ class ConservativeActorCritic(ActorCriticBase):
             return AgentCritics.at(q_all, actions), lse
         return self.critic(obs, actions), self.sampled_logsumexp(obs, next_obs)
 
+    def actor_loss(self, obs, actions, avail) -> tuple[torch.Tensor, dict]:
+        """obs [B, N, O], actions [B, N, A] | [B, N], avail [B, N, K] | None -> (loss, metrics)."""
+        raise NotImplementedError("ICQL: offmarl/algos/cql.py; OMAR: offmarl/algos/omar.py")
+
     def update(self, step: int) -> dict:
         cfg, n = self.cfg, self.layout.n_agents
         b = self.dataset.sample(cfg.batch_size, self.generators["sample"], self.device)

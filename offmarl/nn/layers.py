@@ -117,7 +117,7 @@ class PerAgentMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
         """``members``: only these networks (e.g. Q1 of twin critics), x [..., len(members), in];
-        the weights are sliced, the maths is the same."""
+        the weights are sliced, the maths is the same (separate weights only)."""
         lead = x.shape[:-2]
         h = x.reshape(-1, *x.shape[-2:]).transpose(0, 1)  # agent-major inside: [N, L, in]
         if self.shared:
