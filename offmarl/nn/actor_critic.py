@@ -33,6 +33,7 @@ from offmarl.nn.agents import (
     standardise,
 )
 from offmarl.nn.critics import AgentCritics
+from offmarl.nn.functional import HALF_LOG_2PI
 
 
 @dataclass
@@ -98,7 +99,7 @@ def gaussian_log_density(noise: torch.Tensor, std: float, mask: torch.Tensor) ->
     Kept apart from ``nn.functional.gaussian_log_prob`` on purpose: that one scales by
     exp(-log std) where this divides by std, which differs in the last bit for ~3% of the values,
     and ICQL/OMAR runs are reproduced bit for bit across versions."""
-    return ((-0.5 * (noise / std).pow(2) - math.log(std) - 0.5 * math.log(2 * math.pi)) * mask).sum(-1)
+    return ((-0.5 * (noise / std).pow(2) - math.log(std) - HALF_LOG_2PI) * mask).sum(-1)
 
 
 class ActorCriticBase(CheckpointParts):
