@@ -38,10 +38,10 @@ memory so far (``torch.cuda.max_memory_allocated``, reset at each section start;
 ``section_end`` record (wall seconds, budget, peak memory). A section that raises records
 {"error": ...} and the suite goes on; the exit status is then 1.
 
-How the "< 6 minutes on one GPU" holds: the section budgets of the full plan sum to 305 s; the
-fixed costs are imports and CUDA start-up (~15 s), the data generation (16 ant envs stepped on the
-host CPU: the --quick dry run's CPU seconds scaled to its 1000 rows) and the short fits; every
-timed loop stops at its budget. ``total_wall_s`` in the last record checks it.
+How the "< 6 minutes on one GPU" holds (docs/benchmarks.md, GPU): the budgets of the timed sections
+of the full plan sum to 255 s and no measurement starts after its section's budget; the fixed costs
+(imports and CUDA start-up, the data generation on the host CPU, the short fits) are estimated from
+the --quick dry run's CPU seconds at about 35 s. ``total_wall_s`` in the last record checks it.
 """
 from __future__ import annotations
 
