@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from offmarl.algos import algo_module, moma_ppo
+from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, td3bc
 from offmarl.config import build_config
 from offmarl.data import registry
 from offmarl.nn.layers import EnsembleMLP, mlp
@@ -83,7 +83,8 @@ SECTIONS = ("ensemble", "data", "worldmodel", "rollout", "iteration", "ppo", "ba
 # what a section uses: the data section's ant dataset or the worldmodel section's MOMA-PPO
 NEEDS = {"worldmodel": "data", "baselines": "data", "rollout": "worldmodel", "iteration": "worldmodel",
          "ppo": "worldmodel"}
-BASELINES = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
+# the offline baselines by their `offmarl train --algo` names (ICQL = cql.py, IBC = bc.py, ITD3+BC = td3bc.py)
+BASELINES = {"iql": iql, "ma-iql": ma_iql, "ibc": bc, "itd3bc": td3bc, "matd3bc": matd3bc, "icql": cql, "omar": omar}
 ANT_IN, ANT_OUT = 27 + 4 * 2, 2 * (27 + 1) + 1  # ensemble widths of ant-4x2: state + joint action -> 2(S+1)+1
 ENSEMBLE_MEMBERS = 7  # the default EnsembleConfig (MOMA-PPO reference)
 
@@ -384,7 +385,7 @@ def ppo_section(rec: Recorder, plan: Plan, budget: Budget, algo) -> None:
 
 def build_baseline(name: str, ds, device: torch.device, batch: int | None):
     """A baseline through its public ``Algorithm(dataset, cfg, device, seed)`` with its default config."""
-    mod = algo_module(name)
+    mod = BASELINES[name]
     cfg = mod.Config() if batch is None else dataclasses.replace(mod.Config(), batch_size=batch)
     return mod.Algorithm(ds, cfg, device, 0), cfg
 
