@@ -29,7 +29,7 @@ section's budget is spent is recorded as {"skipped": "section budget spent"}):
     baselines   updates/s of every offline baseline (ICQL and OMAR included) on the ant data, default
                 configs (``Algorithm(dataset, cfg, device, seed)``)
     online      the online SMAX loop (offmarl/algos/online.py): env steps/s of its collector and model
-                updates/s. Skipped with {"skipped": "online loop not available"} when ``offmarl.algos``
+                (+ R_m) updates/s, through ``Algorithm.update`` without imagination rounds. Skipped with {"skipped": "online loop not available"} when ``offmarl.algos``
                 has no online algorithm: the import is attempted once, at the top of this file.
 
 Every record carries the torch and CUDA versions, the device name, the mode, the section's peak GPU
@@ -403,8 +403,10 @@ def baselines_section(rec: Recorder, plan: Plan, budget: Budget, ds) -> None:
 
 
 def build_online(device: torch.device):
-    """The online loop on SMAX 2s3z with its default (CPU-sized) preset, MAG variant."""
-    cfg = online_algo.Config(algo="mag", map="2s3z")
+    """The online loop on SMAX 2s3z with its default (CPU-sized) preset, MAG variant, without the
+    imagination + MA-PPO rounds (``ppo_rounds=0``): an iteration is then exactly what this section
+    measures, the collector's env steps and the model (+ R_m) updates, and stays short."""
+    cfg = online_algo.Config(algo="mag", map="2s3z", ppo_rounds=0)
     return online_algo.Algorithm(None, cfg, device, 0, log=lambda *a, **k: None), cfg
 
 
