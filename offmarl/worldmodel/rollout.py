@@ -236,7 +236,8 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     timeouts (bootstrap), valid, next_states, next_obs.
     info: frac_uncertainty_terminated, frac_model_terminated, mean_length, mean_eps_g, mean_raw_reward,
     mean_penalty (means over valid steps); with a planner also planner_seconds (sampling the
-    candidates and looking ahead), planner_rollout_seconds (the whole rollout), planner_frac_replaced
+    candidates and looking ahead; host time: on CUDA, where nothing in the loop waits for the device,
+    it counts the kernel launches), planner_rollout_seconds (the whole rollout), planner_frac_replaced
     (valid steps where a candidate other than 0 won), planner_score_gain (mean score of candidate 0
     minus the chosen one's, over valid steps).
     """
@@ -259,7 +260,8 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     alive = torch.ones(b, dtype=torch.bool, device=dev)
     by_uncertainty, by_model = torch.zeros_like(alive), torch.zeros_like(alive)
     rows = torch.arange(b, device=dev)
-    plan_seconds, replaced, gain, n_valid = 0.0, 0.0, 0.0, 0.0
+    plan_seconds = 0.0
+    replaced, gain, n_valid = (states.new_zeros(()) for _ in range(3))  # summed on the device: no sync per step
     for h in range(cfg.horizon):
         actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
         env_actions = executed_actions(policy, actions)
@@ -275,9 +277,9 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         if world is not None:
             idx, scores = planner.choose(cand_states, nxt, world, plan_gen)
             chosen = scores.gather(1, idx[:, None]).squeeze(1)
-            replaced += float(((idx != 0) & alive).sum())
-            gain += float(((scores[:, 0] - chosen) * alive).sum())
-            n_valid += float(alive.sum())
+            replaced = replaced + ((idx != 0) & alive).sum()
+            gain = gain + ((scores[:, 0] - chosen) * alive).sum()
+            n_valid = n_valid + alive.sum()
         else:
             idx = torch.zeros(b, dtype=torch.long, device=dev)
         plan_seconds += time.perf_counter() - t0
@@ -318,6 +320,6 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     }
     if planner is not None:
         info.update({"planner_seconds": plan_seconds, "planner_rollout_seconds": time.perf_counter() - t_start,
-                     "planner_frac_replaced": replaced / max(n_valid, 1.0),
-                     "planner_score_gain": gain / max(n_valid, 1.0)})
+                     "planner_frac_replaced": float(replaced / n_valid.clamp_min(1.0)),
+                     "planner_score_gain": float(gain / n_valid.clamp_min(1.0))})
     return batch, info
