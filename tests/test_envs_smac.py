@@ -25,7 +25,7 @@ from offmarl.envs.smac import (
     smac_backend_available,
 )
 
-# find_spec, not pytest.importorskip: importing jaxmarl costs ~6 s of CPU at every collection
+# find_spec, not pytest.importorskip: importing jaxmarl costs ~7 s of CPU at every collection
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl is not installed")
 
 
