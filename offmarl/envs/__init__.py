@@ -5,7 +5,8 @@ import difflib
 
 from offmarl.envs.base import EnvError, EnvSpec, MultiAgentEnv
 
-MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1", "walker2d-2x3")
+MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1",
+                  "walker2d-2x3")
 
 
 def smac_names() -> list[str]:
