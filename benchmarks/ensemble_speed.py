@@ -9,8 +9,8 @@ Widths are ant-4x2's: input = state 27 + joint action 8, output = 2 * (27 + 1) +
     python benchmarks/ensemble_speed.py --fit-rows 1000000 --fit-steps 1000 [--threads 1]
 
 instead times ``EnsembleWorldModel.fit`` (default EnsembleConfig, max_steps = --fit-steps, no early
-stop; --fit-steps 0 = the default config with early stopping) on a synthetic problem of ant-4x2's
-widths and prints seconds, ms per step, and the time the default max_steps would take.
+stop; --fit-steps 0 = the default config with early stopping) on a synthetic problem of ant-4x2's widths and prints seconds, ms per step, and the time
+the default max_steps would take.
 """
 from __future__ import annotations
 
