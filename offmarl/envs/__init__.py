@@ -1,4 +1,9 @@
-"""Environment registry: ``make_env("ant-4x2", obs="po")``, ``make_env("smac-2s3z")``."""
+"""Environment registry: ``make_env("ant-4x2", obs="po")``, ``make_env("smac-2s3z")``.
+
+The simulator modules are imported inside ``make_env`` and ``smac_names`` (the documented lazy
+imports): ``import offmarl.envs`` loads neither MuJoCo nor JAX/jaxmarl, so the CLI's help, the
+dataset tools and test collection do not pay for them (jaxmarl alone costs ~7 s of CPU).
+"""
 from __future__ import annotations
 
 import difflib
