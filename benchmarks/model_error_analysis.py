@@ -221,7 +221,8 @@ def main(argv=None) -> dict:
             "k": args.k, "l": args.l, "h": args.h, "candidates": args.candidates, "starts": args.starts,
             "wm_steps": args.wm_steps, "error_steps": args.error_steps, "device": str(dev),
             "threads": torch.get_num_threads(), "round_trip_max_error": float(max(rt)),
-            "command": "python benchmarks/model_error_analysis.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": "python benchmarks/model_error_analysis.py "
+                       + " ".join(argv if argv is not None else sys.argv[1:])}
     report = {"meta": meta, "results": results}
     (out / "model_error.json").write_text(json.dumps(report, indent=2))
 

@@ -16,7 +16,7 @@ For a run directory (its policy and its world model):
    were trained to avoid it; near 0: the model does not see it coming.
 
     python benchmarks/policy_model_gap.py RUN_DIR --episodes 5 --back 5 20 40 --sample \
-        --out docs/policy_model_gap_ant
+        --out docs/results/policy_model_gap_ant
 
 Writes ``gap.json`` and ``gap.md`` under ``--out`` (printed as well).
 """

@@ -74,7 +74,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         s = min(times)
-        print(json.dumps({"bench": "ppo_speed", "device": dev, "env": args.env, "obs": args.obs, "batch": 10 * args.batch,
+        print(json.dumps({"bench": "ppo_speed", "device": dev, "env": args.env, "obs": args.obs,
+                          "batch": 10 * args.batch,
                           "hidden": args.hidden, "critic": args.critic, "history": args.history,
                           "history_dim": args.history_dim, "threads": args.threads, "s_per_update": round(s, 3),
                           "transitions_per_s": round(10 * args.batch / s)}), flush=True)

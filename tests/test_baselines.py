@@ -175,6 +175,7 @@ def test_same_seed_same_numbers_and_bit_exact_resume(name, which, datasets):
         assert torch.equal(want[k], got[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", DATASETS)
 @pytest.mark.parametrize("name", ALGOS)
 def test_end_to_end_training_writes_eval(name, which, datasets, tmp_path):
@@ -205,6 +206,7 @@ def test_coordination_datasets_select_the_small_budget(name):
 
 
 # ----------------------------------------------------------------------------- specifics
+@pytest.mark.slow
 def test_centralised_iql_solves_unfavourable_coordination(datasets):
     """The MOMA-PPO paper's upper bound: one agent choosing the joint action agrees with itself."""
     for seed in (0, 1):

@@ -11,7 +11,6 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from test_data_storage import assert_same, coordination_dataset, rollout_ant
 
 from offmarl.data.convert import convert, export
 from offmarl.data.dataset import DatasetError, MultiAgentDataset
@@ -20,59 +19,6 @@ from offmarl.data.sources.d4rl import read_d4rl
 from offmarl.data.sources.minari import export_minari, read_minari
 from offmarl.data.storage import load_dataset_file
 from offmarl.envs import make_env
-
-
-def ant_v5_episodes(n_episodes: int, limit: int, contact_forces: bool, seed: int = 0) -> list[dict]:
-    """Real single-agent Ant-v5 episodes with uniform random actions (T+1 observations each)."""
-    env = gym.make("Ant-v5", max_episode_steps=limit, include_cfrc_ext_in_observation=contact_forces)
-    rng = np.random.default_rng(seed)
-    eps = []
-    for k in range(n_episodes):
-        o, _ = env.reset(seed=seed + k)
-        ep = {"obs": [o], "act": [], "rew": [], "term": [], "trunc": []}
-        while True:
-            a = rng.uniform(-1, 1, 8).astype(np.float32)
-            o, r, term, trunc, _ = env.step(a)
-            for key, v in zip(("obs", "act", "rew", "term", "trunc"), (o, a, r, term, trunc)):
-                ep[key].append(v)
-            if term or trunc:
-                break
-        eps.append({k: np.asarray(v) for k, v in ep.items()})
-    env.close()
-    return eps
-
-
-@pytest.fixture(scope="module")
-def ant_eps() -> list[dict]:
-    # 50-step time limit as in the brief's D4RL-style file; 3 episodes (some may terminate early)
-    return ant_v5_episodes(3, 50, contact_forces=False)
-
-
-def write_d4rl(path, eps: list[dict], with_next: bool = True, trailing: int = 0) -> dict:
-    """A D4RL-layout file (key names and dtypes of d4rl's Ant-v2 files): 111-d observations
-    whose first 27 dims are real Ant steps and whose 84 contact dims are zero."""
-    obs = np.concatenate([e["obs"][:-1] for e in eps])
-    nxt = np.concatenate([e["obs"][1:] for e in eps])
-    wide = lambda x: np.concatenate([x, np.zeros((len(x), 84))], axis=1).astype(np.float32)
-    cols = {
-        "observations": wide(obs), "actions": np.concatenate([e["act"] for e in eps]).astype(np.float32),
-        "rewards": np.concatenate([e["rew"] for e in eps]).astype(np.float32),
-        "terminals": np.concatenate([e["term"] for e in eps]).astype(bool),
-        "timeouts": np.concatenate([e["trunc"] for e in eps]).astype(bool),
-    }
-    if with_next:
-        cols["next_observations"] = wide(nxt)
-    if trailing:  # rows of an episode cut off by the end of the file (neither flag set)
-        for k, v in cols.items():
-            cols[k] = np.concatenate([v, v[:trailing]])
-            if k in ("terminals", "timeouts"):
-                cols[k][-trailing:] = False
-    with h5py.File(path, "w") as f:
-        for k, v in cols.items():
-            f.create_dataset(k, data=v, compression="gzip")
-        f.create_dataset("infos/qpos", data=np.zeros((len(cols["rewards"]), 15)))
-        f.create_dataset("infos/qvel", data=np.zeros((len(cols["rewards"]), 14)))
-    return cols
 
 
 def local_partition(env, global_actions: np.ndarray) -> np.ndarray:
@@ -85,7 +31,7 @@ def local_partition(env, global_actions: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- D4RL
-def test_d4rl_fo_and_po(ant_eps, tmp_path):
+def test_d4rl_fo_and_po(ant_eps, tmp_path, write_d4rl):
     path = tmp_path / "ant-random-v2.hdf5"
     cols = write_d4rl(path, ant_eps)
     t = len(cols["rewards"])
@@ -113,7 +59,7 @@ def test_d4rl_fo_and_po(ant_eps, tmp_path):
     assert po.observations[:, 1:, 4:].max() == 0  # zero padding past the true widths
 
 
-def test_d4rl_without_next_observations_drops_episode_ends(ant_eps, tmp_path):
+def test_d4rl_without_next_observations_drops_episode_ends(ant_eps, tmp_path, write_d4rl):
     path = tmp_path / "no-next.hdf5"
     cols = write_d4rl(path, ant_eps, with_next=False)
     with pytest.warns(UserWarning, match="dropped the last transition"):
@@ -127,7 +73,7 @@ def test_d4rl_without_next_observations_drops_episode_ends(ant_eps, tmp_path):
     np.testing.assert_array_equal(ds.timeouts, ends[keep + 1])
 
 
-def test_d4rl_trailing_partial_episode_dropped(ant_eps, tmp_path):
+def test_d4rl_trailing_partial_episode_dropped(ant_eps, tmp_path, write_d4rl):
     path = tmp_path / "partial.hdf5"
     cols = write_d4rl(path, ant_eps, trailing=7)
     with pytest.warns(UserWarning, match="last 7 transitions end no episode"):
@@ -135,7 +81,7 @@ def test_d4rl_trailing_partial_episode_dropped(ant_eps, tmp_path):
     assert len(ds) == len(cols["rewards"]) - 7
 
 
-def test_d4rl_27d_observations_accepted(ant_eps, tmp_path):
+def test_d4rl_27d_observations_accepted(ant_eps, tmp_path, write_d4rl):
     path = tmp_path / "narrow.hdf5"
     cols = write_d4rl(path, ant_eps)
     with h5py.File(path, "a") as f:
@@ -146,7 +92,7 @@ def test_d4rl_27d_observations_accepted(ant_eps, tmp_path):
     np.testing.assert_array_equal(read_d4rl(path).states, cols["observations"][:, :27])
 
 
-def test_d4rl_width_and_key_errors(ant_eps, tmp_path):
+def test_d4rl_width_and_key_errors(ant_eps, tmp_path, write_d4rl):
     path = tmp_path / "ant.hdf5"
     write_d4rl(path, ant_eps)
     with pytest.raises(DatasetError) as ei:
@@ -236,8 +182,8 @@ def make_foreign_minari(dataset_id: str, eps: list[dict], contact_forces: bool):
                                               description="random Ant-v5")
 
 
-def test_minari_foreign_ant_v5_105d(minari_root):
-    eps = ant_v5_episodes(2, 30, contact_forces=True, seed=5)
+def test_minari_foreign_ant_v5_105d(minari_root, make_ant_v5_episodes):
+    eps = make_ant_v5_episodes(2, 30, contact_forces=True, seed=5)
     assert eps[0]["obs"].shape[1] == 105
     make_foreign_minari("mujoco/ant/random-v0", eps, contact_forces=True)
     ds = read_minari("mujoco/ant/random-v0", env="ant-4x2", obs="po")
@@ -264,10 +210,10 @@ def test_minari_foreign_27d(minari_root, ant_eps):
     np.testing.assert_array_equal(ds.states, ant_eps[0]["obs"][:-1].astype(np.float32))
 
 
-def test_minari_round_trip_continuous_exact(minari_root):
+def test_minari_round_trip_continuous_exact(minari_root, assert_same_dataset, make_ant_dataset):
     import minari
 
-    ds = rollout_ant(n_steps=50, episode=20, obs="po")  # po: padded obs, true widths 15/4/4/4
+    ds = make_ant_dataset(n_steps=50, episode=20, obs="po")  # po: padded obs, true widths 15/4/4/4
     dest = export_minari(ds, "offmarl/ant-4x2/test-v0")
     assert dest == minari_root / "offmarl" / "ant-4x2" / "test-v0"
     m = minari.load_dataset("offmarl/ant-4x2/test-v0")  # plain minari can load it
@@ -278,20 +224,20 @@ def test_minari_round_trip_continuous_exact(minari_root):
     assert ep.observations["state"].shape == (len(ep.rewards) + 1, 27)
     assert minari.get_normalized_score(m, np.array([3879.7])) == pytest.approx(1.0)
     back = read_minari("offmarl/ant-4x2/test-v0")
-    assert_same(ds, back)
+    assert_same_dataset(ds, back)
     with pytest.raises(DatasetError, match="already exists"):
         export_minari(ds, "offmarl/ant-4x2/test-v0")
 
 
-def test_minari_round_trip_discrete_with_avail(minari_root):
-    ds = coordination_dataset()
+def test_minari_round_trip_discrete_with_avail(minari_root, assert_same_dataset, make_coordination_dataset):
+    ds = make_coordination_dataset()
     export_minari(ds, "offmarl/coordination/neutral-v0")
-    assert_same(ds, read_minari("offmarl/coordination/neutral-v0"))
+    assert_same_dataset(ds, read_minari("offmarl/coordination/neutral-v0"))
 
 
-def test_minari_round_trip_non_contiguous_next(minari_root):
+def test_minari_round_trip_non_contiguous_next(minari_root, assert_same_dataset, make_ant_dataset):
     """next_* that are not the following row (e.g. edited data) still come back exactly."""
-    ds = rollout_ant(n_steps=30, episode=15, obs="fo")
+    ds = make_ant_dataset(n_steps=30, episode=15, obs="fo")
     ns, no = ds.next_states.copy(), ds.next_observations.copy()
     ns[3] += 0.5
     no[3] += 0.5
@@ -299,10 +245,10 @@ def test_minari_round_trip_non_contiguous_next(minari_root):
                                                               "terminals", "timeouts")},
                                "next_states": ns, "next_observations": no}, meta=ds.meta)
     export_minari(odd, "offmarl/ant-4x2/odd-v0")
-    assert_same(odd, read_minari("offmarl/ant-4x2/odd-v0"))
+    assert_same_dataset(odd, read_minari("offmarl/ant-4x2/odd-v0"))
 
 
-def test_minari_missing_id_fails_fast(minari_root):
+def test_minari_missing_id_fails_fast(minari_root, make_coordination_dataset):
     t0 = time.perf_counter()
     with pytest.raises(DatasetError) as ei:
         read_minari("mujoco/ant/expert-v0")
@@ -311,18 +257,18 @@ def test_minari_missing_id_fails_fast(minari_root):
     assert "mujoco/ant/expert-v0" in msg and "not found locally" in msg and str(minari_root) in msg
     assert "minari download" in msg and "offmarl datasets generate" in msg
     with pytest.raises(DatasetError, match="malformed"):
-        export_minari(coordination_dataset(), "no version here")
+        export_minari(make_coordination_dataset(), "no version here")
 
 
 # ------------------------------------------------------------------------- library side of the CLI
-def test_convert_and_export(ant_eps, tmp_path, minari_root):
+def test_convert_and_export(ant_eps, tmp_path, minari_root, assert_same_dataset, write_d4rl):
     src = tmp_path / "ant-medium-v2.hdf5"
     write_d4rl(src, ant_eps)
     out = tmp_path / "ant-po.h5"
     ds = convert(src, "d4rl", env="ant-4x2", obs="po", out=out)
-    assert_same(ds, load_dataset_file(out))
+    assert_same_dataset(ds, load_dataset_file(out))
     dest = export(out, "minari", "offmarl/ant-4x2/medium-v0")
     assert dest.is_dir()
-    assert_same(ds, convert("offmarl/ant-4x2/medium-v0", "minari", env=None, obs=None))
+    assert_same_dataset(ds, convert("offmarl/ant-4x2/medium-v0", "minari", env=None, obs=None))
     with pytest.raises(DatasetError, match="unknown source format"):
         convert(src, "rlds")

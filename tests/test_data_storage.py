@@ -12,104 +12,35 @@ import h5py
 import numpy as np
 import pytest
 
-from offmarl.data.dataset import ARRAY_KEYS, OPTIONAL_KEYS, DatasetError, DatasetMeta, MultiAgentDataset
+from offmarl.data.dataset import ARRAY_KEYS, DatasetError, DatasetMeta, MultiAgentDataset
 from offmarl.data.storage import FORMAT_NAME, FORMAT_VERSION, load_dataset_file, save_dataset
 
 
-def rollout_ant(n_steps: int = 60, episode: int = 20, obs: str = "po", seed: int = 0) -> MultiAgentDataset:
-    """Real ant-4x2 transitions with random actions, cut into time-limited episodes."""
-    from offmarl.envs import make_env
-
-    rng = np.random.default_rng(seed)
-    rows = {k: [] for k in ("states", "next_states", "actions", "rewards", "terminals", "timeouts")}
-    with make_env("ant-4x2", obs=obs) as env:
-        _, state, _ = env.reset(seed=seed)
-        t_ep = 0
-        for _ in range(n_steps):
-            a = rng.uniform(-1, 1, (4, 2))
-            _, nxt, r, term, trunc, _ = env.step(a)
-            t_ep += 1
-            cut = trunc or t_ep == episode
-            for k, v in zip(rows, (state, nxt, a, r, term, cut and not term)):
-                rows[k].append(v)
-            state = nxt
-            if term or cut:
-                _, state, _ = env.reset(seed=int(rng.integers(1 << 30)))
-                t_ep = 0
-        rows["timeouts"][-1] = rows["timeouts"][-1] or not rows["terminals"][-1]
-        spec = env.spec
-        states = np.asarray(rows["states"], np.float32)
-        next_states = np.asarray(rows["next_states"], np.float32)
-        meta = DatasetMeta(env="ant-4x2", obs_scheme=spec.obs_scheme, n_agents=4, obs_dims=spec.obs_dims,
-                           action_dims=spec.action_dims, state_dim=spec.state_dim, discrete=False, name="ant-test",
-                           source="offmarl-generated", generator="uniform random", ref_min_return=-325.6,
-                           ref_max_return=3879.7, extra={"seed": seed, "note": ["a", 1]})
-        return MultiAgentDataset(
-            states=states, next_states=next_states, observations=env.observe(states).astype(np.float32),
-            next_observations=env.observe(next_states).astype(np.float32),
-            actions=np.asarray(rows["actions"], np.float32), rewards=np.asarray(rows["rewards"], np.float32),
-            terminals=np.asarray(rows["terminals"], bool), timeouts=np.asarray(rows["timeouts"], bool), meta=meta,
-        )
-
-
-def coordination_dataset(t: int = 40, seed: int = 0) -> MultiAgentDataset:
-    """The discrete coordination game: one-step episodes, int actions, avail_actions."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2, (t, 2)).astype(np.int64)
-    meta = DatasetMeta(env="coordination", obs_scheme="fo", n_agents=2, obs_dims=(1, 1), action_dims=(2, 2),
-                       state_dim=1, discrete=True, name="coordination-neutral", source="offmarl-generated",
-                       ref_min_return=0.0, ref_max_return=1.0)
-    avail = np.ones((t, 2, 2), bool)
-    avail[::3, 1, 0] = False  # not all-True, so a lost mask would be noticed
-    return MultiAgentDataset(
-        states=np.ones((t, 1), np.float32), next_states=np.ones((t, 1), np.float32),
-        observations=np.ones((t, 2, 1), np.float32), next_observations=np.ones((t, 2, 1), np.float32),
-        actions=a, rewards=(a[:, 0] == a[:, 1]).astype(np.float32), terminals=np.ones(t, bool),
-        timeouts=np.zeros(t, bool), meta=meta, avail_actions=avail, next_avail_actions=avail[::-1].copy(),
-    )
-
-
-def assert_same(a: MultiAgentDataset, b: MultiAgentDataset) -> None:
-    for k in ARRAY_KEYS + OPTIONAL_KEYS:
-        x, y = getattr(a, k), getattr(b, k)
-        if x is None or y is None:
-            assert x is None and y is None, k
-            continue
-        assert x.dtype == y.dtype, (k, x.dtype, y.dtype)
-        np.testing.assert_array_equal(x, y, err_msg=k)
-    assert a.meta == b.meta
-
-
-@pytest.fixture(scope="module")
-def ant_ds() -> MultiAgentDataset:
-    return rollout_ant()
-
-
 # ------------------------------------------------------------------------- round trips
-def test_native_round_trip_exact(ant_ds, tmp_path):
-    path = save_dataset(ant_ds, tmp_path / "sub" / "ant.h5")
+def test_native_round_trip_exact(ant_dataset, tmp_path, assert_same_dataset):
+    path = save_dataset(ant_dataset, tmp_path / "sub" / "ant.h5")
     back = load_dataset_file(path)
-    assert_same(ant_ds, back)
+    assert_same_dataset(ant_dataset, back)
     assert back.origin == str(path)
     assert back.meta.extra == {"seed": 0, "note": ["a", 1]}
-    assert back.checksum() == ant_ds.checksum()
+    assert back.checksum() == ant_dataset.checksum()
     with h5py.File(path) as f:
         assert f.attrs["format"] == FORMAT_NAME and int(f.attrs["format_version"]) == FORMAT_VERSION
         assert f["observations"].compression is None  # contiguous: fastest load
     assert not [p for p in os.listdir(path.parent) if p.endswith(".tmp")]
 
 
-def test_discrete_round_trip_with_avail_actions(tmp_path):
-    ds = coordination_dataset()
+def test_discrete_round_trip_with_avail_actions(tmp_path, assert_same_dataset, make_coordination_dataset):
+    ds = make_coordination_dataset()
     back = load_dataset_file(save_dataset(ds, tmp_path / "coord.h5"))
-    assert_same(ds, back)
+    assert_same_dataset(ds, back)
     assert back.actions.dtype == np.int64 and back.avail_actions.dtype == np.bool_
 
 
-def test_overwrite_keeps_permissions_and_replaces(ant_ds, tmp_path):
+def test_overwrite_keeps_permissions_and_replaces(ant_dataset, tmp_path, make_coordination_dataset):
     path = tmp_path / "ant.h5"
-    save_dataset(coordination_dataset(), path)
-    save_dataset(ant_ds, path)
+    save_dataset(make_coordination_dataset(), path)
+    save_dataset(ant_dataset, path)
     assert load_dataset_file(path).meta.env == "ant-4x2"
     mode = os.stat(path).st_mode & 0o777
     assert mode & 0o044, oct(mode)  # umask permissions, not mkstemp's 0600
@@ -153,8 +84,8 @@ def test_error_text_file(tmp_path):
     assert "not an HDF5 file" in _error(p)
 
 
-def test_error_truncated_file(ant_ds, tmp_path):
-    p = save_dataset(ant_ds, tmp_path / "full.h5")
+def test_error_truncated_file(ant_dataset, tmp_path):
+    p = save_dataset(ant_dataset, tmp_path / "full.h5")
     data = p.read_bytes()
     cut = tmp_path / "cut.h5"
     cut.write_bytes(data[: len(data) // 2])
@@ -162,9 +93,9 @@ def test_error_truncated_file(ant_ds, tmp_path):
     assert "truncated or corrupt" in msg
 
 
-def test_error_corrupt_array_bytes(ant_ds, tmp_path):
+def test_error_corrupt_array_bytes(ant_dataset, tmp_path):
     """Header intact but a data block overwritten is not silently accepted either."""
-    p = save_dataset(ant_ds, tmp_path / "bad.h5")
+    p = save_dataset(ant_dataset, tmp_path / "bad.h5")
     with h5py.File(p) as f:
         off = f["states"].id.get_offset()
     raw = bytearray(p.read_bytes())
@@ -189,54 +120,54 @@ def test_error_foreign_hdf5(tmp_path):
     assert "not an offmarl dataset" in msg and "'format'" in msg
 
 
-def test_error_missing_key(ant_ds, tmp_path):
-    arrays = _native_arrays(ant_ds)
+def test_error_missing_key(ant_dataset, tmp_path):
+    arrays = _native_arrays(ant_dataset)
     del arrays["next_states"]
     p = tmp_path / "missing.h5"
-    _write_raw(p, arrays, _attrs(ant_ds))
+    _write_raw(p, arrays, _attrs(ant_dataset))
     msg = _error(p)
     assert "'next_states'" in msg and "missing" in msg
 
 
-def test_error_mismatched_lengths(ant_ds, tmp_path):
-    arrays = _native_arrays(ant_ds)
+def test_error_mismatched_lengths(ant_dataset, tmp_path):
+    arrays = _native_arrays(ant_dataset)
     arrays["actions"] = arrays["actions"][:-1]
     p = tmp_path / "short.h5"
-    _write_raw(p, arrays, _attrs(ant_ds))
+    _write_raw(p, arrays, _attrs(ant_dataset))
     msg = _error(p)
-    assert "'actions'" in msg and str(len(ant_ds)) in msg
+    assert "'actions'" in msg and str(len(ant_dataset)) in msg
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_error_nan_inf(ant_ds, tmp_path, bad):
-    arrays = _native_arrays(ant_ds)
+def test_error_nan_inf(ant_dataset, tmp_path, bad):
+    arrays = _native_arrays(ant_dataset)
     arrays["rewards"] = arrays["rewards"].copy()
     arrays["rewards"][7] = bad
     p = tmp_path / "nan.h5"
-    _write_raw(p, arrays, _attrs(ant_ds))
+    _write_raw(p, arrays, _attrs(ant_dataset))
     msg = _error(p)
     assert "'rewards'" in msg and "NaN or inf" in msg and "transition 7" in msg
 
 
-def test_error_empty(ant_ds, tmp_path):
-    arrays = {k: v[:0] for k, v in _native_arrays(ant_ds).items()}
+def test_error_empty(ant_dataset, tmp_path):
+    arrays = {k: v[:0] for k, v in _native_arrays(ant_dataset).items()}
     p = tmp_path / "empty.h5"
-    _write_raw(p, arrays, _attrs(ant_ds))
+    _write_raw(p, arrays, _attrs(ant_dataset))
     msg = _error(p)
     assert "empty" in msg and "'rewards'" in msg
 
 
-def test_error_bad_meta_and_newer_version(ant_ds, tmp_path):
+def test_error_bad_meta_and_newer_version(ant_dataset, tmp_path):
     p = tmp_path / "meta.h5"
-    _write_raw(p, _native_arrays(ant_ds), {**_attrs(ant_ds), "meta": "{not json"})
+    _write_raw(p, _native_arrays(ant_dataset), {**_attrs(ant_dataset), "meta": "{not json"})
     assert "'meta'" in _error(p)
     p2 = tmp_path / "future.h5"
-    _write_raw(p2, _native_arrays(ant_ds), {**_attrs(ant_ds), "format_version": FORMAT_VERSION + 1})
+    _write_raw(p2, _native_arrays(ant_dataset), {**_attrs(ant_dataset), "format_version": FORMAT_VERSION + 1})
     assert "'format_version'" in _error(p2)
 
 
-def test_save_failure_leaves_nothing(ant_ds, tmp_path):
-    broken = dataclasses.replace(ant_ds)  # same arrays; now break one after validation
+def test_save_failure_leaves_nothing(ant_dataset, tmp_path):
+    broken = dataclasses.replace(ant_dataset)  # same arrays; now break one after validation
     object.__setattr__(broken, "timeouts", object())  # h5py cannot store this -> TypeError mid-write
     with pytest.raises(TypeError):
         save_dataset(broken, tmp_path / "x.h5")
@@ -246,10 +177,8 @@ def test_save_failure_leaves_nothing(ant_ds, tmp_path):
 # ------------------------------------------------------------------------- atomicity
 _WRITER = textwrap.dedent("""
     import sys, time, h5py
-    sys.path.insert(0, {tests!r})
-    from test_data_storage import rollout_ant
-    from offmarl.data.storage import save_dataset
-    ds = rollout_ant(n_steps=40)
+    from offmarl.data.storage import load_dataset_file, save_dataset
+    ds = load_dataset_file(sys.argv[2])
     real = h5py.Group.create_dataset
     def slow(self, name, *a, **kw):
         out = real(self, name, *a, **kw)
@@ -262,13 +191,15 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_mid_write_leaves_destination_untouched(ant_ds, tmp_path):
+def test_sigkill_mid_write_leaves_destination_untouched(ant_dataset, tmp_path, assert_same_dataset):
     dest = tmp_path / "ant.h5"
+    source = save_dataset(ant_dataset, tmp_path / "source.h5")  # what the killed writer was saving
     script = tmp_path / "writer.py"
-    script.write_text(_WRITER.format(tests=os.path.dirname(__file__)))
+    script.write_text(_WRITER)
 
     def kill_mid_write():
-        proc = subprocess.Popen([sys.executable, str(script), str(dest)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(script), str(dest), str(source)], stdout=subprocess.PIPE,
+                                text=True)
         try:
             assert proc.stdout.readline().strip() == "WRITING"
             temps = [p for p in os.listdir(tmp_path) if p.startswith(".ant.h5.") and p.endswith(".tmp")]
@@ -283,10 +214,10 @@ def test_sigkill_mid_write_leaves_destination_untouched(ant_ds, tmp_path):
     kill_mid_write()
     assert not dest.exists()  # no half-written file at the destination
 
-    save_dataset(ant_ds, dest)  # also removes the dead writer's temp file
+    save_dataset(ant_dataset, dest)  # also removes the dead writer's temp file
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
     kill_mid_write()
-    assert_same(ant_ds, load_dataset_file(dest))  # the previous version survives intact
+    assert_same_dataset(ant_dataset, load_dataset_file(dest))  # the previous version survives intact
 
 
 # ------------------------------------------------------------------------- load speed (opt-in)

@@ -69,7 +69,8 @@ def test_action_round_trip_matches_mamujoco(name):
         theirs = env._env.map_global_action_to_local_actions(g[b])
         for i, a in enumerate(env.agents):
             np.testing.assert_array_equal(local[b, i, : env.action_dims[i]], theirs[a])
-        back = env._env.map_local_actions_to_global_action({a: local[b, i, : env.action_dims[i]] for i, a in enumerate(env.agents)})
+        per_agent = {a: local[b, i, : env.action_dims[i]] for i, a in enumerate(env.agents)}
+        back = env._env.map_local_actions_to_global_action(per_agent)
         np.testing.assert_array_equal(back, g[b])
 
 

@@ -6,13 +6,12 @@ instance (and by every max_steps), so the compile cost is paid about four times 
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 
 import numpy as np
 import pytest
-
-pytest.importorskip("jaxmarl")
 
 from offmarl.envs import make_env
 from offmarl.envs.base import EnvError
@@ -25,6 +24,9 @@ from offmarl.envs.smac import (
     make_smac,
     smac_backend_available,
 )
+
+# find_spec, not pytest.importorskip: importing jaxmarl costs ~7 s of CPU at every collection
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl is not installed")
 
 
 def random_valid(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:

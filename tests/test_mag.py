@@ -4,17 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
-from offmarl.data.registry import build
-from offmarl.data.storage import save_dataset
+from offmarl.driver import train_from_options
 from offmarl.errors import OffmarlError
 from offmarl.planners.mag import MAGPlanner, PlannerConfig, plan, select_candidates
-from offmarl.driver import train_from_options
 from offmarl.worldmodel import (
     EnsembleConfig,
     EnsembleLookahead,
@@ -28,69 +24,16 @@ from offmarl.worldmodel import (
 )
 from offmarl.worldmodel.error_model import ErrorModelConfig, load_or_fit_error_model, model_error_labels
 
-S, N, A = 4, 2, 1
+S, N, A = 4, 2, 1  # the widths of the linear toy world (conftest.py: linear_toy)
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 200, "eval_every": 50, "patience": 3,
         "batch_size": 64}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="no CUDA device"))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def linear_dataset(t: int = 1500, seed: int = 0, episode: int = 50) -> MultiAgentDataset:
-    rng = np.random.default_rng(seed)
-    a_mat, b_mat = rng.normal(size=(S, S)) * 0.3, rng.normal(size=(S, N * A))
-    c, d = rng.normal(size=S), rng.normal(size=N * A)
-    states = rng.normal(size=(t, S)).astype(np.float32)
-    actions = rng.uniform(-1, 1, size=(t, N, A)).astype(np.float32)
-    flat = actions.reshape(t, -1)
-    next_states = (states + 0.1 * (states @ a_mat.T + flat @ b_mat.T)).astype(np.float32)
-    rewards = (states @ c + flat @ d).astype(np.float32)
-    timeouts = (np.arange(t) % episode) == episode - 1
-    meta = DatasetMeta(env="linear-test", obs_scheme="fo", n_agents=N, obs_dims=(S,) * N, action_dims=(A,) * N,
-                       state_dim=S, discrete=False, name="linear-test")
-    obs, next_obs = np.repeat(states[:, None], N, 1), np.repeat(next_states[:, None], N, 1)
-    return MultiAgentDataset(states, next_states, obs, next_obs, actions, rewards, np.zeros(t, bool), timeouts, meta)
-
-
-def observe(states: torch.Tensor) -> torch.Tensor:
-    return states.unsqueeze(1).expand(-1, N, -1)
-
-
-class LinearGaussianPolicy:
-    def __init__(self, device="cpu"):
-        self.w = torch.linspace(-0.5, 0.5, S * A, device=device).view(S, A)
-
-    def act(self, obs, hist, avail=None, deterministic=False, generator=None):
-        mean = torch.tanh(obs @ self.w)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        return (mean if deterministic else mean + 0.1 * noise), -0.5 * (noise ** 2).sum(-1)
-
-    def env_actions(self, actions):
-        return actions.clamp(-1.0, 1.0)
-
-
-def constant_model(deltas: list[list[float]], done_logit: float = -10.0) -> EnsembleWorldModel:
-    """Member e always predicts [delta state, reward] = deltas[e] (standardisers are the identity)."""
-    e = len(deltas)
-    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=e, elites=e, hidden=(8,)))
-    with torch.no_grad():
-        model.net.out.weight.zero_()
-        model.net.out.bias.zero_()
-        model.net.out.bias[:, 0, : S + 1] = torch.tensor(deltas)
-        model.net.out.bias[:, 0, -1] = done_logit
-    return model
-
-
 @pytest.fixture(scope="module")
-def fitted():
-    ds = linear_dataset()
+def fitted(linear_toy):
+    ds = linear_toy.dataset(t=1500)
     torch.manual_seed(0)
     model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**TINY))
     model.fit(ds)
@@ -113,29 +56,29 @@ def test_select_candidates_is_per_row_argmin():
     assert int(scores.mean(0).argmin()) == 2
 
 
-def test_planner_picks_each_start_states_own_best():
+def test_planner_picks_each_start_states_own_best(linear_toy):
     # two elites: +1 or -1 on state[0]; from state[0] = +2 the best next state is 1 (elite 1), from -2 it is -1
-    model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
+    model = linear_toy.constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
     planner = MAGPlanner(FirstDimScorer(), l=2, h=2, candidates="elites")
     start = torch.zeros(6, S)
     start[:, 0] = torch.tensor([2.0, -2.0, 2.0, -2.0, 2.0, -2.0])
     cfg = RolloutConfig(horizon=1, clip_to_box=False, eps_g_threshold=1e9)
     for seed in range(3):  # whatever elite candidate 0 drew, the committed step is the right one
-        batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": start}, observe, cfg, None,
+        batch, info = model_rollout(model, linear_toy.policy(), {"states": start}, linear_toy.observe, cfg, None,
                                     torch.Generator().manual_seed(seed), gamma=0.99, planner=planner)
         assert batch["next_states"][0, :, 0].tolist() == [1.0, -1.0] * 3
         assert 0.0 <= info["planner_frac_replaced"] <= 1.0 and info["planner_score_gain"] >= 0.0
     # low level: H = 3 scores the continuation (next state after one more random elite step, then |s0|)
     cands = torch.tensor([[[1.0, 0, 0, 0], [3.0, 0, 0, 0]], [[-3.0, 0, 0, 0], [-1.0, 0, 0, 0]]])
-    world = EnsembleLookahead(model, LinearGaussianPolicy(), observe, FirstDimScorer())
+    world = EnsembleLookahead(model, linear_toy.policy(), linear_toy.observe, FirstDimScorer())
     idx, scores = plan(cands, None, world, 3, generator=torch.Generator().manual_seed(0))
     assert idx.tolist() == [0, 1] and scores.shape == (2, 2)
 
 
-def test_invalid_planner_options_are_clear():
-    model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
+def test_invalid_planner_options_are_clear(linear_toy):
+    model = linear_toy.constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
     with pytest.raises(OffmarlError, match="distinct"):  # before any R_m fit
-        make_planner(PlannerConfig(kind="mag", l=3, h=3, candidates="elites"), model, None, observe, None)
+        make_planner(PlannerConfig(kind="mag", l=3, h=3, candidates="elites"), model, None, linear_toy.observe, None)
     with pytest.raises(OffmarlError, match="lookahead"):
         MAGPlanner(UncertaintyScorer(), l=2, h=1)
     with pytest.raises(OffmarlError, match="candidates"):
@@ -146,15 +89,15 @@ def test_invalid_planner_options_are_clear():
 
 # ---------------------------------------------------------------- L = 1 equals model_rollout
 @pytest.mark.parametrize("sample,history", [(False, 0), (True, 3)])
-def test_l1_equals_model_rollout(fitted, sample, history):
+def test_l1_equals_model_rollout(fitted, sample, history, linear_toy):
     ds, model = fitted
     box = dataset_box(ds)
     cfg = RolloutConfig(horizon=5, sample=sample, eps_g_threshold=0.5)
     start = {"states": ds.tensors("cpu")["states"][:64]}
     planner = MAGPlanner(UncertaintyScorer(), l=1, h=4)
-    want, want_info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
+    want, want_info = model_rollout(model, linear_toy.policy(), start, linear_toy.observe, cfg, box,
                                     torch.Generator().manual_seed(7), gamma=0.99, history=history)
-    got, info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
+    got, info = model_rollout(model, linear_toy.policy(), start, linear_toy.observe, cfg, box,
                               torch.Generator().manual_seed(7), gamma=0.99, history=history, planner=planner)
     assert set(got) == set(want)
     for key in want:
@@ -167,7 +110,7 @@ def test_l1_equals_model_rollout(fitted, sample, history):
 # ---------------------------------------------------------------- shapes
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["elites", "samples", "both"])
-def test_shapes(fitted, device, mode):
+def test_shapes(fitted, device, mode, linear_toy):
     ds, model = fitted
     model = model.to(device)
     b, l, hh, k = 7, 2, 3, 2
@@ -180,7 +123,7 @@ def test_shapes(fitted, device, mode):
     assert cand["done_prob"].shape == (b, 2)
     cfg = RolloutConfig(horizon=hh, eps_g_threshold=2.0)
     planner = MAGPlanner(UncertaintyScorer(), l=l, h=4, candidates=mode)
-    batch, info = model_rollout(model, LinearGaussianPolicy(device), {"states": states}, observe, cfg, box,
+    batch, info = model_rollout(model, linear_toy.policy(device), {"states": states}, linear_toy.observe, cfg, box,
                                 torch.Generator(device=device).manual_seed(0), gamma=0.99, history=k, planner=planner)
     assert batch["next_states"].shape == (hh, b, S) and batch["obs"].shape == (hh, b, N, S)
     assert batch["hist_obs"].shape == (hh, b, k, N, S) and batch["actions"].shape == (hh, b, N, A)
@@ -192,41 +135,41 @@ def test_shapes(fitted, device, mode):
 
 
 # ---------------------------------------------------------------- R_m
-def test_error_labels_are_the_papers(fitted):
-    model = constant_model([[0.5, 0, 0, 0, 2.0], [0.5, 0, 0, 0, 2.0]])
+def test_error_labels_are_the_papers(fitted, linear_toy):
+    model = linear_toy.constant_model([[0.5, 0, 0, 0, 2.0], [0.5, 0, 0, 0, 2.0]])
     s = torch.zeros(3, S)
     ns = torch.zeros(3, S)
     ns[:, 0] = torch.tensor([0.5, 0.0, 1.5])
     r = torch.tensor([2.0, 0.0, 1.0])
-    lab = model_error_labels(model, s, torch.zeros(3, N, A), ns, r, observe)
+    lab = model_error_labels(model, s, torch.zeros(3, N, A), ns, r, linear_toy.observe)
     # each of the N = 2 agents sees the whole state: 2 * |0.5 - ns0| + |2 - r|
     assert lab.tolist() == pytest.approx([0.0, 2 * 0.5 + 2.0, 2 * 1.0 + 1.0])
 
 
-def test_error_model_fits_and_caches(fitted, tmp_path):
+def test_error_model_fits_and_caches(fitted, tmp_path, linear_toy):
     ds, model = fitted
     cfg = ErrorModelConfig(hidden=(64, 64), steps=400, batch_size=128)
-    rm, info = load_or_fit_error_model(model, ds, observe, cfg, tmp_path, "cpu")
+    rm, info = load_or_fit_error_model(model, ds, linear_toy.observe, cfg, tmp_path, "cpu")
     assert not info["cached"] and info["loss_last"] < info["loss_first"]
     assert info["holdout_mse"] < info["holdout_label_var"]  # R_m explains part of the model's error
-    rm2, info2 = load_or_fit_error_model(model, ds, observe, cfg, tmp_path, "cpu")
+    rm2, info2 = load_or_fit_error_model(model, ds, linear_toy.observe, cfg, tmp_path, "cpu")
     assert info2["cached"] and info2["path"] == info["path"]
     x = ds.tensors("cpu")
     joint = model.encode_actions(x["actions"][:5])
     assert torch.equal(rm(x["states"][:5], joint), rm2(x["states"][:5], joint))
     # used as the planner's scorer end to end
     planner = MAGPlanner(ErrorModelScorer(rm), l=2, h=3)
-    batch, _ = model_rollout(model, LinearGaussianPolicy(), {"states": x["states"][:8]}, observe,
+    batch, _ = model_rollout(model, linear_toy.policy(), {"states": x["states"][:8]}, linear_toy.observe,
                              RolloutConfig(horizon=2, eps_g_threshold=2.0), dataset_box(ds),
                              torch.Generator().manual_seed(0), gamma=0.99, planner=planner)
     assert batch["states"].shape == (2, 8, S)
 
 
 # ---------------------------------------------------------------- MOMA-PPO end to end
-def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
+@pytest.mark.slow
+def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path, coordination_file):
     """planner.kind=mag trains, logs the planner's cost, caches R_m next to the world model, and resumes exactly."""
-    path = tmp_path / "coord.hdf5"
-    save_dataset(build("coordination-unfavorable", size=1000, seed=0), path)
+    path = coordination_file(size=1000)
     over = ["world_model.hidden=[16,16]", "world_model.max_steps=100", "world_model.eval_every=50",
             "rollout_batch=64", "rollout.horizon=3", "ppo.minibatch_size=64", "ppo.epochs=1",
             "loop.eval_every=4", "loop.eval_episodes=1", "loop.final_eval_episodes=1", "loop.log_every=1",
@@ -234,8 +177,9 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
             "planner.h=3", "planner.error_steps=50", "planner.error_hidden=[16,16]"]
 
     def train(out, steps, resume=None):
-        return train_from_options(str(path), "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
-                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, log=lambda *a, **k: None)
+        return train_from_options(path, "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
+                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume,
+                                  log=lambda *a, **k: None)
 
     def rows(run_dir):
         drop = {"time", "steps_per_s", "planner_seconds", "planner_rollout_seconds"}

@@ -50,6 +50,7 @@ def _train_rows(run_dir):
     return [{k: v for k, v in r.items() if k not in drop} for r in rows if r["phase"] in ("train", "eval")]
 
 
+@pytest.mark.slow
 def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
     res = _train(coord_file, tmp_path, steps=6)
     run = tmp_path / "runs"
@@ -63,6 +64,7 @@ def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
     assert res["run_dir"] == str(run_dir)
 
 
+@pytest.mark.slow
 def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     """`offmarl evaluate` rebuilds only the agents: with the world-model cache gone it must not
     refit, and it reproduces the final evaluation of the run (same checkpoint, same seed)."""
@@ -75,6 +77,7 @@ def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     assert ev["episodes"] == 4 and 0.0 <= ev["normalised_mean"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_metrics(coord_file, tmp_path):
     full = _train(coord_file, tmp_path / "a", steps=6)
     # the interrupted run: 3 steps (checkpoint at 3), then resumed up to 6

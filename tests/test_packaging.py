@@ -20,3 +20,12 @@ def test_never_depends_on_pypi_smac():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     deps = cfg["project"]["dependencies"]
     assert not any(d.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip() == "smac" for d in deps)
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    """.ci/run must run what a user is told to run: the README's install, lint and test commands."""
+    readme = (ROOT / "README.md").read_text()
+    ci_lines = {line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()}
+    for command in ('pip install "torch==2.13.0" -e ".[dev]"', "ruff check .", "pytest"):
+        assert f"\n{command}" in readme, f"README.md no longer shows `{command}`"
+        assert command in ci_lines, f".ci/run no longer runs `{command}`"

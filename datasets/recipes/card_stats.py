@@ -64,7 +64,8 @@ def main() -> None:
         seg_text = ", ".join(f"{s['label']}: {s['transitions']:,}" for s in segs)
         lines.append(f"| segments | {seg_text} |")
     if gen_s is not None:
-        lines.append(f"| generation time (2-core CPU) | {gen_s:.0f} s ({st['transitions'] / gen_s:,.0f} transitions/s) |")
+        rate = st["transitions"] / gen_s
+        lines.append(f"| generation time (2-core CPU) | {gen_s:.0f} s ({rate:,.0f} transitions/s) |")
     lines.append("<!-- /stats -->")
     card = CARDS / f"{args.name}.md"
     text = card.read_text()

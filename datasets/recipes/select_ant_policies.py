@@ -28,7 +28,8 @@ DEFAULT_DIR = Path(__file__).resolve().parents[2] / "offmarl" / "data" / "polici
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy-dir", type=Path, default=DEFAULT_DIR)
-    p.add_argument("--episodes", type=int, default=20, help="re-evaluation episodes per checkpoint (0 = use progress.csv)")
+    p.add_argument("--episodes", type=int, default=20,
+                   help="re-evaluation episodes per checkpoint (0 = use progress.csv)")
     args = p.parse_args()
     rows = list(csv.DictReader(open(args.policy_dir / "progress.csv")))
     rows = [{"step": int(r["step"]), "ret": float(r["eval_return"])} for r in rows]

@@ -83,7 +83,8 @@ def normalised_score(ret: float) -> float:
 
 def _ant_recipe():
     """Import the ant recipe module (for ``export_actor``: one export format for all recipes)."""
-    spec = importlib.util.spec_from_file_location("_offmarl_train_ant_sac", Path(__file__).with_name("train_ant_sac.py"))
+    path = Path(__file__).with_name("train_ant_sac.py")
+    spec = importlib.util.spec_from_file_location("_offmarl_train_ant_sac", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -29,7 +29,8 @@ def select_state_dims(obs: np.ndarray, env_name: str, key: str, origin: str, exp
     """
     obs = np.asarray(obs)
     if obs.ndim != 2:
-        raise DatasetError(f"{origin}: key '{key}' has shape {obs.shape}, expected [T, {expected}] for env {env_name!r}")
+        raise DatasetError(f"{origin}: key '{key}' has shape {obs.shape}, expected [T, {expected}] "
+                           f"for env {env_name!r}")
     width = obs.shape[1]
     if width == expected:
         return obs

@@ -13,8 +13,8 @@ Seeded and repeatable: episode e of segment k resets its env with seed ``seed*1_
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -65,8 +65,8 @@ def generate_with_actors(env_name: str, segments: list[Segment], size: int, seed
     meta = DatasetMeta(env=env_name, obs_scheme=spec.obs_scheme, n_agents=spec.n_agents, obs_dims=spec.obs_dims,
                        action_dims=spec.action_dims, state_dim=spec.state_dim, discrete=False,
                        source="offmarl-generated", **(meta_fields or {}))
-    meta.extra = {**meta.extra, "segments": [{"label": s.label, "transitions": int(n)} for s, n in zip(segments, shares)],
-                  "seed": seed}
+    segment_rows = [{"label": s.label, "transitions": int(n)} for s, n in zip(segments, shares)]
+    meta.extra = {**meta.extra, "segments": segment_rows, "seed": seed}
     return MultiAgentDataset(
         states=arrays["states"], next_states=arrays["next_states"],
         observations=env.observe(arrays["states"]).astype(np.float32),

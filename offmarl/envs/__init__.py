@@ -1,11 +1,17 @@
-"""Environment registry: ``make_env("ant-4x2", obs="po")``, ``make_env("smac-2s3z")``."""
+"""Environment registry: ``make_env("ant-4x2", obs="po")``, ``make_env("smac-2s3z")``.
+
+The simulator modules are imported inside ``make_env`` and ``smac_names`` (the documented lazy
+imports): ``import offmarl.envs`` loads neither MuJoCo nor JAX/jaxmarl, so the CLI's help, the
+dataset tools and test collection do not pay for them (jaxmarl alone costs ~7 s of CPU).
+"""
 from __future__ import annotations
 
 import difflib
 
 from offmarl.envs.base import EnvError, EnvSpec, MultiAgentEnv
 
-MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1", "walker2d-2x3")
+MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1",
+                  "walker2d-2x3")
 
 
 def smac_names() -> list[str]:

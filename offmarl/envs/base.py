@@ -118,7 +118,7 @@ class MultiAgentEnv(abc.ABC):
         """states [B, S] -> bool [B]: would the episode end on reaching these states?"""
         raise EnvError(f"{self.spec.name}: no termination rule on states (use the world model's head)")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most environments hold nothing to release
         pass
 
     def __enter__(self):

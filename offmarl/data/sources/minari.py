@@ -103,7 +103,8 @@ def _resolve_data_dir(dataset_id_or_path: str | os.PathLike) -> tuple[Path, str]
     return data_dir, f"minari:{ds_id}"
 
 
-def read_minari(dataset_id_or_path: str | os.PathLike, env: str | None = None, obs: str | None = None) -> MultiAgentDataset:
+def read_minari(dataset_id_or_path: str | os.PathLike, env: str | None = None,
+                obs: str | None = None) -> MultiAgentDataset:
     """A Minari dataset (id under the local root, or a path to its directory) -> MultiAgentDataset.
 
     offmarl-exported datasets come back exactly as exported; ``env`` must then be None or the
@@ -122,7 +123,8 @@ def read_minari(dataset_id_or_path: str | os.PathLike, env: str | None = None, o
             mds = minari.MinariDataset(data_dir)
         raw_meta = json.loads((data_dir / "metadata.json").read_text())
     except (ValueError, AssertionError, KeyError, TypeError, OSError) as e:  # what minari raises on damage
-        raise DatasetError(f"{where}: Minari cannot open this dataset ({type(e).__name__}: {e}); copy it again") from None
+        raise DatasetError(f"{where}: Minari cannot open this dataset ({type(e).__name__}: {e}); "
+                           "copy it again") from None
     if mds.total_episodes == 0:
         raise DatasetError(f"{where}: the Minari dataset has no episodes")
     block = raw_meta.get(META_KEY)
@@ -199,7 +201,8 @@ def _read_single_agent(mds, raw_meta: dict, where: str, env: str, obs: str) -> M
 def _read_offmarl_export(mds, block: dict, where: str) -> MultiAgentDataset:
     version = int(block.get("format_version", 0))
     if version > FORMAT_VERSION:
-        raise DatasetError(f"{where}: offmarl export format_version {version} is newer than this offmarl reads; upgrade")
+        raise DatasetError(f"{where}: offmarl export format_version {version} is newer than this offmarl "
+                           "reads; upgrade")
     try:
         meta = DatasetMeta.from_dict(block["meta"])
     except (KeyError, TypeError, ValueError) as e:
