@@ -114,7 +114,7 @@ def _load_file(path: Path, env: str | None) -> MultiAgentDataset:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     try:
-        return load_dataset_file(path)
+        return load_dataset_file(path, env=env)
     except DatasetError as e:
         if "d4rl" in str(e).lower() and env:
             from offmarl.data.sources.d4rl import read_d4rl
