@@ -89,7 +89,7 @@ def main() -> None:
     warnings.showwarning = _one_line_warning
     try:
         _apply_thread_setting()
-        code = app(standalone_mode=False)
+        code = app(prog_name="offmarl", standalone_mode=False)
     except DivergedError as e:
         _error(str(e), EXIT_DIVERGED)
     except OffmarlError as e:
