@@ -140,9 +140,8 @@ def test_world_model_option_refuses_code(trained, tmp_path, capsys):
 
 
 def test_behaviour_policy_refuses_code(tmp_path):
-    from offmarl.data.behaviour import load_actor
+    from offmarl.data.behaviour import load_actor, policy_dir
     from offmarl.errors import OffmarlError
-    from offmarl.data.behaviour import policy_dir
 
     marker = tmp_path / "marker"
     payload = torch.load(policy_dir("reacher") / "expert_cw.pt", map_location="cpu", weights_only=True)
