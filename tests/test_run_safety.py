@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
@@ -31,23 +32,6 @@ class Payload:
 
     def __reduce__(self):
         return (os.mkdir, (self.marker,))
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    """Run `offmarl ARGS` in this process; returns (exit code, stdout + stderr)."""
-    from offmarl.cli.main import main
-
-    old = sys.argv
-    sys.argv = ["offmarl", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.fixture(autouse=True)
