@@ -372,6 +372,30 @@ class RunDir:
         self.unlock()
 
 
+# ---------------------------------------------------------------------- provenance
+def dataset_provenance(ds, location: str | os.PathLike | None) -> dict[str, Any]:
+    """What config.yaml records about the training data: where it was read from (absolute path),
+    its content checksum and size (checked on resume), and its metadata (all that evaluation needs:
+    env, scheme, agent layout, reference returns; ``offmarl evaluate`` never loads the data)."""
+    return {"dataset_path": None if location is None else str(Path(location).expanduser().resolve()),
+            "dataset_checksum": ds.checksum(), "dataset_transitions": len(ds), "dataset_meta": ds.meta.to_dict()}
+
+
+def check_dataset_provenance(run: RunDir, saved: dict[str, Any], ds) -> None:
+    """The data a run resumes on must be the data it started on (same size, same checksum)."""
+    where = saved.get("dataset_path") or saved.get("dataset")
+    fix = ("resume needs the data the run started on: restore that file, or start a new run "
+           "(`offmarl train --dataset ...`) on the new data")
+    want_n, have_n = saved.get("dataset_transitions"), len(ds)
+    if want_n is not None and int(want_n) != have_n:
+        raise RunError(f"{run.path}: the dataset changed since the run started: {where} now holds {have_n:,} "
+                       f"transitions, the run was trained on {int(want_n):,}; {fix}")
+    want, have = saved.get("dataset_checksum"), ds.checksum()
+    if want is not None and want != have:
+        raise RunError(f"{run.path}: the dataset changed since the run started: {where} has checksum {have}, "
+                       f"the run recorded {want}; {fix}")
+
+
 def _check_parent_folder(root: Path) -> None:
     """--out must be (or become) a folder: name the file in the way instead of a traceback."""
     for p in (root, *root.parents):

@@ -215,6 +215,37 @@ class MultiAgentDataset:
         meta = dataclasses.replace(self.meta, obs_scheme=spec.obs_scheme, obs_dims=spec.obs_dims)
         return dataclasses.replace(self, observations=obs, next_observations=next_obs, meta=meta)
 
+    @classmethod
+    def for_acting(cls, meta: DatasetMeta) -> MultiAgentDataset:
+        """One real transition of ``meta``'s environment, carrying ``meta``: what building an
+        algorithm to ACT needs (shapes, layout, reference returns) when its training data is not
+        at hand (``offmarl evaluate`` of a run directory from elsewhere). Everything fitted to the
+        training data (weights, observation/state normalisers) comes from the checkpoint that
+        ``load_state_dict`` restores afterwards (tests/test_run_provenance.py checks that the
+        returns equal those of the algorithm built on the real dataset). Never used to train."""
+        from offmarl.envs import make_env
+
+        env = make_env(meta.env, obs=meta.obs_scheme)
+        try:
+            spec = env.spec
+            obs, state, _ = env.reset(seed=0)
+            if spec.discrete:
+                avail = np.asarray(env.avail_actions(), dtype=bool)
+                actions = avail.argmax(-1).astype(np.int64)  # the first available action of each agent
+            else:
+                actions = np.zeros((spec.n_agents, spec.max_action_dim), dtype=np.float32)
+            next_obs, next_state, reward, term, _, _ = env.step(actions)
+            next_avail = np.asarray(env.avail_actions(), dtype=bool) if spec.discrete else None
+        finally:
+            env.close()
+        one = lambda x, dtype=np.float32: np.asarray(x, dtype=dtype)[None]  # noqa: E731
+        return cls(
+            states=one(state), next_states=one(next_state), observations=one(obs), next_observations=one(next_obs),
+            actions=one(actions, actions.dtype), rewards=one(reward), terminals=one(term, bool),
+            timeouts=one(not term, bool), meta=meta, avail_actions=None if next_avail is None else one(avail, bool),
+            next_avail_actions=None if next_avail is None else one(next_avail, bool),
+            origin=f"<one {meta.env} transition for acting; the training data is not loaded>")
+
     def subset(self, n_transitions: int) -> "MultiAgentDataset":
         """The first whole episodes holding at most ``n_transitions`` (at least one episode)."""
         ends = np.flatnonzero(self.episode_ends)
