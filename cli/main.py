@@ -83,9 +83,6 @@ def _error(message: str, code: int) -> None:
 
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, not a traceback."""
-    if sys.argv[1:] == ["--version"]:  # answered before anything else is imported or parsed
-        print(f"offmarl {offmarl.__version__}")
-        return
     warnings.showwarning = _one_line_warning
     try:
         _apply_thread_setting()
