@@ -14,8 +14,8 @@ import time
 
 import pytest
 import torch
-
 from cli_helpers import run_cli
+
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
 
@@ -228,8 +228,9 @@ def test_copied_run_evaluates_with_only_the_env(files, tmp_path, capsys, monkeyp
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
     with_data = json.loads((tmp_path / "with.json").read_text())["runs"]
     without = json.loads((tmp_path / "without.json").read_text())["runs"]
-    assert list(with_data.values())[0]["returns"] == list(without.values())[0]["returns"]
-    assert str(moved) in list(without)[0] or "run" in list(without)[0]
+    (with_res,), ((where, without_res),) = with_data.values(), without.items()
+    assert with_res["returns"] == without_res["returns"]
+    assert where == str(moved)
 
 
 def test_evaluate_bad_options_are_one_line_before_any_work(files, tmp_path, capsys):

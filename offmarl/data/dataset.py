@@ -238,7 +238,9 @@ class MultiAgentDataset:
             next_avail = np.asarray(env.avail_actions(), dtype=bool) if spec.discrete else None
         finally:
             env.close()
-        one = lambda x, dtype=np.float32: np.asarray(x, dtype=dtype)[None]  # noqa: E731
+        def one(x, dtype=np.float32):
+            return np.asarray(x, dtype=dtype)[None]
+
         return cls(
             states=one(state), next_states=one(next_state), observations=one(obs), next_observations=one(next_obs),
             actions=one(actions, actions.dtype), rewards=one(reward), terminals=one(term, bool),
