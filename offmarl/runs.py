@@ -302,6 +302,12 @@ class RunDir:
             atomic_write_text(f, "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep))
         self.rewrite_tensorboard(keep)
 
+    def rewind(self, step: int, drop_at_step: bool = False) -> None:
+        """Make the run what it was at checkpoint ``step`` before training continues from there:
+        metrics and TensorBoard cut back (``truncate_metrics``), and no longer finished."""
+        self.truncate_metrics(step, drop_at_step)
+        (self.path / "eval.json").unlink(missing_ok=True)
+
     def rewrite_tensorboard(self, rows: list[dict[str, Any]]) -> None:
         """Replace tb/ with exactly ``rows`` (event files cannot be cut, so they are rewritten)."""
         import shutil
