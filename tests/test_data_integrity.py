@@ -120,3 +120,25 @@ def test_meta_json_is_stored_with_checksums(coord_file):
     with h5py.File(coord_file) as f:
         assert json.loads(f.attrs["meta"])["env"] == "coordination"
         assert all("crc32" in f[k].attrs for k in f)
+
+
+def test_a_smaller_local_copy_is_named_in_the_console(tmp_path, monkeypatch):
+    """A 20k `datasets generate ant-medium --size 20000` silently replaced the 1M default."""
+    from offmarl.data import registry
+
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path))
+    save_dataset(build("coordination-neutral", size=200, seed=0), registry.native_path("coordination-neutral"))
+    said = []
+    ds = registry.load("coordination-neutral", log=said.append)
+    assert len(ds) == 200
+    assert any("200 transitions, fewer than the recipe's 10,000" in s for s in said), said
+
+
+def test_world_model_cache_follows_the_data_dir(tmp_path, monkeypatch):
+    from offmarl.algos.moma_ppo import default_cache_dir
+
+    monkeypatch.delenv("OFFMARL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "data"))
+    assert default_cache_dir() == tmp_path / "data" / "cache" / "worldmodels"
+    monkeypatch.setenv("OFFMARL_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "worldmodels"

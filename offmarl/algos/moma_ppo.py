@@ -18,6 +18,7 @@ over dataset (state, action) pairs — "stop where the model is less sure than o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,12 +60,18 @@ class Config:
     rollout_batch: int = 2_000       # start states per iteration (x horizon = synthetic transitions); ours
     calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold; None = rollout's value
     world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
-    cache_dir: str | None = None          # world-model cache (default ~/.offmarl/cache/worldmodels)
+    cache_dir: str | None = None          # world-model cache (default: default_cache_dir())
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
         steps=1_000, eval_every=100, eval_episodes=10, final_eval_episodes=10, log_every=10, checkpoint_every=50))
 
 
 def default_cache_dir() -> Path:
+    """$OFFMARL_CACHE_DIR/worldmodels; else, when OFFMARL_DATA_DIR is set, <data dir>/cache/worldmodels
+    (a separate data dir, e.g. CI's, keeps its caches with it); else ~/.offmarl/cache/worldmodels."""
+    if os.environ.get("OFFMARL_CACHE_DIR"):
+        return Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "worldmodels"
+    if os.environ.get("OFFMARL_DATA_DIR"):
+        return Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "worldmodels"
     return Path.home() / ".offmarl" / "cache" / "worldmodels"
 
 

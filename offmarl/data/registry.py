@@ -91,6 +91,9 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
             from offmarl.data.storage import load_dataset_file
 
             ds = load_dataset_file(path)
+            if len(ds) < rec.default_size:  # e.g. left by `datasets generate NAME --size 20000`
+                log(f"{rec.name}: using the local copy {path}: {len(ds):,} transitions, fewer than the recipe's "
+                    f"{rec.default_size:,}; for the full dataset run `offmarl datasets generate {rec.name} --force`")
         else:
             ds = _import_local(rec, log)
             if ds is None:
