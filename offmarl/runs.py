@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from offmarl.data.storage import _pid_alive  # one liveness test for stale temp files and stale locks
 from offmarl.errors import OffmarlError
 from offmarl.safeload import torch_load_plain
 
@@ -179,7 +180,9 @@ class RunDir:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._lock_holder()
-                if holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))):
+                pid = holder.get("pid") if holder is not None else None
+                gone = not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid)
+                if holder is None or (holder.get("host") == me["host"] and gone):
                     self.lock_path.unlink(missing_ok=True)  # stale (or torn) lock: take it over
                     continue
                 if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
@@ -411,18 +414,6 @@ def _check_parent_folder(root: Path) -> None:
             if not os.access(p, os.W_OK | os.X_OK):
                 raise RunError(f"--out {root}: {p} is not writable; give a writable folder")
             return
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _strict(v):

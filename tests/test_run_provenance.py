@@ -14,22 +14,10 @@ import time
 
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import TINY_IBC, one_thread, run_cli  # noqa: F401 (one_thread: autouse fixture)
 
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
-
-TINY = ["--set", "hidden=[16,16]", "--set", "batch_size=32", "--set", "loop.eval_every=10",
-        "--set", "loop.eval_episodes=2", "--set", "loop.final_eval_episodes=2", "--set", "loop.log_every=5",
-        "--set", "loop.checkpoint_every=10"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def rows(run):
 
 def train_ibc(capsys, files, out, *extra, steps=20):
     code, text = run_cli(capsys, "train", "--dataset", files["coord"], "--algo", "ibc", "--steps", steps,
-                         "--out", out, "--no-progress", *TINY, *extra)
+                         "--out", out, "--no-progress", *TINY_IBC, *extra)
     assert code == 0, text
     return next(p for p in out.iterdir() if p.is_dir()), text
 
@@ -126,7 +114,7 @@ def test_resume_on_changed_data_is_refused(files, tmp_path, capsys):
     data = tmp_path / "coord.hdf5"
     shutil.copy(files["coord"], data)
     code, out = run_cli(capsys, "train", "--dataset", data, "--algo", "ibc", "--steps", "10", "--out", tmp_path / "runs",
-                        "--no-progress", *TINY)
+                        "--no-progress", *TINY_IBC)
     assert code == 0, out
     run = next((tmp_path / "runs").iterdir())
     save_dataset(build("coordination-unfavorable", size=300, seed=1), data)
@@ -154,7 +142,7 @@ def test_finished_run_says_so_and_extends_with_steps(files, tmp_path, capsys):
 def _spawn_train(files, out, *extra):
     env = dict(os.environ, OFFMARL_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "offmarl.cli.main", "train", "--dataset", str(files["coord"]),
-                             "--algo", "ibc", "--out", str(out), "--no-progress", *TINY, *extra],
+                             "--algo", "ibc", "--out", str(out), "--no-progress", *TINY_IBC, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -244,7 +232,7 @@ def test_evaluate_bad_options_are_one_line_before_any_work(files, tmp_path, caps
 def test_cross_play_of_runs_on_different_envs_is_one_line(files, tmp_path, capsys):
     coord_run, _ = train_ibc(capsys, files, tmp_path / "a", steps=10)
     code, out = run_cli(capsys, "train", "--dataset", files["reacher"], "--algo", "ibc", "--steps", "10",
-                        "--out", tmp_path / "b", "--no-progress", *TINY)
+                        "--out", tmp_path / "b", "--no-progress", *TINY_IBC)
     assert code == 0, out
     reacher_run = next((tmp_path / "b").iterdir())
     code, out = run_cli(capsys, "evaluate", coord_run, reacher_run, "--cross-play", "--episodes", "1")
@@ -255,7 +243,7 @@ def test_cross_play_of_runs_on_different_envs_is_one_line(files, tmp_path, capsy
 def test_plain_progress_lines_when_not_a_terminal(files, tmp_path, capsys):
     """With output redirected, nothing appeared until the run ended."""
     code, out = run_cli(capsys, "train", "--dataset", files["coord"], "--algo", "ibc", "--steps", "20",
-                        "--out", tmp_path, *TINY)
+                        "--out", tmp_path, *TINY_IBC)
     assert code == 0, out
     progress = [line for line in out.splitlines() if line.startswith("step ")]
     assert len(progress) >= 2 and "/20" in progress[-1]

@@ -14,14 +14,10 @@ import sys
 
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import TINY_IBC, one_thread, run_cli  # noqa: F401 (one_thread: autouse fixture)
 
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
-
-TINY_IBC = ["--set", "hidden=[16,16]", "--set", "batch_size=32", "--set", "loop.eval_every=10",
-            "--set", "loop.eval_episodes=2", "--set", "loop.final_eval_episodes=2", "--set", "loop.log_every=5",
-            "--set", "loop.checkpoint_every=10"]
 
 
 class Payload:
@@ -32,14 +28,6 @@ class Payload:
 
     def __reduce__(self):
         return (os.mkdir, (self.marker,))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
