@@ -34,18 +34,21 @@ def torch_load_plain(path: str | Path, what: str = "file", map_location: Any = "
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
-            # the restricted unpickler met a global it does not allow: the file holds Python
-            # objects beyond plain data, and loading them could run code
+        if "global" in str(e).lower():
+            # the restricted unpickler met a GLOBAL (a class or function to call) it does not
+            # allow: the file holds Python objects beyond plain data, and loading them could run
+            # code. Other unpickling errors ("Unsupported operand") are garbage, not a payload.
             found = _forbidden_global(str(e))
             raise UnsafeFileError(
                 f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data"
                 f"{f' ({found})' if found else ''}, and unpickling them could run code. offmarl writes plain data "
                 f"only; files from before checkpoint format 2 (numpy RNG state) or from elsewhere are not loaded"
                 f"{tail}") from None
-        raise UnsafeFileError(f"{path}: not a torch {what} ({_first_line(e)}){tail}") from None
+        raise UnsafeFileError(f"{path}: cannot be read as a torch {what}: not a torch file, or truncated or corrupt"
+                              f"{tail}") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError) as e:
-        raise UnsafeFileError(f"{path}: the {what} is truncated or corrupt ({_first_line(e)}){tail}") from None
+        raise UnsafeFileError(f"{path}: cannot be read as a torch {what}: it is truncated or corrupt "
+                              f"({_first_line(e)}){tail}") from None
 
 
 def _forbidden_global(message: str) -> str:

@@ -63,7 +63,7 @@ def test_damaged_checkpoint_is_one_line(run, damage):
         run.load_checkpoint("latest")
     msg = str(info.value)
     assert "\n" not in msg and str(path) in msg
-    expect = {"truncated": "truncated or corrupt", "garbage": "latest.pt", "empty": "truncated or corrupt",
+    expect = {"truncated": "truncated or corrupt", "garbage": "cannot be read", "empty": "truncated or corrupt",
               "old-format": "refused", "not-a-checkpoint": "not an offmarl checkpoint"}[damage]
     assert expect in msg
 
