@@ -128,7 +128,8 @@ class Algorithm:
                     f"{min(p['best_holdout_mse']):.4f}, worst dimension {p['worst_dim']} "
                     f"({max(p['holdout_dim_mse']):.4f}){eta}")
 
-            self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report)
+            self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report,
+                                                          log=log)
         log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
         self.model.eval()
 
