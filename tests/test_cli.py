@@ -58,3 +58,23 @@ def test_bad_thread_setting_is_one_line(capsys, monkeypatch):
     monkeypatch.setenv("OFFMARL_NUM_THREADS", "two")
     code, out = run_cli(capsys, "datasets", "list")
     assert code == 2 and out.startswith("error: OFFMARL_NUM_THREADS='two'")
+
+
+def test_help_is_plain_text_with_readable_metavars(capsys):
+    """Help texts broke mid-sentence (rich kept the docstrings' line breaks). (typer 0.29 still adds
+    its type labels such as `<list[Path]>` after each name; the argument's name is now RUN_DIR...)"""
+    code, out = run_cli(capsys, "evaluate", "--help")
+    assert code == 0
+    assert "RUN_DIR..." in out and "╭" not in out
+    code, out = run_cli(capsys, "datasets", "info", "--help")
+    # click re-flows each paragraph: the docstring's own line break after "coverage and" is gone
+    assert "coverage and\n" not in out
+
+
+def test_warnings_print_as_one_line():
+    code = ("import sys, warnings; sys.argv = ['offmarl', '--help']\n"
+            "from offmarl.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "warnings.warn('the sky is falling')\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.strip() == "warning: the sky is falling (UserWarning)"
