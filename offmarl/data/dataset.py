@@ -217,36 +217,38 @@ class MultiAgentDataset:
 
     @classmethod
     def for_acting(cls, meta: DatasetMeta) -> MultiAgentDataset:
-        """One real transition of ``meta``'s environment, carrying ``meta``: what building an
+        """Two real transitions of ``meta``'s environment, carrying ``meta``: what building an
         algorithm to ACT needs (shapes, layout, reference returns) when its training data is not
         at hand (``offmarl evaluate`` of a run directory from elsewhere). Everything fitted to the
         training data (weights, observation/state normalisers) comes from the checkpoint that
         ``load_state_dict`` restores afterwards (tests/test_run_provenance.py checks that the
-        returns equal those of the algorithm built on the real dataset). Never used to train."""
+        returns equal those of the algorithm built on the real dataset). Two rows, not one, so
+        that a normaliser fitted on them has a defined std. Never used to train."""
         from offmarl.envs import make_env
 
         env = make_env(meta.env, obs=meta.obs_scheme)
+        rows: dict[str, list] = {k: [] for k in ARRAY_KEYS + OPTIONAL_KEYS}
         try:
             spec = env.spec
             obs, state, _ = env.reset(seed=0)
-            if spec.discrete:
-                avail = np.asarray(env.avail_actions(), dtype=bool)
-                actions = avail.argmax(-1).astype(np.int64)  # the first available action of each agent
-            else:
-                actions = np.zeros((spec.n_agents, spec.max_action_dim), dtype=np.float32)
-            next_obs, next_state, reward, term, _, _ = env.step(actions)
-            next_avail = np.asarray(env.avail_actions(), dtype=bool) if spec.discrete else None
+            for t in range(2):
+                avail = np.asarray(env.avail_actions(), dtype=bool) if spec.discrete else None
+                actions = (avail.argmax(-1).astype(np.int64) if spec.discrete  # each agent's first available action
+                           else np.zeros((spec.n_agents, spec.max_action_dim), dtype=np.float32))
+                next_obs, next_state, reward, term, _, _ = env.step(actions)
+                end = bool(term) or t == 1
+                for k, v in zip(ARRAY_KEYS, (state, next_state, obs, next_obs, actions, reward, term, end and not term)):
+                    rows[k].append(v)
+                if spec.discrete:
+                    rows["avail_actions"].append(avail)
+                    rows["next_avail_actions"].append(np.asarray(env.avail_actions(), dtype=bool))
+                obs, state = (env.reset(seed=1)[:2] if end else (next_obs, next_state))
         finally:
             env.close()
-        def one(x, dtype=np.float32):
-            return np.asarray(x, dtype=dtype)[None]
-
-        return cls(
-            states=one(state), next_states=one(next_state), observations=one(obs), next_observations=one(next_obs),
-            actions=one(actions, actions.dtype), rewards=one(reward), terminals=one(term, bool),
-            timeouts=one(not term, bool), meta=meta, avail_actions=None if next_avail is None else one(avail, bool),
-            next_avail_actions=None if next_avail is None else one(next_avail, bool),
-            origin=f"<one {meta.env} transition for acting; the training data is not loaded>")
+        dtypes = {"actions": np.int64 if meta.discrete else np.float32, "terminals": bool, "timeouts": bool,
+                  "avail_actions": bool, "next_avail_actions": bool}
+        arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) if v else None for k, v in rows.items()}
+        return cls(**arrays, meta=meta, origin=f"<two {meta.env} transitions for acting; the training data is not loaded>")
 
     def subset(self, n_transitions: int) -> "MultiAgentDataset":
         """The first whole episodes holding at most ``n_transitions`` (at least one episode)."""
