@@ -32,7 +32,15 @@ from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import CrossPlayPolicy, evaluate_policy
 from offmarl.loop import Progress, TrainingInterrupted, train
-from offmarl.runs import RunDir, RunError, check_dataset_provenance, dataset_provenance, resolve_device, seed_everything
+from offmarl.runs import (
+    RunDir,
+    RunError,
+    check_dataset_provenance,
+    check_runs_folder,
+    dataset_provenance,
+    resolve_device,
+    seed_everything,
+)
 
 # ``offmarl train --algo NAME`` -> the module implementing it: ``Config``, ``Algorithm`` (the
 # protocol of offmarl/loop.py) and optionally ``check_dataset(dataset, cfg)`` and
@@ -170,6 +178,7 @@ def train_from_options(dataset: str | None = None, algo: str | None = None, obs:
     seed = 0 if seed is None else seed
     mod = algorithm_module(algo)
     cfg, applied = resolve_config(algo, dataset, obs, config, overrides, steps, extra)  # bad --set fails here
+    check_runs_folder(Path(out or "runs"))  # and a bad --out, before the data is loaded or generated
     ds = registry.load(dataset, env=env, obs=obs, log=log)
     check = getattr(mod, "check_dataset", None)  # optional hook
     if check is not None:
@@ -199,6 +208,11 @@ def _resume(resume: str, steps: int | None, dev, progress: Progress | None, log:
                            f"{f' (N > {final})' if final is not None else ''}")
         if steps is not None:  # the new total; LoopConfig checks it like any other value
             cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=int(steps)))
+        if run.has_checkpoint("latest"):  # a damaged or unsafe checkpoint fails now, not after a world-model fit
+            at = run.load_checkpoint("latest")["step"]
+            if at > cfg.loop.steps:
+                raise RunError(f"{run.path}: its checkpoint is at step {at}; --steps {cfg.loop.steps} cannot go "
+                               f"back (evaluate the run as it is, or train a new one)")
         ds = _training_data(run, saved, log)
         log(f"resuming {run.path}" + (f" up to step {cfg.loop.steps}" if steps is not None else ""))
     except BaseException:

@@ -108,7 +108,7 @@ class RunDir:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         safe = Path(dataset).stem if ("/" in dataset or dataset.endswith((".hdf5", ".h5"))) else dataset
         root = Path(root)
-        _check_parent_folder(root)
+        check_runs_folder(root)
         path = root / f"{algo}-{safe}-{stamp}-s{seed}"
         n = 1
         while path.exists():
@@ -387,7 +387,7 @@ def check_dataset_provenance(run: RunDir, saved: dict[str, Any], ds) -> None:
                        f"the run recorded {want}; {fix}")
 
 
-def _check_parent_folder(root: Path) -> None:
+def check_runs_folder(root: Path) -> None:
     """--out must be (or become) a folder: name the file in the way instead of a traceback."""
     for p in (root, *root.parents):
         if p.exists():

@@ -247,3 +247,29 @@ def test_plain_progress_lines_when_not_a_terminal(files, tmp_path, capsys):
     assert code == 0, out
     progress = [line for line in out.splitlines() if line.startswith("step ")]
     assert len(progress) >= 2 and "/20" in progress[-1]
+
+
+def test_resume_with_a_truncated_checkpoint_fails_before_the_world_model_fit(files, tmp_path, capsys):
+    """A truncated checkpoint gave a traceback, on resume only after the world model was loaded or refitted."""
+    code, out = run_cli(capsys, "train", "--dataset", files["coord"], "--algo", "moma-ppo", "--steps", "2",
+                        "--set", "world_model.hidden=[16,16]", "--set", "world_model.max_steps=100",
+                        "--set", "rollout_batch=100", "--set", "ppo.minibatch_size=100", "--set", "loop.eval_every=0",
+                        "--set", "loop.final_eval_episodes=1", "--set", f"cache_dir={tmp_path / 'cache'}",
+                        "--out", tmp_path / "runs", "--no-progress")
+    assert code == 0, out
+    run = next((tmp_path / "runs").iterdir())
+    (run / "eval.json").unlink()  # an unfinished run
+    ckpt = run / "checkpoints" / "latest.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    shutil.rmtree(tmp_path / "cache")
+    code, out = run_cli(capsys, "train", "--resume", run, "--no-progress")
+    assert code == 2 and "truncated or corrupt" in one_error(out)
+    assert "world model" not in out  # refused before looking for (or fitting) the world model
+
+
+def test_out_under_a_regular_file_is_refused_before_loading_data(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "afile").write_text("x")
+    code, out = run_cli(capsys, "train", "--dataset", "ant-medium", "--algo", "ibc",
+                        "--out", tmp_path / "afile" / "runs")
+    assert code == 2 and "is a file, not a folder" in one_error(out)  # ant-medium was not generated first
