@@ -5,10 +5,8 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
 from offmarl.cli.common import console
+from rich.table import Table
 
 app = typer.Typer(help="Named datasets: list, inspect, generate, convert from D4RL/Minari, export to Minari.\n\n"
                   "Example: offmarl datasets generate reacher-expert-mix --size 20000", no_args_is_help=True)
@@ -81,16 +79,27 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Seed of the env resets and the behaviour policy's noise."),
     n_envs: int = typer.Option(16, "--envs", min=1, help="Env copies stepped together."),
     out: Path = typer.Option(None, "--out", help="Output file (default: $OFFMARL_DATA_DIR/<name>.hdf5)."),
+    force: bool = typer.Option(False, "--force", help="Replace the output file if it exists."),
 ):
     """Roll the shipped behaviour policies in the real environment and save the dataset.
 
-    Example: offmarl datasets generate ant-medium --size 20000
+    Example: offmarl datasets generate ant-medium --size 20000 --out ant-medium-20k.hdf5
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from offmarl.data import registry
-    from offmarl.data.storage import save_dataset
+    from offmarl.data.storage import check_output_path, save_dataset
 
     rec = registry.recipe(name)
     total = int(size or rec.default_size)
+    out = check_output_path(out or registry.native_path(name), force)  # before the generation, not after
     t0 = time.perf_counter()
     with Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
@@ -98,7 +107,7 @@ def generate(
         ds = registry.build(name, total, seed=seed, n_envs=n_envs, progress=lambda n: bar.advance(task, n))
         bar.update(task, completed=total)
     gen_s = time.perf_counter() - t0
-    path = save_dataset(ds, out or registry.native_path(name))
+    path = save_dataset(ds, out)
     st = ds.stats()
     norm = f", normalised {st['normalised_score_mean']:.3f}" if "normalised_score_mean" in st else ""
     console.print(f"{name}: {st['transitions']:,} transitions, {st['episodes']:,} episodes, return "
@@ -113,6 +122,7 @@ def convert(
     env: str = typer.Option("ant-4x2", "--env", help="Multi-agent environment to decompose into (e.g. ant-4x2)."),
     obs: str = typer.Option("fo", "--obs", help="Observation scheme: fo | po | local | ..."),
     out: Path = typer.Option(..., "--out", help="Output native .hdf5 file."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ):
     """Import a single-agent D4RL or Minari dataset and split it among the agents of a MaMuJoCo
     scenario (actions by MaMuJoCo's partition, observations by the scheme).
@@ -127,7 +137,7 @@ def convert(
     if fmt not in ("d4rl", "minari"):
         raise OffmarlError(f"--from must be d4rl or minari, got {fmt!r}")
     t0 = time.perf_counter()
-    result = do_convert(src, fmt, env, obs, out)
+    result = do_convert(src, fmt, env, obs, out, force=force)
     ds = result if hasattr(result, "meta") else None
     msg = f"wrote {out} in {time.perf_counter() - t0:.1f}s"
     if ds is not None:

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import typer
+from offmarl.cli.common import console, err_console
 from rich.table import Table
-
-from offmarl.cli.common import console
 
 app = typer.Typer(help="List, inspect and smoke-test environments.\n\nExample: offmarl envs info ant-4x2 --obs po",
                   no_args_is_help=True)
@@ -28,6 +26,9 @@ def list_envs(
     """
     from offmarl.envs import MAMUJOCO_NAMES, make_env
 
+    # building every env once takes a while (MuJoCo models, then SMAX maps): say so first
+    err_console.print("reading the dims of every environment (builds each once"
+                      + (", SMAX maps ~1-2 s each; --no-smac skips them)..." if smac else ")..."), style="dim")
     table = Table(title="offmarl environments")
     for col in ("name", "agents", "obs dims per scheme", "actions", "state", "limit", "backend"):
         table.add_column(col)
@@ -62,6 +63,11 @@ def list_envs(
     console.print(table)
 
 
+def _say_if_slow(name: str) -> None:
+    if name.startswith("smac-"):
+        err_console.print(f"building {name} with SMAX (jax; ~10-20 s the first time)...", style="dim")
+
+
 def _action_str(spec) -> str:
     dims = spec.action_dims
     return str(dims[0]) if len(set(dims)) == 1 else "/".join(map(str, dims))
@@ -79,6 +85,7 @@ def info(
     """
     from offmarl.envs import make_env
 
+    _say_if_slow(name)
     env = make_env(name, obs=obs)
     spec = env.spec
     console.print(f"[bold]{spec.name}[/]  scheme [cyan]{spec.obs_scheme}[/]  (available: {', '.join(spec.obs_schemes)})")
@@ -113,12 +120,17 @@ def rollout(
 
     Example: offmarl envs rollout smac-2s3z --episodes 2
     """
+    import numpy as np
+
     from offmarl.envs import make_env
 
+    _say_if_slow(name)
     env = make_env(name, obs=obs)
     spec = env.spec
     rng = np.random.default_rng(seed)
     total_steps, t0 = 0, time.perf_counter()
+    if name.startswith("smac-"):
+        err_console.print("compiling SMAX's reset and step (jax jit, the first episode only)...", style="dim")
     for ep in range(episodes):
         _, _, _ = env.reset(seed=seed + ep)
         ret, steps, done, info = 0.0, 0, False, {}

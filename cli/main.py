@@ -1,17 +1,35 @@
-"""The `offmarl` command. Thin: parse options, call the library, print."""
+"""The `offmarl` command. Thin: parse options, call the library, print.
+
+Start-up time: `offmarl --help` and `--version` must answer at once, so nothing heavy (torch,
+numpy, jax, rich.progress) is imported when the cli modules load; each command imports what
+it needs in its body. OFFMARL_NUM_THREADS is handed to torch through OMP_NUM_THREADS, which
+torch reads when it is first imported (by a command that needs it), not here.
+
+One error style for every entry point: `error: <what is wrong and the fix>` on one line and
+exit code 2, whether the problem is a bad option value (click/typer's checks) or a bad file,
+key or name (offmarl.errors.OffmarlError). A diverged run exits with 3
+(offmarl.errors.DivergedError); Ctrl-C with 130.
+"""
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
-import offmarl
+try:  # typer 0.2x vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
+
 from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
 from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
-from offmarl.errors import OffmarlError
+
+import offmarl
+from offmarl.errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, OffmarlError
 
 app = typer.Typer(
     name="offmarl",
@@ -20,6 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: paragraphs re-flowed, metavars like INTEGER, not <list[Path]>
 )
 app.add_typer(envs_cmd.app, name="envs")
 app.add_typer(datasets_cmd.app, name="datasets")
@@ -40,19 +59,49 @@ def _root(
     """offmarl: offline multi-agent reinforcement learning toolkit."""
 
 
+def _apply_thread_setting() -> None:
+    threads = os.environ.get("OFFMARL_NUM_THREADS")
+    if not threads:
+        return
+    if not threads.isdigit() or int(threads) < 1:
+        raise OffmarlError(f"OFFMARL_NUM_THREADS={threads!r}: give a positive whole number (e.g. 1)")
+    # small networks on a busy CPU: one thread is often faster than several (docs/benchmarks.md);
+    # torch sizes its intra-op pool from OMP_NUM_THREADS when it is imported
+    os.environ["OMP_NUM_THREADS"] = threads
+    os.environ["MKL_NUM_THREADS"] = threads
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # libraries' warnings as one line each, without the echo of their source line
+    print(f"warning: {message} ({category.__name__})", file=file or sys.stderr)
+
+
+def _error(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, not a traceback."""
-    threads = os.environ.get("OFFMARL_NUM_THREADS")
-    if threads:
-        # small networks on a busy CPU: one thread is often faster than several (docs/benchmarks.md)
-        import torch
-
-        torch.set_num_threads(int(threads))
+    warnings.showwarning = _one_line_warning
     try:
-        app(standalone_mode=True)
+        _apply_thread_setting()
+        code = app(prog_name="offmarl", standalone_mode=False)
+    except DivergedError as e:
+        _error(str(e), EXIT_DIVERGED)
     except OffmarlError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
-        sys.exit(2)
+        _error(str(e), EXIT_USAGE)
+    except click_exc.NoArgsIsHelpError as e:  # `offmarl datasets`: the help, as before
+        print(e.ctx.get_help())
+        sys.exit(0)
+    except click_exc.UsageError as e:  # typer/click's own checks (ranges, unknown options), same style
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        _error(f"{e.format_message()}{hint}", EXIT_USAGE)
+    except click_exc.ClickException as e:
+        _error(e.format_message(), e.exit_code)
+    except (click_exc.Abort, KeyboardInterrupt):  # Ctrl-C (typer turns KeyboardInterrupt into Abort)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

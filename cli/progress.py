@@ -1,18 +1,28 @@
-"""The training progress bar: a rich bar fed by the loop's ``Progress`` hooks (offmarl/loop.py)."""
+"""Training progress for the loop's ``Progress`` hooks (offmarl/loop.py): a rich bar on a terminal,
+plain periodic lines when the output goes to a file or a pipe (where a bar shows nothing until
+the run ends)."""
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import time
 
 from offmarl.cli.common import console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def make_progress():
+    """The bar on a terminal, plain lines otherwise."""
+    return RichProgress() if console.is_terminal else PlainProgress()
 
 
 class RichProgress:
-    """Bar with the step count, the latest evaluation score, elapsed and remaining time."""
+    """Bar with the step count, the latest evaluation score, elapsed and remaining time. The run's
+    name is printed once above it (``run directory: ...``), not in the bar, so that the columns
+    fit in 80 columns."""
 
     def __init__(self):
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[score]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, transient=False)
+        self.bar = Progress(TextColumn("train"), BarColumn(bar_width=None), MofNCompleteColumn(),
+                            TextColumn("{task.fields[score]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=console, transient=False, expand=False)
         self.task = None
 
     def start(self, name: str, total: int, completed: int) -> None:
@@ -24,3 +34,38 @@ class RichProgress:
 
     def close(self) -> None:
         self.bar.stop()
+
+
+class PlainProgress:
+    """``step 1000/2000  score 0.412  412 steps/s  elapsed 0:00:05  eta 0:00:05`` at the start, then
+    at most every ``every_s`` seconds, and at the end."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = every_s
+
+    def start(self, name: str, total: int, completed: int) -> None:
+        self.total, self.first, self.step, self.score = total, completed, completed, None
+        self.t0 = self.last = time.perf_counter()
+        self._line()
+
+    def update(self, step: int, score: float | None) -> None:
+        self.step, self.score = step, score
+        if time.perf_counter() - self.last >= self.every_s:
+            self._line()
+
+    def close(self) -> None:
+        self._line()
+
+    def _line(self) -> None:
+        now = time.perf_counter()
+        self.last = now
+        rate = (self.step - self.first) / max(now - self.t0, 1e-9)
+        eta = _clock((self.total - self.step) / rate) if rate > 0 else "-"
+        score = "-" if self.score is None else f"{self.score:.3f}"
+        console.print(f"step {self.step}/{self.total}  score {score}  {rate:.0f} steps/s  "
+                      f"elapsed {_clock(now - self.t0)}  eta {eta}", highlight=False)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -1,21 +1,22 @@
-"""`offmarl train` and `offmarl evaluate`."""
+"""`offmarl train` and `offmarl evaluate`.
+
+The driver (and with it torch) is imported inside the commands, not here, so that `offmarl --help`
+answers at once (cli/main.py)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
-
 from offmarl.cli.common import console
-from offmarl.cli.progress import RichProgress
-from offmarl.driver import evaluate_runs, train_from_options
+from rich.table import Table
 
 
 def train(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (offmarl datasets list) or .hdf5 file."),
-    algo: str = typer.Option("moma-ppo", "--algo",
-                             help="moma-ppo | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset name (offmarl datasets list) or .hdf5 file "
+                                "(not with --resume)."),
+    algo: str = typer.Option(None, "--algo",
+                             help="moma-ppo (default) | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
     obs: str = typer.Option(None, "--obs", help="Observation scheme (fo, po, local, po-independent, po-leader); "
                             "default: the dataset's."),
     config: str = typer.Option(None, "--config", help="Override block of configs/<algo>.yaml (e.g. moma-ppo: "
@@ -23,10 +24,12 @@ def train(
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set rollout.horizon=5 (repeatable)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps (baselines: gradient steps; "
                               "moma-ppo: iterations)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of everything (data sampling, networks, rollouts)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of everything (data sampling, networks, rollouts); "
+                             "default 0."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    out: Path = typer.Option(Path("runs"), "--out", help="Parent folder of the run directory."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this run directory."),
+    out: Path = typer.Option(None, "--out", help="Parent folder of the run directory (default: runs)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this run directory with its own config "
+                                "and data; --steps sets a new total."),
     world_model: Path = typer.Option(None, "--world-model", help="moma-ppo: reuse this trained world model."),
     planner: str = typer.Option(None, "--planner", help="moma-ppo: none | mag (model rollouts planned by MAG)."),
     env: str = typer.Option(None, "--env", help="Environment of a D4RL file given as --dataset (e.g. ant-4x2)."),
@@ -39,15 +42,18 @@ def train(
 
     Example: offmarl train --dataset coordination-unfavorable --algo ma-iql --seed 3
     """
+    from offmarl.cli.progress import make_progress
+
+    from offmarl.driver import train_from_options
+
     extra = {}
     if world_model is not None:
         extra["world_model_path"] = str(world_model)
     if planner is not None:
         extra["planner.kind"] = planner
-    result = train_from_options(dataset, algo, obs, config, set_, steps, seed, device, str(out),
-                                str(resume) if resume else None, env=env, extra=extra,
-                                progress=RichProgress() if progress else None,
-                                log=console.print)
+    result = train_from_options(dataset, algo, obs, config, set_, steps, seed, device,
+                                str(out) if out is not None else None, str(resume) if resume else None, env=env,
+                                extra=extra, progress=make_progress() if progress else None, log=console.print)
     _print_result(result)
 
 
@@ -64,13 +70,13 @@ def _print_result(res: dict) -> None:
 
 
 def evaluate(
-    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="One or more run directories."),
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Deterministic episodes per policy."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | latest"),
     cross_play: bool = typer.Option(False, "--cross-play", help="Also pair agents from different runs."),
     device: str = typer.Option("auto", "--device"),
     seed: int = typer.Option(12345, "--seed", help="Seed of the evaluation episodes."),
-    json_out: Path = typer.Option(None, "--json", help="Write the results to this JSON file."),
+    json_out: Path = typer.Option(None, "--json", metavar="FILE", help="Write the results to this JSON file."),
 ):
     """Evaluate trained runs in the real environment (deterministic actions); with
     --cross-play, agents from different runs (e.g. seeds) are paired to test whether their
@@ -80,6 +86,17 @@ def evaluate(
 
     Example: offmarl evaluate runs/A runs/B --cross-play
     """
+    from offmarl.driver import evaluate_runs
+    from offmarl.errors import OffmarlError
+
+    if checkpoint not in ("best", "latest"):  # before any work: "bset" silently meant latest
+        raise OffmarlError(f"--checkpoint {checkpoint!r}: choose best or latest")
+    if json_out is not None:
+        if json_out.is_dir():
+            raise OffmarlError(f"--json {json_out}: is a folder; give a file name such as {json_out / 'eval.json'}")
+        parent = json_out.parent
+        if not parent.is_dir():
+            raise OffmarlError(f"--json {json_out}: the folder {parent} does not exist (or is a file)")
     res = evaluate_runs([str(r) for r in run_dirs], episodes, checkpoint, device, seed, cross_play, log=console.print)
     table = Table(title="evaluation")
     for col in ("run", "checkpoint", "return", "normalised"):

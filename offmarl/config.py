@@ -83,6 +83,8 @@ def _coerce(value, typ, where: str):
         if value is None:
             return None
         return _coerce(value, args[0], where) if len(args) == 1 else value
+    if typ in (int, float) and isinstance(value, bool):  # YAML true/false would pass as 1/0
+        raise ConfigError(f"config key {where}: expected {typ.__name__}, got {str(value).lower()}")
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if typ is float and isinstance(value, str):
@@ -95,10 +97,13 @@ def _coerce(value, typ, where: str):
         return value
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+    if origin in (tuple, list):
         args = typing.get_args(typ)
         inner = args[0] if args else None
-        seq = [(_coerce(v, inner, where) if inner not in (None, Ellipsis) else v) for v in value]
+        if not isinstance(value, (list, tuple)):
+            what = f"a list of {inner.__name__}" if isinstance(inner, type) else "a list"
+            raise ConfigError(f"config key {where}: expected {what} (e.g. [256, 256]), got {value!r}")
+        seq = [(_coerce(v, inner, f"{where}[{i}]") if inner not in (None, Ellipsis) else v) for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
     if typ in (int, float, str, bool) and not isinstance(value, typ):
         raise ConfigError(f"config key {where}: expected {typ.__name__}, got {value!r}")

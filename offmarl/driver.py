@@ -9,6 +9,7 @@ offline ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from collections.abc import Callable
@@ -16,13 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, td3bc
-from offmarl.config import (ConfigError, build_config, from_dict, parse_overrides, read_blocks, read_yaml,
-                            shipped_config, to_dict)
+from offmarl.config import (
+    ConfigError,
+    build_config,
+    from_dict,
+    parse_overrides,
+    read_blocks,
+    read_yaml,
+    shipped_config,
+    to_dict,
+)
 from offmarl.data import registry
+from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import CrossPlayPolicy, evaluate_policy
-from offmarl.loop import Progress, train
-from offmarl.runs import RunDir, resolve_device, seed_everything
+from offmarl.loop import Progress, TrainingInterrupted, train
+from offmarl.runs import (
+    RunDir,
+    RunError,
+    check_dataset_provenance,
+    check_runs_folder,
+    dataset_provenance,
+    resolve_device,
+    seed_everything,
+)
 
 # ``offmarl train --algo NAME`` -> the module implementing it: ``Config``, ``Algorithm`` (the
 # protocol of offmarl/loop.py) and optionally ``check_dataset(dataset, cfg)`` and
@@ -127,41 +145,106 @@ def saved_config(mod, saved: dict):
     return from_dict(mod.Config, migrate(saved["config"]) if migrate else saved["config"])
 
 
-def train_from_options(dataset: str, algo: str = "moma-ppo", obs: str | None = None, config: str | None = None,
-                       overrides: list[str] | None = None, steps: int | None = None, seed: int = 0,
-                       device: str = "auto", out: str = "runs", resume: str | None = None, env: str | None = None,
-                       extra: dict[str, Any] | None = None, progress: Progress | None = None,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+# CLI names of the ``extra`` keys, for messages
+EXTRA_OPTIONS = {"world_model_path": "--world-model", "planner.kind": "--planner"}
+
+
+def train_from_options(dataset: str | None = None, algo: str | None = None, obs: str | None = None,
+                       config: str | None = None, overrides: list[str] | None = None, steps: int | None = None,
+                       seed: int | None = None, device: str = "auto", out: str | None = None,
+                       resume: str | None = None, env: str | None = None, extra: dict[str, Any] | None = None,
+                       progress: Progress | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """What ``offmarl train`` does: resolve the dataset, build the config, create or reopen the
     run directory, train, evaluate. ``extra`` holds algorithm-specific CLI options already in
-    dotted form (e.g. {"world_model_path": ...}); ``progress`` receives the loop's progress."""
+    dotted form (e.g. {"world_model_path": ...}); ``progress`` receives the loop's progress.
+
+    ``resume``: continue that run directory with its own config and data (docs/run-directories.md);
+    only ``steps`` (the new total), ``device`` and ``progress`` may be given with it."""
     dev = resolve_device(device)
     if resume:
-        run = RunDir.open(resume)
-        saved = run.config
-        algo, dataset, obs, seed = saved["algo"], saved["dataset"], saved["obs"], saved["seed"]
-        env = saved.get("env")
-        mod = algorithm_module(algo)
-        cfg = saved_config(mod, saved)
-        log(f"resuming {run.path}")
-    else:
-        mod = algorithm_module(algo)
-        cfg, applied = resolve_config(algo, dataset, obs, config, overrides, steps, extra)
+        given = {"--dataset": dataset, "--algo": algo, "--obs": obs, "--config": config, "--set": overrides or None,
+                 "--seed": seed, "--out": out, "--env": env}
+        given.update({EXTRA_OPTIONS.get(k, k): v for k, v in (extra or {}).items()})
+        rejected = [name for name, value in given.items() if value is not None]
+        if rejected:
+            raise OffmarlError(f"--resume {resume} continues the run with its own config and data; "
+                               f"{', '.join(rejected)} cannot change it (drop {'them' if len(rejected) > 1 else 'it'}; "
+                               f"--steps N sets the new total number of steps)")
+        return _resume(resume, steps, dev, progress, log)
+    if dataset is None:
+        raise OffmarlError("--dataset is required (a name from `offmarl datasets list` or an .hdf5 file), "
+                           "or --resume RUN_DIR to continue a run")
+    algo = algo or "moma-ppo"
+    seed = 0 if seed is None else seed
+    mod = algorithm_module(algo)
+    cfg, applied = resolve_config(algo, dataset, obs, config, overrides, steps, extra)  # bad --set fails here
+    check_runs_folder(Path(out or "runs"))  # and a bad --out, before the data is loaded or generated
     ds = registry.load(dataset, env=env, obs=obs, log=log)
     check = getattr(mod, "check_dataset", None)  # optional hook
     if check is not None:
         check(ds, cfg)
-    if not resume:
-        resolved = {"algo": algo, "dataset": dataset, "obs": ds.meta.obs_scheme, "env": env or ds.meta.env,
-                    "seed": seed, "device": str(dev), "dataset_checksum": ds.checksum(),
-                    "dataset_transitions": len(ds), "overrides": applied, "config": to_dict(cfg)}
-        run = RunDir.create(Path(out), algo, dataset, seed, resolved)
-        log(f"run directory: {run.path}")
-    seed_everything(seed)
-    algorithm = mod.Algorithm(ds, cfg, dev, seed, log=log)
-    evaluate = real_env_evaluator(algorithm, ds.meta, seed, cfg.loop.eval_envs, dev)
+    location = Path(dataset) if registry.is_file_reference(dataset) else registry.native_path(dataset)
+    resolved = {"algo": algo, "dataset": dataset, "obs": ds.meta.obs_scheme, "env": env or ds.meta.env,
+                "seed": seed, "device": str(dev), **dataset_provenance(ds, location),
+                "overrides": applied, "config": to_dict(cfg)}
+    run = RunDir.create(Path(out or "runs"), algo, dataset, seed, resolved)
+    run.lock()
+    log(f"run directory: {run.path}")
+    return _train_in(run, mod, cfg, ds, seed, dev, False, progress, log)
+
+
+def _resume(resume: str, steps: int | None, dev, progress: Progress | None, log: Callable[[str], None]):
+    run = RunDir.open(resume)
+    saved = run.config
+    run.lock()
     try:
-        result = train(algorithm, run, cfg.loop, evaluate, dev, resume=bool(resume), progress=progress)
+        mod = algorithm_module(saved["algo"])
+        cfg = saved_config(mod, saved)
+        final = run.final_step() if run.finished else None
+        if run.finished and (steps is None or (final is not None and steps <= final)):
+            done = f" at step {final}" if final is not None else ""
+            raise RunError(f"{run.path} is finished (final evaluation{done} in eval.json): evaluate it with "
+                           f"`offmarl evaluate {run.path}`, or extend it with `--resume {run.path} --steps N`"
+                           f"{f' (N > {final})' if final is not None else ''}")
+        if steps is not None:  # the new total; LoopConfig checks it like any other value
+            cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=int(steps)))
+        if run.has_checkpoint("latest"):  # a damaged or unsafe checkpoint fails now, not after a world-model fit
+            at = run.load_checkpoint("latest")["step"]
+            if at > cfg.loop.steps:
+                raise RunError(f"{run.path}: its checkpoint is at step {at}; --steps {cfg.loop.steps} cannot go "
+                               f"back (evaluate the run as it is, or train a new one)")
+        ds = _training_data(run, saved, log)
+        log(f"resuming {run.path}" + (f" up to step {cfg.loop.steps}" if steps is not None else ""))
+    except BaseException:
+        run.close()
+        raise
+    return _train_in(run, mod, cfg, ds, saved["seed"], dev, True, progress, log)
+
+
+def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None]) -> MultiAgentDataset:
+    """The data a run was trained on, from the location config.yaml recorded, checked against
+    the recorded size and checksum (never generated or silently replaced)."""
+    path = saved.get("dataset_path")
+    if path is not None and not Path(path).is_file():
+        raise RunError(f"{run.path}: its dataset {path} is missing; resume needs the data the run started on "
+                       f"(restore the file, or start a new run)")
+    source = path if path is not None else saved["dataset"]
+    ds = registry.load(source, env=saved.get("env"), obs=saved["obs"], generate=False, log=log)
+    check_dataset_provenance(run, saved, ds)
+    return ds
+
+
+def _train_in(run: RunDir, mod, cfg, ds, seed: int, dev, resume: bool, progress: Progress | None,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    try:
+        seed_everything(seed)
+        algorithm = mod.Algorithm(ds, cfg, dev, seed, log=log)
+        evaluate = real_env_evaluator(algorithm, ds.meta, seed, cfg.loop.eval_envs, dev)
+        result = train(algorithm, run, cfg.loop, evaluate, dev, resume=resume, progress=progress)
+    except TrainingInterrupted as e:
+        log(f"interrupted: checkpoint at step {e.step} in {run.path / 'checkpoints' / 'latest.pt'}; "
+            f"continue with: offmarl train --resume {run.path}")
+        raise
     finally:
         run.close()
     result["run_dir"] = str(run.path)
@@ -172,18 +255,45 @@ def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", l
                  policy_only: bool = True):
     """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run, name).
     ``policy_only``: build only what acting needs (``Algorithm.for_evaluation``; MOMA-PPO skips its
-    world model); False rebuilds everything (e.g. to roll the run's world model)."""
+    world model) from the metadata config.yaml recorded, without the training data
+    (``MultiAgentDataset.for_acting``: a run directory evaluates wherever its env exists); False
+    rebuilds everything on the run's checked training data (e.g. to roll the run's world model)."""
+    if checkpoint not in ("best", "latest"):
+        raise OffmarlError(f"--checkpoint {checkpoint!r}: choose best or latest")
     dev = resolve_device(device)
-    run = RunDir.open(run_dir)
+    run = RunDir.open(Path(run_dir).resolve())
     saved = run.config
     mod = algorithm_module(saved["algo"])
     cfg = saved_config(mod, saved)
-    ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
+    if policy_only and saved.get("dataset_meta"):
+        ds = MultiAgentDataset.for_acting(DatasetMeta.from_dict(saved["dataset_meta"]))
+    elif policy_only:  # a run written before config.yaml recorded the metadata: its data, never generated
+        ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], generate=False, log=log)
+    else:
+        ds = _training_data(run, saved, log)
     build = mod.Algorithm.for_evaluation if policy_only else mod.Algorithm
+    name = checkpoint
+    if not run.has_checkpoint(checkpoint) and checkpoint == "best":
+        log(f"{run.path.name}: no best.pt (no periodic evaluation ran); using latest.pt")
+        name = "latest"
+    state = run.load_checkpoint(name, map_location=dev)["algo"]  # before building: a refused file costs nothing
     algo = build(ds, cfg, dev, saved["seed"], log=log)
-    name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
-    algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
+    algo.load_state_dict(state)
     return algo, ds, run, name
+
+
+def _check_cross_play(run_dirs: list[str]) -> None:
+    """Cross-play pairs agents of different runs: they must act in the same env, scheme, team."""
+    seen = []
+    for r in run_dirs:
+        saved = RunDir.open(r).config
+        meta = saved.get("dataset_meta") or {}
+        seen.append((r, (saved.get("env"), saved.get("obs"), meta.get("n_agents"))))
+    first = seen[0]
+    for r, key in seen[1:]:
+        if key != first[1]:
+            raise OffmarlError(f"cross-play needs runs on the same environment and observation scheme: {first[0]} "
+                               f"is {first[1][0]} ({first[1][1]}), {r} is {key[0]} ({key[1]})")
 
 
 def evaluate_runs(run_dirs: list[str], episodes: int = 10, checkpoint: str = "best", device: str = "auto",
@@ -191,6 +301,9 @@ def evaluate_runs(run_dirs: list[str], episodes: int = 10, checkpoint: str = "be
     """Evaluate each run's policy; with ``cross_play`` also every assignment of agents to runs
     that mixes runs (agent i plays the policy of run assignment[i])."""
     dev = resolve_device(device)
+    run_dirs = [str(Path(r).resolve()) for r in run_dirs]
+    if cross_play and len(run_dirs) > 1:
+        _check_cross_play(run_dirs)
     loaded = [load_trained(r, checkpoint, device, log) for r in run_dirs]
     results: dict[str, Any] = {"runs": {}}
     for (algo, ds, run, name) in loaded:

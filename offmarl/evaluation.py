@@ -20,6 +20,11 @@ import numpy as np
 import torch
 
 from offmarl.envs import make_env
+from offmarl.errors import OffmarlError
+
+
+class EvaluationError(OffmarlError):
+    pass
 
 
 class CrossPlayPolicy:
@@ -98,6 +103,12 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                         "hist_mask": torch.cat([hist["hist_mask"][:, 1:], torch.ones(wave, 1, dtype=torch.bool, device=device)], 1),
                     }
                 a = actions.cpu().numpy()
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    # only non-finite weights make a policy act NaN: say that, not "bad actions"
+                    raise EvaluationError(
+                        f"the policy acts NaN/inf at step {int(length.max())} of episode {next_ep - wave + 1} in "
+                        f"{env_name}: its weights are not finite (the training diverged); evaluate an earlier "
+                        f"checkpoint (--checkpoint best) or train again with a smaller learning rate")
                 for b in np.flatnonzero(alive):
                     o, _, r, term, trunc, info = envs[b].step(a[b])
                     obs[b] = o

@@ -16,21 +16,32 @@ algorithm cannot train on), and ``Algorithm``, which satisfies the ``Algorithm``
 
 ``train`` does the rest: metrics (jsonl + TensorBoard), periodic evaluation through the
 ``evaluate`` callable the caller builds (offmarl/driver.py evaluates in the real environment),
-atomic checkpoints (latest/best), Ctrl-C leaving a valid checkpoint, and resuming. It knows
+atomic checkpoints (latest/best), Ctrl-C leaving a valid checkpoint (``TrainingInterrupted``
+says at which step), resuming, and stopping a diverged run: a non-finite metric in a logged row
+or a non-finite tensor in a checkpoint raises ``DivergedError`` naming it and its step, and no
+checkpoint is ever written with non-finite weights (the last good one stays). It knows
 nothing about datasets, environments or the terminal: progress goes to a ``Progress`` object the
 caller passes (cli/progress.py draws a bar).
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from offmarl.runs import RunDir, rng_state, set_rng_state
+from offmarl.config import ConfigError
+from offmarl.errors import DivergedError
+from offmarl.runs import RunDir, RunError, rng_state, set_rng_state
+
+# the smallest value each LoopConfig field can take: checked whenever a config is built or merged,
+# so a bad --set fails before the dataset is loaded, not after hours of training
+LOOP_MINIMUM = {"steps": 1, "eval_every": 0, "eval_episodes": 1, "final_eval_episodes": 1, "eval_envs": 1,
+                "log_every": 1, "checkpoint_every": 1}
 
 
 @dataclass
@@ -42,6 +53,21 @@ class LoopConfig:
     eval_envs: int = 10             # env copies stepped together during evaluation
     log_every: int = 1_000          # metrics row every N steps
     checkpoint_every: int = 10_000  # latest.pt every N steps (also at every evaluation and on Ctrl-C)
+
+    def __post_init__(self):
+        for name, low in LOOP_MINIMUM.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                extra = " (0 = evaluate only at the end)" if name == "eval_every" else ""
+                raise ConfigError(f"config key loop.{name}: must be >= {low}{extra}, got {value}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after ``checkpoints/latest.pt`` was written at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
 
 
 class Algorithm(Protocol):
@@ -118,17 +144,26 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
     resumed_window: list = []
     if resume and run.has_checkpoint("latest"):
         ckpt = run.load_checkpoint("latest", map_location=device)
+        if ckpt["step"] > loop.steps:
+            raise RunError(f"{run.path}: its checkpoint is at step {ckpt['step']}; --steps {loop.steps} cannot go "
+                           f"back (evaluate the run as it is, or train a new one)")
         algo.load_state_dict(ckpt["algo"])
         set_rng_state(ckpt["rng"], algo.generators)
         start, best = ckpt["step"], ckpt.get("best", best)
         resumed_window = ckpt.get("window", [])
         # rows after the checkpoint belong to lost work; a row AT the checkpoint that is off the
         # log grid was the interrupted run's closing row: the continued run logs that span again
-        run.truncate_metrics(start, drop_at_step=start % loop.log_every != 0)
+        run.rewind(start, drop_at_step=start % loop.log_every != 0)
+    elif resume:  # killed before its first checkpoint: nothing to continue from, start clean
+        run.rewind(0, drop_at_step=True)
+    last_good = {"step": None}
 
     def checkpoint(step: int) -> None:
-        run.save_checkpoint({"algo": algo.state_dict(), "rng": rng_state(algo.generators), "step": step, "best": best,
+        state = algo.state_dict()
+        _check_finite_state(state, step, last_good["step"], run)
+        run.save_checkpoint({"algo": state, "rng": rng_state(algo.generators), "step": step, "best": best,
                              "window": window})
+        last_good["step"] = step
 
     interrupted = {"flag": False}
 
@@ -145,6 +180,10 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
         progress.start(run.path.name, loop.steps, start)
     try:
         step = start
+        if start == 0:
+            checkpoint(0)  # a good state to keep from the start: a run that diverges early still has one
+        else:
+            last_good["step"] = start
         while step < loop.steps:
             metrics = algo.update(step)
             step += 1
@@ -154,9 +193,10 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
                 now = time.perf_counter()
                 row["steps_per_s"] = len(window) / max(now - t_last, 1e-9)
                 t_last = now
+                run.log(step, "train", row)
+                _check_finite_row(row, window, step, last_good["step"], run)
                 if step % loop.log_every == 0:
                     window = []
-                run.log(step, "train", row)
             if loop.eval_every and step % loop.eval_every == 0 and step < loop.steps:
                 res = evaluate(loop.eval_episodes)
                 score = res["score"]
@@ -164,7 +204,9 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
                 last_score = score
                 if score > best:
                     best = score
-                    run.save_checkpoint({"algo": algo.state_dict(), "step": step, "score": score}, "best")
+                    state = algo.state_dict()
+                    _check_finite_state(state, step, last_good["step"], run)
+                    run.save_checkpoint({"algo": state, "step": step, "score": score}, "best")
                 checkpoint(step)
             elif step % loop.checkpoint_every == 0:
                 checkpoint(step)
@@ -172,8 +214,9 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
                 progress.update(step, last_score)
             if interrupted["flag"]:
                 checkpoint(step)
-                raise KeyboardInterrupt
-        checkpoint(step)
+                raise TrainingInterrupted(step)
+        if last_good["step"] != step:
+            checkpoint(step)
     finally:
         signal.signal(signal.SIGINT, old_handler)
         if progress is not None:
@@ -182,3 +225,41 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
     run.log(loop.steps, "final_eval", _loggable(result))
     run.write_eval(result)
     return result
+
+
+def _check_finite_row(row: dict[str, Any], window: list[dict[str, Any]], step: int, last_good: int | None,
+                      run: RunDir) -> None:
+    """Stop at the first logged row with a non-finite metric, naming the first step that had one
+    (the row holds the window's mean; the window still holds each step's values)."""
+    bad = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad is None:
+        return
+    at, value = step, row[bad]
+    for i, metrics in enumerate(window):
+        found = next((k for k, v in metrics.items() if not math.isfinite(float(v))), None)
+        if found is not None:
+            at, bad, value = step - len(window) + 1 + i, found, float(metrics[found])
+            break
+    raise DivergedError(f"training diverged: {bad} is not finite at step {at} ({value}); stopped at step {step}. "
+                        f"{_kept(run, last_good)}")
+
+
+def _check_finite_state(state: Any, step: int, last_good: int | None, run: RunDir, where: str = "") -> None:
+    """Refuse to checkpoint non-finite weights (or optimiser moments): the last good file stays."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            raise DivergedError(f"training diverged: parameter {where.lstrip('.')} is not finite at step {step}. "
+                                f"{_kept(run, last_good)}")
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            _check_finite_state(v, step, last_good, run, f"{where}.{k}")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            _check_finite_state(v, step, last_good, run, f"{where}[{i}]")
+
+
+def _kept(run: RunDir, last_good: int | None) -> str:
+    if last_good is None:
+        return "No checkpoint was written. Lower the learning rate (--set lr=...) and train again"
+    return (f"{run.path / 'checkpoints' / 'latest.pt'} keeps step {last_good} (finite). Lower the learning rate "
+            f"(--set lr=...) and train again")

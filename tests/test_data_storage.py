@@ -102,7 +102,24 @@ def test_error_corrupt_array_bytes(ant_dataset, tmp_path):
     raw[off : off + 64] = b"\xff" * 64  # NaN bit patterns in float32
     p.write_bytes(bytes(raw))
     msg = _error(p)
+    assert "'states'" in msg and "stored checksum" in msg
+    with h5py.File(p, "a") as f:  # a file written before the crc32 attrs existed: validation still says NaN
+        del f["states"].attrs["crc32"]
+    msg = _error(p)
     assert "'states'" in msg and "NaN" in msg
+
+
+def test_bit_rot_that_stays_finite_is_caught_by_the_stored_checksum(ant_ds, tmp_path):
+    """Issue 14, defect 7: one flipped bit inside the actions (a valid, finite number) was loaded
+    silently; the crc32 stored with each array catches it."""
+    p = save_dataset(ant_ds, tmp_path / "rot.h5")
+    with h5py.File(p) as f:
+        off = f["actions"].id.get_offset()
+    raw = bytearray(p.read_bytes())
+    raw[off + 1] ^= 0x01  # a low mantissa bit of the first action: still finite and in the box
+    p.write_bytes(bytes(raw))
+    msg = _error(p)
+    assert "key 'actions' does not match its stored checksum" in msg
 
 
 def test_error_d4rl_file_hint(tmp_path):

@@ -177,9 +177,11 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path, coordination_
             "planner.h=3", "planner.error_steps=50", "planner.error_hidden=[16,16]"]
 
     def train(out, steps, resume=None):
-        return train_from_options(path, "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
-                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume,
-                                  log=lambda *a, **k: None)
+        if resume:  # a run continues with its own config and data
+            return train_from_options(resume=resume, steps=steps, device="cpu", log=lambda *a, **k: None)
+        return train_from_options(str(path), "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
+                                  overrides=over + [f"cache_dir={out / 'cache'}"],
+                                  resume=resume, log=lambda *a, **k: None)
 
     def rows(run_dir):
         drop = {"time", "steps_per_s", "planner_seconds", "planner_rollout_seconds"}

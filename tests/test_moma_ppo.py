@@ -39,6 +39,8 @@ def coord_file(tmp_path):
 
 
 def _train(coord_file, tmp_path, steps, resume=None, seed=0, extra=()):
+    if resume:  # a run continues with its own config and data (options given with --resume are refused)
+        return train_from_options(resume=resume, steps=steps, device="cpu", log=lambda *a, **k: None)
     return train_from_options(coord_file, "moma-ppo", steps=steps, seed=seed, device="cpu", out=str(tmp_path / "runs"),
                               overrides=TINY + [f"cache_dir={tmp_path / 'cache'}", *extra], resume=resume,
                               log=lambda *a, **k: None)

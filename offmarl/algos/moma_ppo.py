@@ -18,6 +18,7 @@ over dataset (state, action) pairs — "stop where the model is less sure than o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class Config:
     calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold (ours); None = use
     #                                      rollout.eps_g_threshold (the reference's fixed value is 2)
     world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
-    cache_dir: str | None = None          # world-model cache (default ~/.offmarl/cache/worldmodels)
+    cache_dir: str | None = None          # world-model cache (default: default_cache_dir())
     # ours: 600 iterations fit `offmarl train --dataset ant-medium` in < 1 h on 2 CPU cores; evaluation:
     # ref 10 deterministic episodes
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
@@ -58,6 +59,12 @@ class Config:
 
 
 def default_cache_dir() -> Path:
+    """$OFFMARL_CACHE_DIR/worldmodels; else, when OFFMARL_DATA_DIR is set, <data dir>/cache/worldmodels
+    (a separate data dir, e.g. CI's, keeps its caches with it); else ~/.offmarl/cache/worldmodels."""
+    if os.environ.get("OFFMARL_CACHE_DIR"):
+        return Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "worldmodels"
+    if os.environ.get("OFFMARL_DATA_DIR"):
+        return Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "worldmodels"
     return Path.home() / ".offmarl" / "cache" / "worldmodels"
 
 
@@ -130,7 +137,8 @@ class Algorithm:
                     f"{min(p['best_holdout_mse']):.4f}, worst dimension {p['worst_dim']} "
                     f"({max(p['holdout_dim_mse']):.4f}){eta}")
 
-            self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report)
+            self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report,
+                                                          log=log)
         log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
         self.model.eval()
 

@@ -17,12 +17,14 @@ is applied by the dataset generator, not here.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from offmarl.errors import OffmarlError
+from offmarl.safeload import UnsafeFileError, torch_load_plain
 
 FORMAT = "offmarl-tanh-gaussian-actor-v1"
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3 sac/policies.py
@@ -31,7 +33,7 @@ POLICY_ROOT = Path(__file__).resolve().parent / "policies"
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-class ActorFormatError(ValueError):
+class ActorFormatError(OffmarlError):
     """The file is not an offmarl tanh-Gaussian actor payload (or is malformed)."""
 
 
@@ -117,12 +119,12 @@ def actor_from_payload(payload: dict, path: str | Path = "<payload>") -> TanhGau
 def load_actor(path: str | Path) -> TanhGaussianActor:
     """Load an exported actor file (``*.pt`` written by a ``datasets/recipes`` script)."""
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # not a torch file
-        raise ActorFormatError(f"{path}: cannot read as an offmarl actor file ({e})") from None
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: actor file not found")
+    try:  # plain data only: a policy file from elsewhere must not be able to run code
+        payload = torch_load_plain(path, "offmarl actor file")
+    except UnsafeFileError as e:
+        raise ActorFormatError(f"cannot read as an offmarl actor file: {e}") from None
     return actor_from_payload(payload, path)
 
 

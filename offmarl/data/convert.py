@@ -30,26 +30,27 @@ def read_any(src: str | os.PathLike, fmt: str, env: str | None = None, obs: str 
     if fmt == "offmarl":
         from offmarl.data.storage import load_dataset_file
 
-        ds = load_dataset_file(src)
-        if env is not None and env != ds.meta.env:
-            raise DatasetError(f"{src}: holds env {ds.meta.env!r}, not {env!r}; drop --env")
+        ds = load_dataset_file(src, env=env)
         return ds.with_obs(obs) if obs is not None and obs != ds.meta.obs_scheme else ds
     raise DatasetError(f"unknown source format {fmt!r}; choose one of: {', '.join(IMPORT_FORMATS)}")
 
 
 def convert(
     src: str | os.PathLike, fmt: str, env: str | None = "ant-4x2", obs: str | None = "fo",
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None, force: bool = False,
 ) -> MultiAgentDataset:
     """Import ``src`` (format ``fmt``) for ``env`` / observation scheme ``obs`` and, when ``out``
-    is given, save it as a native offmarl file there (atomically). Returns the dataset."""
-    ds = read_any(src, fmt, env, obs)
-    if out is not None:
-        from offmarl.data.storage import save_dataset
+    is given, save it as a native offmarl file there (atomically). An existing ``out`` is only
+    replaced with ``force``; ``out`` is checked before the (possibly long) import. Returns the dataset."""
+    from offmarl.data.storage import check_output_path, save_dataset
 
+    if out is not None:
         out = Path(out)
         if Path(src).is_file() and out.exists() and out.resolve() == Path(src).resolve():
             raise DatasetError(f"{out}: --out is the source file itself; pick another output path")
+        check_output_path(out, force)
+    ds = read_any(src, fmt, env, obs)
+    if out is not None:
         save_dataset(ds, out)
     return ds
 

@@ -215,6 +215,41 @@ class MultiAgentDataset:
         meta = dataclasses.replace(self.meta, obs_scheme=spec.obs_scheme, obs_dims=spec.obs_dims)
         return dataclasses.replace(self, observations=obs, next_observations=next_obs, meta=meta)
 
+    @classmethod
+    def for_acting(cls, meta: DatasetMeta) -> MultiAgentDataset:
+        """Two real transitions of ``meta``'s environment, carrying ``meta``: what building an
+        algorithm to ACT needs (shapes, layout, reference returns) when its training data is not
+        at hand (``offmarl evaluate`` of a run directory from elsewhere). Everything fitted to the
+        training data (weights, observation/state normalisers) comes from the checkpoint that
+        ``load_state_dict`` restores afterwards (tests/test_run_provenance.py checks that the
+        returns equal those of the algorithm built on the real dataset). Two rows, not one, so
+        that a normaliser fitted on them has a defined std. Never used to train."""
+        from offmarl.envs import make_env
+
+        env = make_env(meta.env, obs=meta.obs_scheme)
+        rows: dict[str, list] = {k: [] for k in ARRAY_KEYS + OPTIONAL_KEYS}
+        try:
+            spec = env.spec
+            obs, state, _ = env.reset(seed=0)
+            for t in range(2):
+                avail = np.asarray(env.avail_actions(), dtype=bool) if spec.discrete else None
+                actions = (avail.argmax(-1).astype(np.int64) if spec.discrete  # each agent's first available action
+                           else np.zeros((spec.n_agents, spec.max_action_dim), dtype=np.float32))
+                next_obs, next_state, reward, term, _, _ = env.step(actions)
+                end = bool(term) or t == 1
+                for k, v in zip(ARRAY_KEYS, (state, next_state, obs, next_obs, actions, reward, term, end and not term)):
+                    rows[k].append(v)
+                if spec.discrete:
+                    rows["avail_actions"].append(avail)
+                    rows["next_avail_actions"].append(np.asarray(env.avail_actions(), dtype=bool))
+                obs, state = (env.reset(seed=1)[:2] if end else (next_obs, next_state))
+        finally:
+            env.close()
+        dtypes = {"actions": np.int64 if meta.discrete else np.float32, "terminals": bool, "timeouts": bool,
+                  "avail_actions": bool, "next_avail_actions": bool}
+        arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) if v else None for k, v in rows.items()}
+        return cls(**arrays, meta=meta, origin=f"<two {meta.env} transitions for acting; the training data is not loaded>")
+
     def subset(self, n_transitions: int) -> "MultiAgentDataset":
         """The first whole episodes holding at most ``n_transitions`` (at least one episode)."""
         ends = np.flatnonzero(self.episode_ends)

@@ -96,6 +96,9 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
         path = native_path(rec.name)
         if path.exists():
             ds = load_dataset_file(path)
+            if len(ds) < rec.default_size:  # e.g. left by `datasets generate NAME --size 20000`
+                log(f"{rec.name}: using the local copy {path}: {len(ds):,} transitions, fewer than the recipe's "
+                    f"{rec.default_size:,}; for the full dataset run `offmarl datasets generate {rec.name} --force`")
         else:
             ds = _import_local(rec, log)
             if ds is None:
@@ -115,7 +118,7 @@ def _load_file(path: Path, env: str | None) -> MultiAgentDataset:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     try:
-        return load_dataset_file(path)
+        return load_dataset_file(path, env=env)
     except DatasetError as e:
         if "d4rl" in str(e).lower() and env:
             return read_d4rl(path, env=env)

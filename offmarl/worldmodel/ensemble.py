@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from offmarl.atomic import atomic_write_text
+from offmarl.atomic import atomic_torch_save, atomic_write_text
 from offmarl.errors import OffmarlError
 from offmarl.nn.functional import soft_clamp
 from offmarl.nn.layers import EnsembleMLP, Standardiser
+from offmarl.safeload import torch_load_plain
 from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.store import WorldModelError
 
@@ -284,7 +285,9 @@ class EnsembleWorldModel(nn.Module):
 
     def fit(self, data, device: str | torch.device | None = None, seed: int | None = None,
             generator: torch.Generator | None = None,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[dict[str, Any]], None] | None = None,
+            interrupted: Callable[[dict[str, Any]], None] | None = None,
+            resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """Fit every member with worldmodel/trainer.py; returns training statistics.
 
         data: a MultiAgentDataset, or a dict with states [T, S], actions [T, N, A] (or [T, N] int),
@@ -294,6 +297,7 @@ class EnsembleWorldModel(nn.Module):
               generator must live on ``device``
         progress: called after every holdout evaluation (see ``trainer.fit``: step, epoch, holdout_mse,
               best_holdout_mse, holdout_dim_mse, worst_dim, train_loss, seconds, eta_seconds)
+        interrupted / resume: Ctrl-C keeps the fit's state and a later fit continues it (``trainer.fit``)
         returns {holdout_mse: [E] (best snapshot), initial_holdout_mse: [E], elites: [Ee], steps, epochs,
                  seconds, n_train, n_holdout, stopped_early, train_loss}
         """
@@ -324,7 +328,8 @@ class EnsembleWorldModel(nn.Module):
 
         res = trainer.fit(self, len(x_raw), lambda idx: self._loss(xy["x"][idx], xy["y"][idx], done[idx]),
                           cfg.trainer_config(), generator, device, members=cfg.members, prepare=prepare,
-                          evaluate=lambda hold: self._holdout_mse(xy["x"][hold], xy["y"][hold]), progress=progress)
+                          evaluate=lambda hold: self._holdout_mse(xy["x"][hold], xy["y"][hold]), progress=progress,
+                          interrupted=interrupted, resume=resume)
         with torch.no_grad():
             hold = res["holdout_idx"]
             best = (self._holdout_mse(xy["x"][hold], xy["y"][hold])[0] if len(hold)
@@ -403,8 +408,8 @@ def cache_key(dataset_checksum: str, config: EnsembleConfig) -> str:
 
 
 def load_or_fit(dataset, config: EnsembleConfig, cache_dir: str | os.PathLike, device: str | torch.device = "cpu",
-                progress: Callable[[dict[str, Any]], None] | None = None
-                ) -> tuple[EnsembleWorldModel, dict[str, Any]]:
+                progress: Callable[[dict[str, Any]], None] | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[EnsembleWorldModel, dict[str, Any]]:
     """The cached model for (dataset, config) if there is one, else fit and cache it.
 
     Files: ``cache_dir/<cache_key>/model.pt`` and ``stats.json``.
@@ -416,17 +421,36 @@ def load_or_fit(dataset, config: EnsembleConfig, cache_dir: str | os.PathLike, d
     path = Path(cache_dir) / key / "model.pt"
     meta = {"dataset_checksum": checksum, "dataset": dataset.meta.name, "env": dataset.meta.env}
 
+    # a fit stopped by Ctrl-C leaves its state here; the next fit of the same (data, config) continues it
+    partial = path.with_name("interrupted-fit.pt")
+
     def fit() -> EnsembleWorldModel:
         with torch.random.fork_rng(devices=[]):  # repeatable initialisation without touching the global RNG
             torch.manual_seed(config.seed)
             model = EnsembleWorldModel.for_dataset(dataset, config)
         model.to(device)
-        model.fit(dataset, device=device, progress=progress)
+        resume = None
+        if partial.is_file():
+            try:
+                resume = torch_load_plain(partial, "interrupted world-model fit", map_location=device)
+            except OffmarlError:
+                resume = None  # unreadable: fit from the start (the file is replaced on the next Ctrl-C)
+        if resume is not None and log is not None:
+            log(f"world model: continuing the fit interrupted at step {resume['step']} ({partial})")
+
+        def interrupted(state: dict[str, Any]) -> None:
+            atomic_torch_save(state, partial)
+            if log is not None:
+                log(f"world model fit interrupted at step {state['step']}: kept in {partial}; "
+                    f"the same command continues it")
+
+        model.fit(dataset, device=device, progress=progress, resume=resume, interrupted=interrupted)
         return model
 
     def save(model: EnsembleWorldModel, p: Path) -> None:
         model.save(p, metadata=meta)
         atomic_write_text(p.with_name("stats.json"), json.dumps({**model.metadata["fit"], **meta}, indent=2))
+        partial.unlink(missing_ok=True)
 
     model, cached = store.load_or_fit(path, lambda p: load_world_model(p, device, dataset), fit, save)
     return model, {"cached": cached, "path": str(path), "key": key, **model.metadata.get("fit", {})}

@@ -23,6 +23,7 @@ from torch import nn
 
 from offmarl.atomic import atomic_torch_save
 from offmarl.errors import OffmarlError
+from offmarl.safeload import torch_load_plain
 
 M = TypeVar("M")
 
@@ -46,11 +47,10 @@ def read_module_file(path: str | os.PathLike, fmt: str, what: str, fix: str) -> 
     path = Path(path)
     if not path.is_file():
         raise WorldModelError(f"{what} {str(path)!r} does not exist; {fix}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — torch raises many types for unreadable files
-        raise WorldModelError(f"{what} {str(path)!r} cannot be read as a torch file ({exc}); was it written by "
-                              f"offmarl? {fix}") from None
+    try:  # plain data only (offmarl/safeload.py): a model file from elsewhere cannot run code
+        blob = torch_load_plain(path, what, fix=fix)
+    except OffmarlError as exc:
+        raise WorldModelError(str(exc)) from None
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise WorldModelError(f"{str(path)!r} is not an offmarl {what} (format {found!r}, expected {fmt!r}); {fix}")

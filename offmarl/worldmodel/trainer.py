@@ -23,6 +23,8 @@ fit is a pure function of (data, initial weights, seed).
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +88,9 @@ def fit(module: nn.Module, n_rows: int, batch_loss: Callable[[torch.Tensor], tor
         generator: torch.Generator, device: torch.device, members: int = 0,
         prepare: Callable[[torch.Tensor], None] | None = None,
         evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        interrupted: Callable[[dict[str, Any]], None] | None = None,
+        resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit ``module``'s parameters on ``n_rows`` rows that the callbacks index.
 
     members: E > 0 for an ensemble (every parameter has leading dim E, batches are [E, batch] and
@@ -97,6 +101,11 @@ def fit(module: nn.Module, n_rows: int, batch_loss: Callable[[torch.Tensor], tor
     progress: called after every evaluation with {step, epoch, holdout_mse [E], best_holdout_mse [E],
         holdout_dim_mse [D] (mean over members), worst_dim, train_loss, seconds, eta_seconds (time to
         the cap, an upper bound; None when uncapped)}
+    interrupted(state): with it, Ctrl-C (SIGINT) ends the fit at the end of the current step: the
+        callback gets everything needed to continue as plain data (weights, best snapshot, Adam,
+        generator, step), then KeyboardInterrupt propagates. ``resume=state`` continues exactly
+        there: the split, ``prepare`` and the bootstrap are redone from the same seed, so
+        ``generator`` must be seeded as it was for the interrupted fit
     returns {train_idx, holdout_idx, holdout_mse [E] or None (best snapshot, before restoring),
         initial_holdout_mse, steps, epochs, stopped_early, train_loss (at the last evaluation),
         losses [steps] (every step's loss), seconds, n_train, n_holdout}
@@ -132,42 +141,67 @@ def fit(module: nn.Module, n_rows: int, batch_loss: Callable[[torch.Tensor], tor
         best_state = {k: v.detach().clone() for k, v in module.named_parameters()}
     since_improved, step, stopped_early, train_loss = 0, 0, False, float("nan")
     losses: list[torch.Tensor] = []
-    while cap is None or step < cap:
-        pos = torch.randint(n_train, shape, generator=generator, device=device)
-        idx = pool[rows, pos] if rows is not None else pool[pos]
-        loss = batch_loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if members and cfg.grad_clip > 0:
-            clip_grads_per_member(params, cfg.grad_clip)
-        opt.step()
-        losses.append(loss.detach())
-        step += 1
-        if every and (step % every == 0 or step == cap):
-            train_loss = float(loss.detach())
-            mse, dim_mse = evaluate(hold_idx)
-            improved = (best_mse - mse) / best_mse.clamp_min(1e-12) > cfg.min_improvement
-            if bool(improved.any()):
-                since_improved = 0
-                with torch.no_grad():
-                    for k, p in module.named_parameters():
-                        if members:
-                            best_state[k][improved] = p.detach()[improved]
-                        else:
-                            best_state[k].copy_(p.detach())
-                best_mse = torch.where(improved, mse, best_mse)
-            else:
-                since_improved += 1
-            if progress is not None:
-                sec = time.perf_counter() - t0
-                dims = dim_mse.mean(0)
-                progress({"step": step, "epoch": step / epoch_len, "holdout_mse": mse.tolist(),
-                          "best_holdout_mse": best_mse.tolist(), "holdout_dim_mse": dims.tolist(),
-                          "worst_dim": int(dims.argmax()), "train_loss": train_loss, "seconds": sec,
-                          "eta_seconds": None if cap is None else sec / step * (cap - step)})
-            if cfg.patience and since_improved >= cfg.patience:
-                stopped_early = True
-                break
+    if resume is not None:
+        module.load_state_dict(resume["module"])
+        opt.load_state_dict(resume["opt"])
+        generator.set_state(resume["generator"])
+        step, since_improved, train_loss = resume["step"], resume["since_improved"], resume["train_loss"]
+        losses = [torch.as_tensor(x, device=device) for x in resume["losses"]]
+        if evaluating:
+            best_mse, initial_mse = resume["best_mse"].to(device), resume["initial_mse"]
+            best_state = {k: v.to(device) for k, v in resume["best_state"].items()}
+    resumed_at = step
+    # Ctrl-C is taken at a step boundary, where the state is consistent (the training loop does the same)
+    sigint = {"hit": False}
+    catch = interrupted is not None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: sigint.update(hit=True)) if catch else None
+    try:
+        while cap is None or step < cap:
+            pos = torch.randint(n_train, shape, generator=generator, device=device)
+            idx = pool[rows, pos] if rows is not None else pool[pos]
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if members and cfg.grad_clip > 0:
+                clip_grads_per_member(params, cfg.grad_clip)
+            opt.step()
+            losses.append(loss.detach())
+            step += 1
+            if every and (step % every == 0 or step == cap):
+                train_loss = float(loss.detach())
+                mse, dim_mse = evaluate(hold_idx)
+                improved = (best_mse - mse) / best_mse.clamp_min(1e-12) > cfg.min_improvement
+                if bool(improved.any()):
+                    since_improved = 0
+                    with torch.no_grad():
+                        for k, p in module.named_parameters():
+                            if members:
+                                best_state[k][improved] = p.detach()[improved]
+                            else:
+                                best_state[k].copy_(p.detach())
+                    best_mse = torch.where(improved, mse, best_mse)
+                else:
+                    since_improved += 1
+                if progress is not None:
+                    sec = time.perf_counter() - t0
+                    dims = dim_mse.mean(0)
+                    progress({"step": step, "epoch": step / epoch_len, "holdout_mse": mse.tolist(),
+                              "best_holdout_mse": best_mse.tolist(), "holdout_dim_mse": dims.tolist(),
+                              "worst_dim": int(dims.argmax()), "train_loss": train_loss, "seconds": sec,
+                              "eta_seconds": None if cap is None else sec / (step - resumed_at) * (cap - step)})
+                if cfg.patience and since_improved >= cfg.patience:
+                    stopped_early = True
+                    break
+            if sigint["hit"]:
+                interrupted({"module": module.state_dict(), "opt": opt.state_dict(),
+                             "generator": generator.get_state(), "step": step, "since_improved": since_improved,
+                             "train_loss": train_loss, "losses": [float(x) for x in losses],
+                             "best_mse": best_mse, "initial_mse": initial_mse,
+                             "best_state": best_state if evaluating else None})
+                raise KeyboardInterrupt
+    finally:
+        if catch:
+            signal.signal(signal.SIGINT, previous)
     if evaluating:
         with torch.no_grad():  # restore each member's best snapshot (MOPO / mbrl-lib)
             for k, p in module.named_parameters():

@@ -71,6 +71,10 @@ def read_d4rl(path: str | Path, env: str = "ant-4x2", obs: str = "fo") -> MultiA
         raw = {k: _read(f, k, where) for k in REQUIRED_KEYS}
         raw_next = _read(f, "next_observations", where) if "next_observations" in f else None
 
+    for k, v in [*raw.items(), ("next_observations", raw_next)]:
+        if v is not None and np.asarray(v).dtype.kind not in "fiub":  # e.g. rewards stored as strings
+            raise DatasetError(f"{where}: key '{k}' holds {np.asarray(v).dtype} values, not numbers; "
+                               f"D4RL stores float32 (bool for terminals/timeouts) — the file is not usable")
     t = len(raw["rewards"])
     for k, v in raw.items():
         if len(v) != t:

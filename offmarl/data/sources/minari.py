@@ -270,7 +270,7 @@ def export_minari(ds: MultiAgentDataset, dataset_id: str, root: str | os.PathLik
 
     try:
         parse_dataset_id(dataset_id)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: an id without "-vN" (minari parses the version as None)
         raise DatasetError(
             f"Minari id {dataset_id!r} is malformed; use NAMESPACE/ENV/NAME-v0, e.g. offmarl/ant-4x2/medium-v0"
         ) from None
