@@ -9,6 +9,8 @@ import typer
 import offmarl
 from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
+from offmarl.cli import report as report_cmd
+from offmarl.cli import sweep as sweep_cmd
 from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
 from offmarl.errors import OffmarlError
@@ -25,6 +27,8 @@ app.add_typer(envs_cmd.app, name="envs")
 app.add_typer(datasets_cmd.app, name="datasets")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(train_cmd.evaluate)
+app.command("report")(report_cmd.report)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def _version(value: bool):
