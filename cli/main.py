@@ -28,7 +28,7 @@ app.add_typer(datasets_cmd.app, name="datasets")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(train_cmd.evaluate)
 app.command("report")(report_cmd.report)
-app.command("sweep")(sweep_cmd.sweep)
+app.command("sweep", context_settings={"allow_extra_args": True})(sweep_cmd.sweep)  # --algo a b c
 
 
 def _version(value: bool):

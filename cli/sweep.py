@@ -1,6 +1,7 @@
 """`offmarl sweep`: algorithms x datasets x observation schemes x seeds on Ray, with a live table."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -24,6 +25,7 @@ def _table(states) -> Table:
 
 
 def sweep(
+    ctx: typer.Context,
     algo: list[str] = typer.Option(..., "--algo", help="Algorithms (repeat or space-separate: --algo iql ma-iql)."),
     dataset: list[str] = typer.Option(..., "--dataset", help="Dataset names or .hdf5 files."),
     obs: list[str] = typer.Option(None, "--obs", help="Observation schemes (default: each dataset's)."),
@@ -47,8 +49,16 @@ def sweep(
 
     Then: offmarl report sweeps/coord --out docs/results/coordination
     """
+    from offmarl.errors import OffmarlError
     from offmarl.sweep import SweepConfig, parse_seeds, run_sweep, summary
 
+    # `--algo a b c`: Click gives the option its first value and leaves b c as extra arguments, so
+    # the lists are read from the command line itself (the registration allows extra arguments).
+    lists = {flag: _values_after(sys.argv, flag) for flag in ("--algo", "--dataset", "--obs")}
+    stray = [a for a in ctx.args if not any(a in v for v in lists.values())]
+    if stray:
+        raise OffmarlError(f"offmarl sweep: unexpected argument(s) {' '.join(stray)}")
+    algo, dataset, obs = (lists[f] or v for f, v in (("--algo", algo), ("--dataset", dataset), ("--obs", obs)))
     cfg = SweepConfig(algos=_split(algo), datasets=_split(dataset), obs=_split(obs) or None, seeds=parse_seeds(seeds),
                       out=out, overrides=list(set_ or []), config=config, address=address,
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, device=device)
@@ -61,6 +71,20 @@ def sweep(
     console.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; report: offmarl report {out} --out REPORT_DIR")
     if counts.get("failed"):
         raise typer.Exit(1)
+
+
+def _values_after(argv: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` on the command line: ``--algo a b --algo c`` -> [a, b, c]."""
+    out, take = [], False
+    for tok in argv[1:]:
+        if tok.startswith("-"):
+            take = tok == flag
+            if tok.startswith(flag + "="):
+                out.append(tok.split("=", 1)[1])
+            continue
+        if take:
+            out.append(tok)
+    return out
 
 
 def _split(values: list[str] | None) -> list[str]:
