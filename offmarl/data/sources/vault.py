@@ -51,10 +51,8 @@ from typing import Any
 import numpy as np
 
 from offmarl.data.dataset import ARRAY_KEYS, OPTIONAL_KEYS, DatasetError, DatasetMeta, MultiAgentDataset
+from offmarl.data.sources.minari import FORMAT_NAME, FORMAT_VERSION, META_KEY, export_meta
 
-FORMAT_NAME = "offmarl-dataset"
-FORMAT_VERSION = 1
-META_KEY = "offmarl"
 REQUIRED_LEAVES = ("observations", "actions", "rewards", "terminals", "truncations")
 
 # OG-MARL's hub (og_marl/vault_utils/download_vault.py): <HUB>/<family>/<scenario>.zip unpacks to <scenario>.vlt/
@@ -310,13 +308,9 @@ def _read_foreign(exp: dict, infos: dict, where: str, env_name: str, obs: str | 
 
 
 def _read_offmarl_export(exp: dict, infos: dict, block: dict, where: str) -> MultiAgentDataset:
-    if block.get("format") != FORMAT_NAME or int(block.get("format_version", 0)) > FORMAT_VERSION:
-        raise DatasetError(f"{where}: metadata '{META_KEY}' block is not an offmarl export this version reads")
-    try:
-        meta = DatasetMeta.from_dict(block["meta"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"{where}: metadata key '{META_KEY}.meta' is not valid dataset metadata ({e})") from None
-    dtypes: dict[str, str] = block.get("dtypes", {})
+    if block.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{where}: metadata '{META_KEY}' block is not an offmarl export (format {block.get('format')!r})")
+    meta, dtypes = export_meta(block, where)
     if exp["observations"].shape[0] != 1:
         raise DatasetError(f"{where}: an offmarl export has one stream (B = 1), found {exp['observations'].shape[0]}")
     if exp["observations"].shape[2] != meta.n_agents:
