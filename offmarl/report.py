@@ -400,10 +400,13 @@ def plot_profile(cells: list[Cell], out: Path) -> list[Path]:
     profiles, cis = {}, {}
     for algo, sc in score_dict.items():
         profiles[algo], cis[algo] = performance_profile(sc, taus)
+    from matplotlib.lines import Line2D
+
+    colors = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(profiles)}
     fig, ax = plt.subplots(figsize=(7, 4))
-    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax, colors=colors,
                                          xlabel=r"normalised score ($\tau$)", ylabel=r"fraction of runs with score > $\tau$")
-    ax.legend(list(profiles), fontsize=8, loc="lower left")
+    ax.legend([Line2D([0], [0], color=c) for c in colors.values()], list(colors), fontsize=8, loc="lower left")
     fig.tight_layout()
     path = out / "profile.png"
     fig.savefig(path, dpi=100)
