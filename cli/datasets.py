@@ -111,8 +111,10 @@ def generate(
 def convert(
     src: str = typer.Argument(..., help="D4RL hdf5 file, a Minari dataset id / folder, or a vault X.vlt[/UID]."),
     fmt: str = typer.Option(..., "--from", help="d4rl | minari | vault"),
-    env: str = typer.Option("ant-4x2", "--env", help="Multi-agent environment to decompose into (e.g. ant-4x2)."),
-    obs: str = typer.Option("fo", "--obs", help="Observation scheme: fo | po | local | ..."),
+    env: str = typer.Option(None, "--env", help="Multi-agent environment to decompose into (default ant-4x2; "
+                            "offmarl exports know their own)."),
+    obs: str = typer.Option(None, "--obs", help="Observation scheme: fo | po | local | ... (default: fo, or the "
+                            "scheme an offmarl export was written with)."),
     out: Path = typer.Option(..., "--out", help="Output native .hdf5 file."),
 ):
     """Import a single-agent D4RL or Minari dataset and split it among the agents of a MaMuJoCo
