@@ -109,7 +109,8 @@ def generate(
 
 @app.command("convert")
 def convert(
-    src: str = typer.Argument(..., help="D4RL hdf5 file, a Minari dataset id / folder, or a vault X.vlt[/UID]."),
+    src: str = typer.Argument(..., help="D4RL hdf5 file, a Minari dataset id / folder, a vault X.vlt[/UID] or "
+                     "og-marl:<family>/<scenario>/<uid> (downloaded)."),
     fmt: str = typer.Option(..., "--from", help="d4rl | minari | vault"),
     env: str = typer.Option(None, "--env", help="Multi-agent environment to decompose into (default ant-4x2; "
                             "offmarl exports know their own)."),
@@ -126,6 +127,8 @@ def convert(
     Example: offmarl datasets convert mujoco/ant/medium-v0 --from minari --env ant-4x2 --obs fo --out ant.hdf5
 
     Example: offmarl datasets convert 4ant.vlt/Good --from vault --env ant-4x2 --obs local --out ant-good.hdf5
+
+    Example: offmarl datasets convert og-marl:gymnasium_mamujoco/4ant/Good --from vault --env ant-4x2 --out a.hdf5
     """
     from offmarl.data.convert import convert as do_convert
     from offmarl.errors import OffmarlError

@@ -252,3 +252,6 @@ def test_download_fails_fast_offline(tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 1.0
     assert "HF_HUB_OFFLINE" in msg and "huggingface.co/datasets/InstaDeepAI/og-marl" in msg and str(tmp_path) in msg
     assert "is unknown" in _one_line(lambda: download_vault("gymnasium_mamujoco", "5ant", root=tmp_path))
+    monkeypatch.setenv("OFFMARL_VAULT_DIR", str(tmp_path))
+    msg = _one_line(lambda: read_vault("og-marl:gymnasium_mamujoco/4ant/Good"))
+    assert "og-marl:gymnasium_mamujoco/4ant" in msg and "not downloaded" in msg

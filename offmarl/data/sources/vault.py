@@ -154,12 +154,16 @@ def _to_numpy(tree):
 
 # ---------------------------------------------------------------------------- import
 def read_vault(path: str | os.PathLike, env: str | None = None, obs: str | None = None) -> MultiAgentDataset:
-    """A flashbax vault (``X.vlt`` or ``X.vlt/UID``) -> MultiAgentDataset.
+    """A flashbax vault (``X.vlt``, ``X.vlt/UID``, or ``og-marl:<family>/<scenario>/<uid>`` downloaded
+    from OG-MARL's hub, e.g. og-marl:gymnasium_mamujoco/4ant/Good) -> MultiAgentDataset.
 
     Vaults written by offmarl come back exactly (``env`` must be None or the stored env; another
     ``obs`` re-derives observations). Other vaults (OG-MARL's) need ``env`` (default ant-4x2) and
     are read by the rules in the module docstring.
     """
+    if str(path).startswith("og-marl:"):  # og-marl:<family>/<scenario>[/<uid>], fetched from OG-MARL's hub
+        family, scenario, *uid_part = str(path)[len("og-marl:"):].split("/")
+        path = download_vault(family, scenario) / "/".join(uid_part)
     vlt, uid = resolve_vault(path)
     where = str(vlt / uid)
     exp, meta = _read_experience(vlt, uid)
