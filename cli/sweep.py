@@ -1,6 +1,7 @@
 """`offmarl sweep`: algorithms x datasets x observation schemes x seeds on Ray, with a live table."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def sweep(
     cfg = SweepConfig(algos=_split(algo), datasets=_split(dataset), obs=_split(obs) or None, seeds=parse_seeds(seeds),
                       out=out, overrides=list(set_ or []), config=config, address=address,
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, device=device)
+    # Ctrl-C, and SIGTERM from a scheduler or `kill`, stop the sweep: running trainings checkpoint
+    # and the next run resumes them (a shell's background jobs start with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     with Live(_table([]), console=console, refresh_per_second=1, transient=False) as live:
         states = run_sweep(cfg, on_update=lambda sts: live.update(_table(sts)))
     for st in states:
@@ -71,6 +76,10 @@ def sweep(
     console.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; report: offmarl report {out} --out REPORT_DIR")
     if counts.get("failed"):
         raise typer.Exit(1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _values_after(argv: list[str], flag: str) -> list[str]:
