@@ -270,6 +270,16 @@ def run_sweep(cfg: SweepConfig, on_update: Callable[[list[TrialState]], None] | 
     """Run every trial not done yet on Ray; returns the final state of every trial."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    guard = FileLock(out / "sweep.lock")  # released by the kernel when this process ends, however it ends
+    if not guard.acquire(blocking=False):
+        raise SweepError(f"{out}: another `offmarl sweep` is running on this folder; wait for it or use another --out")
+    try:
+        return _run_sweep(cfg, out, on_update, poll_s)
+    finally:
+        guard.release()
+
+
+def _run_sweep(cfg: SweepConfig, out: Path, on_update, poll_s: float) -> list[TrialState]:
     trials = plan(cfg.algos, cfg.datasets, cfg.obs, cfg.seeds)
     states = [inspect_trial(t, out) for t in trials]
     (out / "sweep.json").write_text(json.dumps({

@@ -68,6 +68,13 @@ def test_sweep_skip_resume_and_failure(ray_local, tmp_path, monkeypatch):
     assert bad.status == "failed" and "po" in bad.error and "Traceback" not in bad.error
     assert any("running" in u or "pending" in u for u in updates)
 
+    # a second sweep on the same folder while one runs is refused
+    guard = FileLock(out / "sweep.lock")
+    guard.acquire()
+    with pytest.raises(SweepError, match="another `offmarl sweep` is running"):
+        run_sweep(cfg)
+    guard.release()
+
     # again: the finished trials are skipped (nothing re-trained), the failed ones are tried again
     mtimes = {n: (states[n].run_dir / "eval.json").stat().st_mtime for n in ok}
     again = {st.trial.name: st for st in run_sweep(cfg)}
