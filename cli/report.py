@@ -24,7 +24,7 @@ def report(
     from offmarl.report import command_line, write_report
 
     res = write_report([str(d) for d in dirs], out, refs_file=references, plots=plots, command=command_line())
-    console.print((out / "results.md").read_text())
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
     msg = f"{res['runs']} runs in {res['cells']} cells -> {', '.join(str(p) for p in res['files'])}"
     if res["unfinished"]:
         msg += f"; {len(res['unfinished'])} unfinished runs left out"
