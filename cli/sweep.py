@@ -51,6 +51,7 @@ def sweep(
     Then: offmarl report sweeps/coord --out docs/results/coordination
     """
     from offmarl.errors import OffmarlError
+    from offmarl.report import command_line
     from offmarl.sweep import SweepConfig, parse_seeds, run_sweep, summary
 
     # `--algo a b c`: Click gives the option its first value and leaves b c as extra arguments, so
@@ -62,7 +63,8 @@ def sweep(
     algo, dataset, obs = (lists[f] or v for f, v in (("--algo", algo), ("--dataset", dataset), ("--obs", obs)))
     cfg = SweepConfig(algos=_split(algo), datasets=_split(dataset), obs=_split(obs) or None, seeds=parse_seeds(seeds),
                       out=out, overrides=list(set_ or []), config=config, address=address,
-                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, device=device)
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, device=device,
+                      command=command_line())
     # Ctrl-C, and SIGTERM from a scheduler or `kill`, stop the sweep: running trainings checkpoint
     # and the next run resumes them (a shell's background jobs start with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)

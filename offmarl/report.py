@@ -280,14 +280,16 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
     if plots:
         written += plot_curves(cells, out) + plot_profile(cells, out)
     cmd = command or "offmarl report " + " ".join(shlex.quote(str(p)) for p in paths) + f" --out {shlex.quote(str(out))}"
-    (out / "results.md").write_text(_markdown(rows, agg, refs, unfinished, cmd, [p.name for p in written[3:]]))
+    sweeps = [json.loads(f.read_text()).get("command") for p in map(Path, paths) for f in [p / "sweep.json"]
+              if f.is_file()]
+    (out / "results.md").write_text(_markdown(rows, agg, refs, unfinished, cmd, [p.name for p in written[3:]],
+                                              [c for c in sweeps if c]))
     return {"runs": len(runs), "unfinished": [str(p) for p in unfinished], "cells": len(cells), "files": written}
 
 
-def _markdown(rows, agg, refs, unfinished, cmd, pngs) -> str:
+def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds) -> str:
     used = {r["paper_source"] for r in rows if r["paper_source"]}
-    lines = [
-        "# Results", "",
+    lines = ["# Results", ""] + [f"Runs trained by `{c}`." for c in sweep_cmds] + [
         f"Produced by `{cmd}`.", "",
         ("Score: the final policy's normalised return (eval.json), no checkpoint selection on evaluation returns. "
          "IQM = interquartile mean over seeds with its 95% stratified-bootstrap CI (rliable, "

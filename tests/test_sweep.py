@@ -105,6 +105,8 @@ def test_sweep_skip_resume_and_failure(ray_local, tmp_path, monkeypatch):
                            *[a for s in TINY for a in ("--set", s)]], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1 skipped" in proc.stdout
+    write_report([out], tmp_path / "report2", plots=False)
+    assert "Runs trained by `offmarl sweep --algo iql" in (tmp_path / "report2" / "results.md").read_text()
 
 
 def test_world_model_lock_serialises_first_fit(tmp_path):
