@@ -87,8 +87,10 @@ class Trial:
 
 
 def plan(algos: list[str], datasets: list[str], obs: list[str] | None, seeds: list[int]) -> list[Trial]:
-    """Every combination, seeds innermost so that the first seed of every cell starts first."""
-    return [Trial(a, d, o, s) for d in datasets for o in (obs or [None]) for a in algos for s in seeds]
+    """Every combination, seeds OUTERMOST: seed 0 of every cell runs first, so a sweep stopped early
+    still has every cell of the table (with fewer seeds), and the first MOMA-PPO trial of each
+    dataset fits the shared world model before the other seeds need it."""
+    return [Trial(a, d, o, s) for s in seeds for d in datasets for o in (obs or [None]) for a in algos]
 
 
 @dataclass

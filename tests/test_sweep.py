@@ -43,7 +43,8 @@ def test_parse_seeds_and_plan():
     with pytest.raises(SweepError, match="--seeds 'a'"):
         parse_seeds("a")
     trials = plan(["iql", "ma-iql"], ["coordination-neutral"], ["fo"], [0, 1])
-    assert [t.name for t in trials][:2] == ["iql__coordination-neutral__fo__s0", "iql__coordination-neutral__fo__s1"]
+    assert [t.name for t in trials] == ["iql__coordination-neutral__fo__s0", "ma-iql__coordination-neutral__fo__s0",
+                                        "iql__coordination-neutral__fo__s1", "ma-iql__coordination-neutral__fo__s1"]
     assert world_model_key(Trial("iql", "d", "fo", 0), [], None) is None
     k0 = world_model_key(Trial("moma-ppo", "d", "fo", 0), ["ppo.lr=1"], None)
     assert k0 == world_model_key(Trial("moma-ppo", "d", "po", 3), ["ppo.lr=2"], None)  # seed/obs/ppo: same model
