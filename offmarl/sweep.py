@@ -18,10 +18,11 @@ but no eval.json continues with ``offmarl train --resume``; one without a checkp
 (its half-made run directory is removed). A failed trial is reported with the end of its stderr
 and does not stop the others.
 
-World-model cache: MOMA-PPO trials on the same dataset and world-model settings share one cached
-model (offmarl/worldmodel; the key ignores the seed and the observation scheme). To keep two
-trials from fitting and writing the same model at once, the sweep takes a file lock per
-(dataset, world-model settings) (offmarl/filelock.py, ``S/locks/``): the first such trial holds it
+World-model cache: MOMA-PPO trials on the same dataset, seed and world-model settings share one
+cached model (offmarl/worldmodel; the model's seed follows the run's, and the key ignores the
+observation scheme, so e.g. the fo and po trials of a seed share it). To keep two trials from
+fitting and writing the same model at once, the sweep takes a file lock per (dataset, seed,
+world-model settings) (offmarl/filelock.py, ``S/locks/``): the first such trial holds it
 until its log says the world model is ready ("fitted/loaded world model"), then leaves a marker;
 the others wait for the lock, see the marker and load the cached model. On a cluster
 (``--address``) the lock works when S is on a filesystem all nodes share.
@@ -161,9 +162,11 @@ def world_model_key(trial: Trial, overrides: list[str], config: str | None) -> s
     """Trials with the same key would fit the same cached world model (None: no world model)."""
     if trial.algo not in WORLD_MODEL_ALGOS:
         return None
+    # MOMA-PPO seeds its world model with world_model.seed + the run's seed: the seed is part of the
+    # model's identity, the observation scheme is not (the model predicts states)
     wm = sorted(o for o in overrides if o.startswith("world_model."))
-    raw = json.dumps([trial.dataset, wm, config])
-    return f"{Path(trial.dataset).stem}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+    raw = json.dumps([trial.dataset, trial.seed, wm, config])
+    return f"{Path(trial.dataset).stem}-s{trial.seed}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
 def train_command(st: TrialState, overrides: list[str], config: str | None, device: str) -> list[str]:

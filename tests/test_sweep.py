@@ -47,7 +47,8 @@ def test_parse_seeds_and_plan():
                                         "iql__coordination-neutral__fo__s1", "ma-iql__coordination-neutral__fo__s1"]
     assert world_model_key(Trial("iql", "d", "fo", 0), [], None) is None
     k0 = world_model_key(Trial("moma-ppo", "d", "fo", 0), ["ppo.lr=1"], None)
-    assert k0 == world_model_key(Trial("moma-ppo", "d", "po", 3), ["ppo.lr=2"], None)  # seed/obs/ppo: same model
+    assert k0 == world_model_key(Trial("moma-ppo", "d", "po", 0), ["ppo.lr=2"], None)  # obs/ppo: same model
+    assert k0 != world_model_key(Trial("moma-ppo", "d", "fo", 1), ["ppo.lr=1"], None)  # the model's seed follows
     assert k0 != world_model_key(Trial("moma-ppo", "d", "fo", 0), ["world_model.members=3"], None)
 
 
