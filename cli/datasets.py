@@ -8,7 +8,8 @@ import typer
 from offmarl.cli.common import console
 from rich.table import Table
 
-app = typer.Typer(help="Named datasets: list, inspect, generate, convert from D4RL/Minari, export to Minari.\n\n"
+app = typer.Typer(help="Named datasets: list, inspect, generate, convert from D4RL/Minari/OG-MARL vaults, export to "
+                  "Minari/vaults.\n\n"
                   "Example: offmarl datasets generate reacher-expert-mix --size 20000", no_args_is_help=True)
 
 
@@ -117,25 +118,33 @@ def generate(
 
 @app.command("convert")
 def convert(
-    src: str = typer.Argument(..., help="D4RL hdf5 file, or a Minari dataset id / folder."),
-    fmt: str = typer.Option(..., "--from", help="d4rl | minari"),
-    env: str = typer.Option("ant-4x2", "--env", help="Multi-agent environment to decompose into (e.g. ant-4x2)."),
-    obs: str = typer.Option("fo", "--obs", help="Observation scheme: fo | po | local | ..."),
+    src: str = typer.Argument(..., help="D4RL hdf5 file, a Minari dataset id / folder, a vault X.vlt[/UID] or "
+                     "og-marl:<family>/<scenario>/<uid> (downloaded)."),
+    fmt: str = typer.Option(..., "--from", help="d4rl | minari | vault"),
+    env: str = typer.Option(None, "--env", help="Multi-agent environment to decompose into (default ant-4x2; "
+                            "offmarl exports know their own)."),
+    obs: str = typer.Option(None, "--obs", help="Observation scheme: fo | po | local | ... (default: fo, or the "
+                            "scheme an offmarl export was written with)."),
     out: Path = typer.Option(..., "--out", help="Output native .hdf5 file."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ):
     """Import a single-agent D4RL or Minari dataset and split it among the agents of a MaMuJoCo
-    scenario (actions by MaMuJoCo's partition, observations by the scheme).
+    scenario (actions by MaMuJoCo's partition, observations by the scheme), or an OG-MARL
+    (flashbax) vault for a MaMuJoCo or SMAC env (docs/experiments.md).
 
     Example: offmarl datasets convert ant_medium-v2.hdf5 --from d4rl --env ant-4x2 --obs po --out ant-po.hdf5
 
     Example: offmarl datasets convert mujoco/ant/medium-v0 --from minari --env ant-4x2 --obs fo --out ant.hdf5
+
+    Example: offmarl datasets convert 4ant.vlt/Good --from vault --env ant-4x2 --obs local --out ant-good.hdf5
+
+    Example: offmarl datasets convert og-marl:gymnasium_mamujoco/4ant/Good --from vault --env ant-4x2 --out a.hdf5
     """
     from offmarl.data.convert import convert as do_convert
     from offmarl.errors import OffmarlError
 
-    if fmt not in ("d4rl", "minari"):
-        raise OffmarlError(f"--from must be d4rl or minari, got {fmt!r}")
+    if fmt not in ("d4rl", "minari", "vault"):
+        raise OffmarlError(f"--from must be d4rl, minari or vault, got {fmt!r}")
     t0 = time.perf_counter()
     result = do_convert(src, fmt, env, obs, out, force=force)
     ds = result if hasattr(result, "meta") else None
@@ -148,21 +157,26 @@ def convert(
 @app.command("export")
 def export(
     name: str = typer.Argument(..., help="Dataset name or native .hdf5 file."),
-    to: str = typer.Option("minari", "--to", help="Target format (minari)."),
-    dataset_id: str = typer.Option(..., "--id", help="Minari id NAMESPACE/ENV/NAME-vN, e.g. offmarl/ant/medium-v0."),
+    to: str = typer.Option("minari", "--to", help="Target format: minari | vault."),
+    dataset_id: str = typer.Option(None, "--id", help="Minari id NAMESPACE/ENV/NAME-vN (e.g. offmarl/ant/medium-v0); "
+                                   "vault: the uid (default: the dataset's name)."),
     root: Path = typer.Option(None, "--root", help="Minari datasets root (default $MINARI_DATASETS_PATH or ~/.minari/datasets)."),
+    out: Path = typer.Option(None, "--out", help="vault: the vault folder X.vlt (OG-MARL's layout)."),
 ):
     """Export a dataset to Minari (a dict observation per agent plus `state`), loadable with
-    `minari.load_dataset(ID)` and importable back losslessly.
+    `minari.load_dataset(ID)`, or to an OG-MARL flashbax vault; both import back losslessly.
 
     Example: offmarl datasets export ant-medium --to minari --id offmarl/ant/medium-v0
+
+    Example: offmarl datasets export ant-medium --to vault --out vaults/4ant.vlt --id medium
     """
     from offmarl.data import registry
     from offmarl.data.convert import export as do_export
     from offmarl.errors import OffmarlError
 
-    if to != "minari":
-        raise OffmarlError(f"--to must be minari, got {to!r}")
+    if to not in ("minari", "vault"):
+        raise OffmarlError(f"--to must be minari or vault, got {to!r}")
     ds = registry.load(name, generate=False, log=console.print)
-    path = do_export(ds, to, dataset_id, root=str(root) if root else None)
-    console.print(f"exported {len(ds):,} transitions to Minari dataset {dataset_id} at {path}")
+    path = do_export(ds, to, dataset_id, root=str(root) if root else None, out=out)
+    what = f"Minari dataset {dataset_id}" if to == "minari" else "vault"
+    console.print(f"exported {len(ds):,} transitions (checksum {ds.checksum()}) to {what} at {path}")

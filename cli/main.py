@@ -25,6 +25,8 @@ except ImportError:  # pragma: no cover
 
 from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
+from offmarl.cli import report as report_cmd
+from offmarl.cli import sweep as sweep_cmd
 from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
 
@@ -44,6 +46,8 @@ app.add_typer(envs_cmd.app, name="envs")
 app.add_typer(datasets_cmd.app, name="datasets")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(train_cmd.evaluate)
+app.command("report")(report_cmd.report)
+app.command("sweep", context_settings={"allow_extra_args": True})(sweep_cmd.sweep)  # --algo a b c
 
 
 def _version(value: bool):

@@ -198,7 +198,9 @@ def _read_single_agent(mds, raw_meta: dict, where: str, env: str, obs: str) -> M
     )
 
 
-def _read_offmarl_export(mds, block: dict, where: str) -> MultiAgentDataset:
+def export_meta(block: dict, where: str) -> tuple[DatasetMeta, dict[str, str]]:
+    """The ``offmarl`` metadata block of an export (Minari here, vaults in vault.py) -> (DatasetMeta,
+    the arrays' dtypes)."""
     version = int(block.get("format_version", 0))
     if version > FORMAT_VERSION:
         raise DatasetError(f"{where}: offmarl export format_version {version} is newer than this offmarl "
@@ -207,7 +209,11 @@ def _read_offmarl_export(mds, block: dict, where: str) -> MultiAgentDataset:
         meta = DatasetMeta.from_dict(block["meta"])
     except (KeyError, TypeError, ValueError) as e:
         raise DatasetError(f"{where}: metadata key '{META_KEY}.meta' is not valid dataset metadata ({e})") from None
-    dtypes: dict[str, str] = block.get("dtypes", {})
+    return meta, block.get("dtypes", {})
+
+
+def _read_offmarl_export(mds, block: dict, where: str) -> MultiAgentDataset:
+    meta, dtypes = export_meta(block, where)
     n, o_max, a_max = meta.n_agents, max(meta.obs_dims), max(meta.action_dims)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAY_KEYS + OPTIONAL_KEYS}
     has_avail = "avail_actions" in dtypes
