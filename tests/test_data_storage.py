@@ -109,10 +109,10 @@ def test_error_corrupt_array_bytes(ant_dataset, tmp_path):
     assert "'states'" in msg and "NaN" in msg
 
 
-def test_bit_rot_that_stays_finite_is_caught_by_the_stored_checksum(ant_ds, tmp_path):
+def test_bit_rot_that_stays_finite_is_caught_by_the_stored_checksum(ant_dataset, tmp_path):
     """Issue 14, defect 7: one flipped bit inside the actions (a valid, finite number) was loaded
     silently; the crc32 stored with each array catches it."""
-    p = save_dataset(ant_ds, tmp_path / "rot.h5")
+    p = save_dataset(ant_dataset, tmp_path / "rot.h5")
     with h5py.File(p) as f:
         off = f["actions"].id.get_offset()
     raw = bytearray(p.read_bytes())
