@@ -119,8 +119,10 @@ def test_datasets_convert(tmp_path, ant_eps, write_d4rl):
     assert "obs dims 15/4/4/4" in out
     with h5py.File(dest) as f:
         assert f["actions"].shape[1:] == (4, 2)
-    user_error("datasets", "convert", src, "--from", "rlds", "--out", dest, match="--from must be d4rl, minari or vault")
-    user_error("datasets", "convert", tmp_path / "absent.hdf5", "--from", "d4rl", "--out", dest, match="absent.hdf5")
+    fresh = tmp_path / "other.hdf5"  # an existing --out is refused first (without --force)
+    user_error("datasets", "convert", src, "--from", "d4rl", "--out", dest, match="pass --force")
+    user_error("datasets", "convert", src, "--from", "rlds", "--out", fresh, match="--from must be d4rl, minari or vault")
+    user_error("datasets", "convert", tmp_path / "absent.hdf5", "--from", "d4rl", "--out", fresh, match="absent.hdf5")
     usage_error("datasets", "convert", src, "--from", "d4rl", names="--out")  # required
 
 
