@@ -29,7 +29,8 @@ section's budget is spent is recorded as {"skipped": "section budget spent"}):
     baselines   updates/s of every offline baseline (ICQL and OMAR included) on the ant data, default
                 configs (``Algorithm(dataset, cfg, device, seed)``)
     online      the online SMAX loop (offmarl/algos/online.py): env steps/s of its collector and model
-                (+ R_m) updates/s, through ``Algorithm.update`` without imagination rounds. Skipped with {"skipped": "online loop not available"} when ``offmarl.algos``
+                (+ R_m) updates/s, through ``Algorithm.update`` without imagination rounds. Skipped with
+                {"skipped": "online loop not available"} when ``offmarl.algos``
                 has no online algorithm: the import is attempted once, at the top of this file.
 
 Every record carries the torch and CUDA versions, the device name, the mode, the section's peak GPU

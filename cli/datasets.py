@@ -5,8 +5,9 @@ import time
 from pathlib import Path
 
 import typer
-from offmarl.cli.common import console
 from rich.table import Table
+
+from offmarl.cli.common import console
 
 app = typer.Typer(help="Named datasets: list, inspect, generate, convert from D4RL/Minari/OG-MARL vaults, export to "
                   "Minari/vaults.\n\n"
@@ -160,7 +161,8 @@ def export(
     to: str = typer.Option("minari", "--to", help="Target format: minari | vault."),
     dataset_id: str = typer.Option(None, "--id", help="Minari id NAMESPACE/ENV/NAME-vN (e.g. offmarl/ant/medium-v0); "
                                    "vault: the uid (default: the dataset's name)."),
-    root: Path = typer.Option(None, "--root", help="Minari datasets root (default $MINARI_DATASETS_PATH or ~/.minari/datasets)."),
+    root: Path = typer.Option(None, "--root", help="Minari datasets root (default $MINARI_DATASETS_PATH or "
+                                                   "~/.minari/datasets)."),
     out: Path = typer.Option(None, "--out", help="vault: the vault folder X.vlt (OG-MARL's layout)."),
 ):
     """Export a dataset to Minari (a dict observation per agent plus `state`), loadable with

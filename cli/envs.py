@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 
 import typer
-from offmarl.cli.common import console, err_console
 from rich.table import Table
+
+from offmarl.cli.common import console, err_console
 
 app = typer.Typer(help="List, inspect and smoke-test environments.\n\nExample: offmarl envs info ant-4x2 --obs po",
                   no_args_is_help=True)
@@ -88,7 +89,8 @@ def info(
     _say_if_slow(name)
     env = make_env(name, obs=obs)
     spec = env.spec
-    console.print(f"[bold]{spec.name}[/]  scheme [cyan]{spec.obs_scheme}[/]  (available: {', '.join(spec.obs_schemes)})")
+    schemes = ", ".join(spec.obs_schemes)
+    console.print(f"[bold]{spec.name}[/]  scheme [cyan]{spec.obs_scheme}[/]  (available: {schemes})")
     console.print(f"agents {spec.n_agents}   state dim {spec.state_dim}   episode limit {spec.episode_limit}   "
                   f"{'discrete' if spec.discrete else 'continuous'} actions   backend {spec.backend}")
     table = Table()

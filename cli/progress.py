@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from offmarl.cli.common import console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from offmarl.cli.common import console
 
 
 def make_progress():

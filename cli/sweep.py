@@ -46,7 +46,8 @@ def sweep(
     Ray. Re-running the same command skips finished trials and resumes interrupted ones; a
     failed trial is reported and does not stop the others.
 
-    Example: offmarl sweep --algo moma-ppo iql ma-iql ibc --dataset coordination-neutral coordination-unfavorable --seeds 0-4 --out sweeps/coord
+    Example: offmarl sweep --algo moma-ppo iql ma-iql ibc --dataset coordination-neutral
+    coordination-unfavorable --seeds 0-4 --out sweeps/coord
 
     Then: offmarl report sweeps/coord --out docs/results/coordination
     """
@@ -75,7 +76,8 @@ def sweep(
         if st.status == "failed":
             console.print(f"[red]failed[/] {st.trial.name}:\n{st.error}")
     counts = summary(states)
-    console.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; report: offmarl report {out} --out REPORT_DIR")
+    console.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; report: offmarl report {out} "
+                                                                             "--out REPORT_DIR")
     if counts.get("failed"):
         raise typer.Exit(1)
 

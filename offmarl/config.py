@@ -103,7 +103,8 @@ def _coerce(value, typ, where: str):
         if not isinstance(value, (list, tuple)):
             what = f"a list of {inner.__name__}" if isinstance(inner, type) else "a list"
             raise ConfigError(f"config key {where}: expected {what} (e.g. [256, 256]), got {value!r}")
-        seq = [(_coerce(v, inner, f"{where}[{i}]") if inner not in (None, Ellipsis) else v) for i, v in enumerate(value)]
+        seq = [(_coerce(v, inner, f"{where}[{i}]") if inner not in (None, Ellipsis) else v)
+               for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
     if typ in (int, float, str, bool) and not isinstance(value, typ):
         raise ConfigError(f"config key {where}: expected {typ.__name__}, got {value!r}")

@@ -77,7 +77,8 @@ def read_run(path: Path) -> Run | None:
         cfg = yaml.safe_load(cfg_file.read_text())
         res = json.loads(eval_file.read_text())
     except (OSError, ValueError, yaml.YAMLError) as e:
-        raise ReportError(f"{path}: config.yaml or eval.json cannot be read ({e}); is the run directory damaged?") from None
+        raise ReportError(f"{path}: config.yaml or eval.json cannot be read ({e}); is the run directory "
+                          "damaged?") from None
     missing = [k for k in ("algo", "dataset", "obs", "seed") if k not in (cfg or {})]
     if missing or "return_mean" not in res:
         what = f"config.yaml lacks {', '.join(missing)}" if missing else "eval.json lacks 'return_mean'"
@@ -85,7 +86,8 @@ def read_run(path: Path) -> Run | None:
     score, normalised = _score(res)
     steps = ((cfg.get("config") or {}).get("loop") or {}).get("steps")
     run = Run(path=path, algo=cfg["algo"], dataset=Path(str(cfg["dataset"])).stem, obs=str(cfg["obs"]),
-              seed=int(cfg["seed"]), steps=steps, score=score, episodes=int(res.get("episodes", 0)), normalised=normalised)
+              seed=int(cfg["seed"]), steps=steps, score=score, episodes=int(res.get("episodes", 0)),
+              normalised=normalised)
     run.curve = _curve(path / "metrics.jsonl", steps, score)
     return run
 
@@ -118,7 +120,8 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[Path]]:
         r = read_run(d)
         (runs.append(r) if r is not None else unfinished.append(d))
     if not runs:
-        raise ReportError(f"no finished run (a directory with config.yaml and eval.json) under {', '.join(map(str, paths))}")
+        where = ", ".join(map(str, paths))
+        raise ReportError(f"no finished run (a directory with config.yaml and eval.json) under {where}")
     return runs, unfinished
 
 
@@ -279,7 +282,8 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
     written = [out / "results.md", out / "results.csv", out / "aggregate.csv"]
     if plots:
         written += plot_curves(cells, out) + plot_profile(cells, out)
-    cmd = command or "offmarl report " + " ".join(shlex.quote(str(p)) for p in paths) + f" --out {shlex.quote(str(out))}"
+    cmd = command or ("offmarl report " + " ".join(shlex.quote(str(p)) for p in paths)
+                      + f" --out {shlex.quote(str(out))}")
     sweeps = [json.loads(f.read_text()).get("command") for p in map(Path, paths) for f in [p / "sweep.json"]
               if f.is_file()]
     (out / "results.md").write_text(_markdown(rows, agg, refs, unfinished, cmd, [p.name for p in written[3:]],
@@ -407,7 +411,8 @@ def plot_profile(cells: list[Cell], out: Path) -> list[Path]:
     colors = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(profiles)}
     fig, ax = plt.subplots(figsize=(7, 4))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax, colors=colors,
-                                         xlabel=r"normalised score ($\tau$)", ylabel=r"fraction of runs with score > $\tau$")
+                                         xlabel=r"normalised score ($\tau$)", ylabel=r"fraction of runs with "
+                                                                                     r"score > $\tau$")
     ax.legend([Line2D([0], [0], color=c) for c in colors.values()], list(colors), fontsize=8, loc="lower left")
     fig.tight_layout()
     path = out / "profile.png"

@@ -119,7 +119,7 @@ class RunDir:
             (path / "checkpoints").mkdir()
         except OSError as e:
             raise RunError(f"--out {root}: cannot create the run directory {path} ({e.strerror or e}); "
-                           f"give a writable folder") from None
+                           "give a writable folder") from None
         run = cls(path)
         atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         return run
@@ -128,7 +128,8 @@ class RunDir:
     def open(cls, path: Path) -> RunDir:
         path = Path(path)
         if not (path / "config.yaml").is_file():
-            raise RunError(f"{path} is not a run directory (no config.yaml); give the folder that `offmarl train` created")
+            raise RunError(f"{path} is not a run directory (no config.yaml); give the folder that `offmarl "
+                           "train` created")
         return cls(path)
 
     @property
@@ -145,7 +146,7 @@ class RunDir:
         missing = [k for k in ("algo", "dataset", "seed", "config") if not isinstance(data, dict) or k not in data]
         if missing:
             raise RunError(f"{f}: key {missing[0]!r} is missing; the run's config is damaged or not offmarl's "
-                           f"(restore it from a copy)")
+                           "(restore it from a copy)")
         return data
 
     # ----------------------------------------------------------------- lock
@@ -172,7 +173,8 @@ class RunDir:
                     return
                 raise RunError(
                     f"{self.path} is in use by process {holder.get('pid')} on {holder.get('host')} (lock file "
-                    f"{self.lock_path}); wait for it to finish, or delete the lock file if that process is gone")
+                    f"{self.lock_path}); wait for it to finish, or delete the lock file if that process is gone"
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps(me))
             self._locked = True
@@ -260,7 +262,7 @@ class RunDir:
                 if i == len(lines) - 1:
                     continue  # the torn last row of an interrupted write
                 raise RunError(f"{f}: line {i + 1} is not a metrics row (JSON with step and phase); "
-                               f"the file is damaged — delete that line to continue") from None
+                               "the file is damaged — delete that line to continue") from None
             rows.append(row)
         return rows
 

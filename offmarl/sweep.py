@@ -289,7 +289,8 @@ def _run_sweep(cfg: SweepConfig, out: Path, on_update, poll_s: float) -> list[Tr
     trials = plan(cfg.algos, cfg.datasets, cfg.obs, cfg.seeds)
     states = [inspect_trial(t, out) for t in trials]
     (out / "sweep.json").write_text(json.dumps({
-        "command": cfg.command, "algos": cfg.algos, "datasets": cfg.datasets, "obs": cfg.obs, "seeds": cfg.seeds, "set": cfg.overrides,
+        "command": cfg.command, "algos": cfg.algos, "datasets": cfg.datasets, "obs": cfg.obs, "seeds": cfg.seeds,
+        "set": cfg.overrides,
         "config": cfg.config, "cpus_per_trial": cfg.cpus_per_trial, "gpus_per_trial": cfg.gpus_per_trial}, indent=2))
     for st in states:  # a run directory with no checkpoint is a start that never got going: start again
         if st.action == "new" and st.status == "pending" and st.run_dir is not None:

@@ -121,7 +121,8 @@ def test_datasets_convert(tmp_path, ant_eps, write_d4rl):
         assert f["actions"].shape[1:] == (4, 2)
     fresh = tmp_path / "other.hdf5"  # an existing --out is refused first (without --force)
     user_error("datasets", "convert", src, "--from", "d4rl", "--out", dest, match="pass --force")
-    user_error("datasets", "convert", src, "--from", "rlds", "--out", fresh, match="--from must be d4rl, minari or vault")
+    user_error("datasets", "convert", src, "--from", "rlds", "--out", fresh, match="--from must be d4rl, "
+                                                                                   "minari or vault")
     user_error("datasets", "convert", tmp_path / "absent.hdf5", "--from", "d4rl", "--out", fresh, match="absent.hdf5")
     usage_error("datasets", "convert", src, "--from", "d4rl", names="--out")  # required
 

@@ -113,8 +113,8 @@ def test_resume_on_changed_data_is_refused(files, tmp_path, capsys):
     """The dataset regenerated (other size) under a run: resume carried on silently."""
     data = tmp_path / "coord.hdf5"
     shutil.copy(files["coord"], data)
-    code, out = run_cli(capsys, "train", "--dataset", data, "--algo", "ibc", "--steps", "10", "--out", tmp_path / "runs",
-                        "--no-progress", *TINY_IBC)
+    code, out = run_cli(capsys, "train", "--dataset", data, "--algo", "ibc", "--steps", "10",
+                        "--out", tmp_path / "runs", "--no-progress", *TINY_IBC)
     assert code == 0, out
     run = next((tmp_path / "runs").iterdir())
     save_dataset(build("coordination-unfavorable", size=300, seed=1), data)

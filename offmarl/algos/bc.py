@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actors import CategoricalActors, GaussianActors
 from offmarl.nn.agents import (
     AgentLayout,
@@ -26,7 +27,6 @@ from offmarl.nn.agents import (
     seeded_init,
     standardise,
 )
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

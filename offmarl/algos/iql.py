@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from offmarl.errors import OffmarlError
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actors import CategoricalActors, GaussianActors
 from offmarl.nn.agents import (
     AgentLayout,
@@ -41,7 +42,6 @@ from offmarl.nn.agents import (
 )
 from offmarl.nn.critics import CentralValues, CosineAdam, IQLConfig
 from offmarl.nn.losses import awr_weights
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actors import CategoricalActors, GaussianActors
 from offmarl.nn.agents import (
     AgentLayout,
@@ -30,7 +31,6 @@ from offmarl.nn.agents import (
 )
 from offmarl.nn.critics import CentralValues, CosineAdam, IQLConfig
 from offmarl.nn.losses import awr_weights
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

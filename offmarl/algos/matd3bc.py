@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actor_critic import ActorCriticBase, TD3BCConfig, smoothed_target_actions
 from offmarl.nn.actors import gumbel_softmax_st
 from offmarl.nn.agents import check_action_box, soft_update_, standardise
 from offmarl.nn.critics import JointCritics
 from offmarl.nn.losses import bc_mse
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actor_critic import ConservativeActorCritic, ConservativeConfig
 from offmarl.nn.actors import mask_logits
 from offmarl.nn.agents import check_action_box
 from offmarl.nn.losses import action_l2, bc_mse
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

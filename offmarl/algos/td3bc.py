@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from offmarl.loop import BuildsWhole, LoopConfig
 from offmarl.nn.actor_critic import ActorCriticBase, TD3BCConfig, independent_next_value
 from offmarl.nn.agents import check_action_box, soft_update_, standardise
 from offmarl.nn.critics import AgentCritics
 from offmarl.nn.losses import bc_mse
-from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass

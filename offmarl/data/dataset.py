@@ -49,7 +49,7 @@ class DatasetMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DatasetMeta":
+    def from_dict(cls, d: dict[str, Any]) -> DatasetMeta:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["obs_dims"] = tuple(int(x) for x in kw["obs_dims"])
@@ -57,7 +57,8 @@ class DatasetMeta:
         return cls(**kw)
 
 
-ARRAY_KEYS = ("states", "next_states", "observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
+ARRAY_KEYS = ("states", "next_states", "observations", "next_observations", "actions", "rewards", "terminals",
+              "timeouts")
 OPTIONAL_KEYS = ("avail_actions", "next_avail_actions")
 
 
@@ -201,7 +202,7 @@ class MultiAgentDataset:
         return out
 
     # ------------------------------------------------------------------ views
-    def with_obs(self, scheme: str) -> "MultiAgentDataset":
+    def with_obs(self, scheme: str) -> MultiAgentDataset:
         """The same data with observations re-derived from the states for another scheme."""
         from offmarl.envs import make_env
 
@@ -237,7 +238,8 @@ class MultiAgentDataset:
                            else np.zeros((spec.n_agents, spec.max_action_dim), dtype=np.float32))
                 next_obs, next_state, reward, term, _, _ = env.step(actions)
                 end = bool(term) or t == 1
-                for k, v in zip(ARRAY_KEYS, (state, next_state, obs, next_obs, actions, reward, term, end and not term)):
+                values = (state, next_state, obs, next_obs, actions, reward, term, end and not term)
+                for k, v in zip(ARRAY_KEYS, values):
                     rows[k].append(v)
                 if spec.discrete:
                     rows["avail_actions"].append(avail)
@@ -248,9 +250,10 @@ class MultiAgentDataset:
         dtypes = {"actions": np.int64 if meta.discrete else np.float32, "terminals": bool, "timeouts": bool,
                   "avail_actions": bool, "next_avail_actions": bool}
         arrays = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) if v else None for k, v in rows.items()}
-        return cls(**arrays, meta=meta, origin=f"<two {meta.env} transitions for acting; the training data is not loaded>")
+        return cls(**arrays, meta=meta, origin=f"<two {meta.env} transitions for acting; the training data is "
+                                               "not loaded>")
 
-    def subset(self, n_transitions: int) -> "MultiAgentDataset":
+    def subset(self, n_transitions: int) -> MultiAgentDataset:
         """The first whole episodes holding at most ``n_transitions`` (at least one episode)."""
         ends = np.flatnonzero(self.episode_ends)
         keep = ends[ends < n_transitions]

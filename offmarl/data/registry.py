@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from offmarl.data.dataset import DatasetError, MultiAgentDataset
 from offmarl.data.sources.d4rl import read_d4rl

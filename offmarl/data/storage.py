@@ -152,14 +152,14 @@ def open_hdf5(path: str | os.PathLike, what: str = "dataset"):
     if not h5py.is_hdf5(path):
         raise DatasetError(
             f"{path}: not an HDF5 file (no HDF5 signature). Expected an offmarl {what} file "
-            f"written by `offmarl datasets generate/convert`; was it saved in another format?"
+            "written by `offmarl datasets generate/convert`; was it saved in another format?"
         )
     try:
         return h5py.File(path, "r")
     except OSError as e:
         raise DatasetError(
             f"{path}: the HDF5 file is truncated or corrupt ({_first_line(e)}). "
-            f"Re-create it (`offmarl datasets generate/convert`) or copy it again"
+            "Re-create it (`offmarl datasets generate/convert`) or copy it again"
         ) from None
 
 
@@ -174,20 +174,21 @@ def _read(f, key: str, path: Path) -> np.ndarray:
     if not isinstance(obj, h5py.Dataset):
         raise DatasetError(
             f"{path}: key '{key}' is {'missing' if obj is None else 'not an array'}; "
-            f"the file is incomplete — re-create it with `offmarl datasets generate/convert`"
+            "the file is incomplete — re-create it with `offmarl datasets generate/convert`"
         )
     try:
         arr = obj[()]
     except (OSError, RuntimeError) as e:
         raise DatasetError(
             f"{path}: key '{key}' cannot be read, the file is truncated or corrupt ({_first_line(e)}). "
-            f"Re-create it or copy it again"
+            "Re-create it or copy it again"
         ) from None
     stored = obj.attrs.get("crc32")
     if stored is not None and isinstance(arr, np.ndarray) and int(stored) != _crc32(arr):
         raise DatasetError(
             f"{path}: key '{key}' does not match its stored checksum (crc32): the file was damaged (bit rot, a bad "
-            f"copy) or edited after it was written. Copy it again or re-create it with `offmarl datasets generate/convert`"
+            "copy) or edited after it was written. Copy it again or re-create it with `offmarl datasets "
+            "generate/convert`"
         )
     return arr
 
@@ -214,10 +215,11 @@ def load_dataset_file(path: str | os.PathLike, env: str | None = None) -> MultiA
             rows = "a scalar" if v.ndim == 0 else f"{len(v)} rows"
             raise DatasetError(
                 f"{path}: key '{k}' has {rows} but 'rewards' has {t}; every array needs one row per "
-                f"transition. The file is inconsistent — re-create it with `offmarl datasets generate/convert`"
+                "transition. The file is inconsistent — re-create it with `offmarl datasets generate/convert`"
             )
     if env is not None and env != meta.env:
-        raise DatasetError(f"{path}: holds env {meta.env!r}, not {env!r} (--env); a native file knows its env: drop --env")
+        raise DatasetError(f"{path}: holds env {meta.env!r}, not {env!r} (--env); a native file knows its "
+                           "env: drop --env")
     try:
         ds = MultiAgentDataset(**arrays, meta=meta, origin=str(path))
         check_against_env(ds)
@@ -251,7 +253,7 @@ def check_against_env(ds: MultiAgentDataset) -> None:
         if (tuple(have) if isinstance(have, (list, tuple)) else have) != want:
             raise DatasetError(
                 f"{where}: attr 'meta' says {field} = {have}, but env {m.env!r} ({m.obs_scheme}) has {want}; "
-                f"the metadata does not describe this data's environment")
+                "the metadata does not describe this data's environment")
     if not m.discrete:
         with np.errstate(invalid="ignore"):
             lo, hi = float(ds.actions.min()), float(ds.actions.max())
@@ -280,7 +282,7 @@ def _read_native(f, path: Path) -> tuple[DatasetMeta, dict[str, np.ndarray | Non
     except (TypeError, ValueError, KeyError) as e:
         raise DatasetError(
             f"{path}: attr 'meta' is missing or not valid dataset metadata JSON ({_first_line(e)}); "
-            f"re-create the file with `offmarl datasets generate/convert`"
+            "re-create the file with `offmarl datasets generate/convert`"
         ) from None
     arrays: dict[str, np.ndarray | None] = {k: _read(f, k, path) for k in ARRAY_KEYS}
     for k in OPTIONAL_KEYS:
@@ -302,10 +304,10 @@ def _not_offmarl_message(path: Path, f, fmt) -> str:
         return (
             f"{path}: no 'format' attr — not an offmarl dataset file; its episode_<i> groups look like "
             f"a Minari main_data.hdf5. Use `offmarl datasets convert {path.parent.parent} --from minari "
-            f"--env ant-4x2 --obs fo --out FILE`"
+            "--env ant-4x2 --obs fo --out FILE`"
         )
     shown = ", ".join(sorted(keys)[:8]) or "none"
     return (
         f"{path}: no 'format' attr — not an offmarl dataset file (top-level keys: {shown}). "
-        f"Create one with `offmarl datasets generate` or `offmarl datasets convert --from d4rl|minari`"
+        "Create one with `offmarl datasets generate` or `offmarl datasets convert --from d4rl|minari`"
     )

@@ -142,7 +142,8 @@ def _read_experience(vlt: Path, uid: str) -> tuple[dict[str, Any], dict[str, Any
         with contextlib.redirect_stdout(io.StringIO()):  # flashbax prints "Loading vault found at ..."
             state = Vault(vault_name=vlt.name, rel_dir=str(vlt.parent.resolve()), vault_uid=uid).read()
     except Exception as e:  # noqa: BLE001  (flashbax/tensorstore raise assorted types on damaged stores)
-        raise DatasetError(f"{where}: flashbax cannot read this vault ({type(e).__name__}: {e}); copy it again") from None
+        raise DatasetError(f"{where}: flashbax cannot read this vault ({type(e).__name__}: {e}); copy it "
+                           "again") from None
     return _to_numpy(state.experience), meta
 
 
@@ -202,7 +203,8 @@ def _check_layout(exp: dict, infos: dict, where: str) -> None:
     for key, arr in leaves.items():
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             first = np.argwhere(~np.isfinite(arr.reshape(b, t, -1)))[0]
-            raise DatasetError(f"{where}: key '{key}' contains NaN or inf (first at stream {first[0]}, step {first[1]})")
+            raise DatasetError(f"{where}: key '{key}' contains NaN or inf (first at stream {first[0]}, step "
+                               f"{first[1]})")
 
 
 def _per_step(arr: np.ndarray) -> np.ndarray:
@@ -226,7 +228,7 @@ def _read_foreign(exp: dict, infos: dict, where: str, env_name: str, obs: str | 
         n = exp["observations"].shape[2]
         if n != spec.n_agents:
             raise DatasetError(f"{where}: key 'observations' has {n} agents, env {env_name!r} has {spec.n_agents}; "
-                               f"pick the env the vault was recorded in with --env")
+                               "pick the env the vault was recorded in with --env")
         b, t = exp["observations"].shape[:2]
         state = infos["state"].reshape(b * t, -1)
         states = select_state_dims(state, env_name, "infos/state", where, spec.state_dim).astype(np.float32)
@@ -304,7 +306,8 @@ def _read_foreign(exp: dict, infos: dict, where: str, env_name: str, obs: str | 
     meta = DatasetMeta(
         env=env_name, obs_scheme=spec.obs_scheme, n_agents=spec.n_agents, obs_dims=tuple(spec.obs_dims),
         action_dims=tuple(spec.action_dims), state_dim=spec.state_dim, discrete=spec.discrete,
-        name=f"{Path(where).parent.stem}-{uid}", source=f"vault:{Path(where).parent.name}/{uid}", generator="og-marl vault",
+        name=f"{Path(where).parent.stem}-{uid}", source=f"vault:{Path(where).parent.name}/{uid}",
+        generator="og-marl vault",
         ref_min_return=ref[0] if ref else None, ref_max_return=ref[1] if ref else None,
         extra={"vault_dropped_truncated_steps": dropped_trunc, "vault_terminal_next_is_placeholder": True},
     )
@@ -313,7 +316,8 @@ def _read_foreign(exp: dict, infos: dict, where: str, env_name: str, obs: str | 
 
 def _read_offmarl_export(exp: dict, infos: dict, block: dict, where: str) -> MultiAgentDataset:
     if block.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{where}: metadata '{META_KEY}' block is not an offmarl export (format {block.get('format')!r})")
+        raise DatasetError(f"{where}: metadata '{META_KEY}' block is not an offmarl export (format "
+                           f"{block.get('format')!r})")
     meta, dtypes = export_meta(block, where)
     if exp["observations"].shape[0] != 1:
         raise DatasetError(f"{where}: an offmarl export has one stream (B = 1), found {exp['observations'].shape[0]}")
@@ -357,7 +361,7 @@ def _jax_safe(arr: np.ndarray, key: str, origin: str) -> np.ndarray:
     out = arr.astype(_JAX_DTYPE[arr.dtype.kind], copy=False)
     if out.dtype != arr.dtype and not np.array_equal(out.astype(arr.dtype), arr):
         raise DatasetError(f"{origin}: key '{key}' ({arr.dtype}) has values a {out.dtype} vault cannot hold exactly; "
-                           f"convert the dataset to float32/int32 first")
+                           "convert the dataset to float32/int32 first")
     return out
 
 
@@ -382,7 +386,8 @@ def export_vault(ds: MultiAgentDataset, path: str | os.PathLike, uid: str | None
     nxt_rows = lambda cur: np.concatenate([cur[1:], cur[-1:]])
     ends = ds.episode_ends
     stored = ends.copy()
-    next_keys = [("next_state", ds.states, ds.next_states), ("next_observations", ds.observations, ds.next_observations)]
+    next_keys = [("next_state", ds.states, ds.next_states),
+                 ("next_observations", ds.observations, ds.next_observations)]
     if ds.avail_actions is not None and ds.next_avail_actions is not None:
         next_keys.append(("next_legals", ds.avail_actions, ds.next_avail_actions))
     for _, cur, nxt in next_keys:  # rows whose next step is not simply the following row
