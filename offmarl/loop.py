@@ -49,7 +49,7 @@ class LoopConfig:
     steps: int = 100_000            # training steps (gradient steps; MOMA-PPO: iterations)
     eval_every: int = 10_000        # evaluate in the real env every N steps (0 = only at the end)
     eval_episodes: int = 10         # MOMA-PPO reference: 10 deterministic episodes
-    final_eval_episodes: int = 10   # episodes of the final evaluation written to eval.json
+    final_eval_episodes: int = 32   # final evaluation written to eval.json: OG-MARL's protocol (32 episodes)
     eval_envs: int = 10             # env copies stepped together during evaluation
     log_every: int = 1_000          # metrics row every N steps
     checkpoint_every: int = 10_000  # latest.pt every N steps (also at every evaluation and on Ctrl-C)
@@ -222,6 +222,10 @@ def train(algo: Algorithm, run: RunDir, loop: LoopConfig, evaluate: Evaluate, de
         if progress is not None:
             progress.close()
     result = {k: v for k, v in evaluate(loop.final_eval_episodes).items() if k != "score"}
+    # what a reader of eval.json needs to compare runs: the final agents (no selection on evaluation
+    # returns), how many separate episodes, how many env copies stepped together
+    result["protocol"] = {"agents": "final", "episodes": loop.final_eval_episodes, "env_copies": loop.eval_envs,
+                          "steps": loop.steps}
     run.log(loop.steps, "final_eval", _loggable(result))
     run.write_eval(result)
     return result
