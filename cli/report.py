@@ -12,7 +12,7 @@ def report(
     dirs: list[Path] = typer.Argument(..., help="Run directories, sweep folders, or folders above them."),
     out: Path = typer.Option(..., "--out", help="Report folder (results.md, results.csv, aggregate.csv, PNGs)."),
     references: Path = typer.Option(None, "--references", help="YAML of paper numbers with citations "
-                                    "(default: configs/paper_results.yaml)."),
+                                    "(default: offmarl/data/paper_results.yaml)."),
     plots: bool = typer.Option(True, help="Write the learning-curve and performance-profile PNGs."),
 ):
     """Summarise finished runs per algorithm x dataset x observation scheme: interquartile mean

@@ -19,7 +19,7 @@ Written to REPORT_DIR:
     curves-<dataset>-<obs>.png   score vs training steps and vs wall-clock minutes
     profile.png                  rliable performance profile (fraction of runs with score > tau)
 Paper numbers (``paper_references``) come from a YAML file with a citation per source
-(configs/paper_results.yaml by default) and print beside ours.
+(offmarl/data/paper_results.yaml by default) and print beside ours.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ from offmarl.errors import OffmarlError
 CI_REPS = 2000          # bootstrap replications (rliable's performance-profile default)
 CI_SEED = 0             # fixed RandomState: the same runs give the same CIs
 OBS_ORDER = ("fo", "po", "po-independent", "po-leader", "local")
+
+PAPER_RESULTS = Path(__file__).resolve().parent / "data" / "paper_results.yaml"  # published numbers, cited
 
 
 class ReportError(OffmarlError):
@@ -178,9 +180,7 @@ def performance_profile(scores: np.ndarray, taus: np.ndarray, reps: int = CI_REP
 def paper_references(path: str | Path | None = None) -> list[dict[str, Any]]:
     """Published numbers: [{dataset, obs, algo, mean, std?, source, citation, note?}]."""
     if path is None:
-        from offmarl.config import CONFIG_DIR
-
-        path = CONFIG_DIR / "paper_results.yaml"
+        path = PAPER_RESULTS
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())

@@ -172,8 +172,8 @@ def world_model_key(trial: Trial, overrides: list[str], config: str | None) -> s
 def train_command(st: TrialState, overrides: list[str], config: str | None, device: str) -> list[str]:
     base = [sys.executable, "-m", "offmarl.cli.main", "train", "--no-progress", "--device", device]
     t = st.trial
-    if st.action == "resume":  # the run directory's config.yaml decides everything; --dataset is required
-        return base + ["--dataset", t.dataset, "--resume", str(st.run_dir)]
+    if st.action == "resume":  # the run directory's config.yaml decides everything (nothing else is accepted)
+        return base + ["--resume", str(st.run_dir)]
     cmd = base + ["--dataset", t.dataset, "--algo", t.algo, "--seed", str(t.seed), "--out", str(st.folder)]
     if t.obs:
         cmd += ["--obs", t.obs]

@@ -14,6 +14,7 @@ from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit
 
 def test_ctrl_c_during_the_fit_keeps_it_and_the_next_fit_continues_exactly(tmp_path):
     ds = linear_dataset()
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     cfg = EnsembleConfig(**{**TINY, "patience": 0})  # all 300 steps: the interrupted fit must not stop early
     straight, _ = load_or_fit(ds, cfg, tmp_path / "a", "cpu")
 
@@ -27,7 +28,7 @@ def test_ctrl_c_during_the_fit_keeps_it_and_the_next_fit_continues_exactly(tmp_p
     (partial,) = (tmp_path / "b").glob("*/interrupted-fit.pt")
     assert torch.load(partial, weights_only=True)["step"] == 150
     assert any("interrupted at step 150" in s for s in said)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the fit put the handler back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the fit put the handler back
 
     resumed, info = load_or_fit(ds, cfg, tmp_path / "b", "cpu", log=said.append)
     assert not info["cached"] and not partial.exists()

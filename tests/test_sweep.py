@@ -91,7 +91,7 @@ def test_sweep_skip_resume_and_failure(ray_local, tmp_path, monkeypatch):
     cfg_fo = SweepConfig(algos=["iql"], datasets=["coordination-neutral"], obs=["fo"], seeds=[0], out=out,
                          overrides=TINY, device="cpu")
     third = {st.trial.name: st for st in run_sweep(cfg_fo)}
-    assert third[ok[0]].status == "done"
+    assert third[ok[0]].status == "done", third[ok[0]].error
     assert third[ok[0]].run_dir == run1 and (run1 / "eval.json").exists()
     assert "--resume" in (out / "trials" / ok[0] / "stderr.log").read_text()
     assert (run1 / "metrics.jsonl").read_text().count('"phase": "train"') == rows_before  # nothing re-logged
