@@ -9,6 +9,7 @@ import typer
 import offmarl
 from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
+from offmarl.cli import online as online_cmd
 from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
 from offmarl.errors import OffmarlError
@@ -25,6 +26,7 @@ app.add_typer(envs_cmd.app, name="envs")
 app.add_typer(datasets_cmd.app, name="datasets")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(train_cmd.evaluate)
+app.command("online")(online_cmd.online)
 
 
 def _version(value: bool):

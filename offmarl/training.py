@@ -229,6 +229,18 @@ def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", l
     dev = resolve_device(device)
     run = RunDir.open(run_dir)
     saved = run.config
+    if saved.get("kind") == "online":  # offmarl online: no dataset, the policy acts in the run's map
+        from types import SimpleNamespace
+
+        from offmarl.algos import online
+
+        algo = online.Algorithm.for_evaluation(None, from_dict(online.Config, saved["config"]), dev, saved["seed"],
+                                               log=log)
+        name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
+        algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
+        meta = SimpleNamespace(env=saved["env"], obs_scheme="local", ref_min_return=None, ref_max_return=None,
+                               n_agents=algo.spec.n_agents)
+        return algo, SimpleNamespace(meta=meta), run, name
     mod = algo_module(saved["algo"])
     cfg = from_dict(mod.Config, saved["config"])
     ds = registry.load(saved["dataset"], env=saved.get("env"), obs=saved["obs"], log=log)
@@ -279,3 +291,101 @@ def _takes_log(cls) -> bool:
     import inspect
 
     return "log" in inspect.signature(cls.__init__).parameters
+
+
+def online_loop_config(cfg) -> LoopConfig:
+    """The loop's settings for an online run (offmarl/algos/online.py): its steps are iterations of
+    ``cfg.iteration_steps`` env steps; evaluation and checkpoints every ``loop.eval_every`` env steps."""
+    per = cfg.iteration_steps
+    every = max(1, round(cfg.loop.eval_every / per))
+    return LoopConfig(steps=cfg.iterations, eval_every=every, eval_episodes=cfg.loop.eval_episodes,
+                      final_eval_episodes=cfg.loop.final_eval_episodes, eval_envs=cfg.loop.eval_envs, log_every=1,
+                      checkpoint_every=every)
+
+
+def resolve_online_config(algo: str, map_name: str, backend: str, config: str | None, overrides: list[str] | None,
+                          steps: int | None):
+    """online.Config: dataclass defaults <- block ``map-<map>`` of configs/online.yaml <- ``--config``
+    (a block of configs/online.yaml or a YAML file) <- ``--set`` / ``--steps`` / --algo --map --backend.
+    Returns (config, names of the applied blocks)."""
+    import difflib
+
+    from offmarl.algos import online
+    from offmarl.config import CONFIG_DIR, ConfigError, merge_into, parse_overrides, read_yaml
+
+    blocks_file = CONFIG_DIR / "online.yaml"
+    own = read_yaml(blocks_file) if blocks_file.exists() else {}
+    layers = []
+    if f"map-{map_name}" in own:
+        layers.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
+    if config:
+        if config in own:
+            layers.append((f"online.yaml:{config}", own[config]))
+        elif Path(config).is_file():
+            layers.append((config, read_yaml(Path(config))))
+        else:
+            close = difflib.get_close_matches(config, list(own), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/online.yaml "
+                              f"(blocks: {', '.join(own)}).{hint}")
+    ov = parse_overrides(overrides)
+    ov.update({"algo": algo, "map": map_name, "backend": backend})
+    if steps is not None:
+        ov.setdefault("loop", {})["env_steps"] = int(steps)
+    cfg = online.Config(algo=algo, map=map_name, backend=backend)
+    for name, data in layers:
+        try:
+            cfg = merge_into(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    cfg = merge_into(cfg, ov)
+    cfg.__post_init__()
+    return cfg, [name for name, _ in layers]
+
+
+def online_from_options(map_name: str, algo: str = "mag", backend: str = "smax", config: str | None = None,
+                        overrides: list[str] | None = None, steps: int | None = None, seed: int = 0,
+                        device: str = "auto", out: str = "runs", resume: str | None = None, progress: bool = True,
+                        log=print) -> dict[str, Any]:
+    """What ``offmarl online`` does: check the map and backend, build the config, create or reopen
+    the run directory, train online, evaluate (win rate over separate greedy episodes)."""
+    from types import SimpleNamespace
+
+    from offmarl.algos import online
+    from offmarl.config import from_dict, to_dict
+    from offmarl.envs.smac import check_online_map
+    from offmarl.errors import OffmarlError
+    from offmarl.runs import RunDir, resolve_device, seed_everything
+
+    dev = resolve_device(device)
+    if resume:
+        run = RunDir.open(resume)
+        saved = run.config
+        if saved.get("kind") != "online":
+            raise OffmarlError(f"{resume} is not an online run (made by `offmarl train`); resume it with "
+                               "`offmarl train --resume`")
+        cfg = from_dict(online.Config, saved["config"])
+        seed = saved["seed"]
+        log(f"resuming {run.path}")
+    else:
+        if algo not in online.ALGOS:
+            raise OffmarlError(f"unknown online algorithm {algo!r}; choose one of: {', '.join(online.ALGOS)}")
+        check_online_map(map_name, backend)
+        cfg, blocks = resolve_online_config(algo, map_name, backend, config, overrides, steps)
+        resolved = {"kind": "online", "algo": algo, "dataset": f"smac-{map_name}", "env": f"smac-{map_name}",
+                    "obs": "local", "backend": backend, "seed": seed, "device": str(dev), "config_blocks": blocks,
+                    "config": to_dict(cfg)}
+        run = RunDir.create(Path(out), algo, f"smac-{map_name}", seed, resolved)
+        log(f"run directory: {run.path}")
+    seed_everything(seed)
+    algorithm = online.Algorithm(None, cfg, dev, seed, log=log)
+    meta = SimpleNamespace(ref_min_return=None, ref_max_return=None)
+    try:
+        result = train(algorithm, run, online_loop_config(cfg), meta, algorithm.env_name, "local", seed, dev,
+                       resume=bool(resume), progress=progress)
+    finally:
+        run.close()
+    result["run_dir"] = str(run.path)
+    result["env_steps"] = algorithm.env_steps
+    run.write_eval(result)
+    return result

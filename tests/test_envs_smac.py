@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("jaxmarl")
 
-from offmarl.envs import make_env
+from offmarl.envs import make_env, smac_names
 from offmarl.envs.base import EnvError
 from offmarl.envs.smac import (
     SC2_ONLY_MAPS,
@@ -54,13 +54,30 @@ def test_option_errors():
     with pytest.raises(EnvError, match="backend"):
         make_smac("3m", backend="sc3")
     with pytest.raises(EnvError, match='backend="sc2"'):
-        make_smac("3s_vs_4z")  # a MAMBA/MAG map SMAX does not have
+        make_smac("corridor")  # needs terrain SMAX does not model
     with pytest.raises(EnvError, match="Did you mean: 2s3z"):
         make_smac("2s3y")
     with pytest.raises(EnvError, match="cannot be set"):
         make_smac("3m", action_type="continuous")
     with pytest.raises(EnvError, match="max_steps"):
         make_smac("3m", max_steps=0)
+
+
+@pytest.mark.parametrize("name,n,m", [("3s_vs_3z", 3, 3), ("3s_vs_4z", 3, 4), ("2m_vs_1z", 2, 1), ("8m_vs_9m", 8, 9)])
+def test_registered_maps_build_and_step(name, n, m):
+    """The MAMBA/MAG maps SMAX lacks are registered with the right teams and play to the end."""
+    env = make_env(f"smac-{name}")
+    s = env.spec
+    assert s.n_agents == n and s.extra["n_enemies"] == m and s.n_actions == m + 5
+    assert s.obs_dims == (13 * (n - 1) + 13 * m + 10,) * n and s.state_dim == 12 * (n + m)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    for _ in range(s.episode_limit):
+        *_, term, trunc, info = env.step(random_valid(rng, env.avail_actions()))
+        if term or trunc:
+            break
+    assert (term or trunc) and "battle_won" in info
+    assert f"smac-{name}" in smac_names()
 
 
 def test_backend_available_reports_smax():
