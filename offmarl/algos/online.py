@@ -174,6 +174,7 @@ class OnlineAlgorithm:
         self.episodes = 0
         self._obs: np.ndarray | None = None
         self._recent: list[tuple[float, bool]] = []  # (return, won) of training episodes this iteration
+        self._planner_seconds = 0.0
 
     @classmethod
     def for_evaluation(cls, dataset, cfg: OnlineConfig, device, seed: int, log=print) -> OnlineAlgorithm:
@@ -275,9 +276,12 @@ class OnlineAlgorithm:
         return {k: v / self.cfg.model_updates for k, v in sums.items()}
 
     def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator):
+        t0 = time.perf_counter()
         world = LatentLookahead(self.model, self.policy, self.error_model)
         p = self.cfg.planner
-        return plan(candidates, None, world, p.h, p.discount, plan_gen)
+        out = plan(candidates, None, world, p.h, p.discount, plan_gen)
+        self._planner_seconds += time.perf_counter() - t0
+        return out
 
     def imagine_batch(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Posterior states of a fresh replay batch (terminal rows left out) -> imagined MA-PPO batch."""
@@ -310,13 +314,15 @@ class OnlineAlgorithm:
                 metrics.update(self._train_model())
                 t2 = time.perf_counter()
                 metrics["model_seconds"] = t2 - t1
-                plan_s = 0.0
+                plan_s, self._planner_seconds = 0.0, 0.0
                 for _ in range(self.cfg.ppo_rounds):
                     batch, info = self.imagine_batch()
                     plan_s += info.pop("imagine_seconds")
                     metrics.update(info)
                     metrics.update(self.mappo.update(batch, self.generators["ppo"]))
-                metrics["imagine_seconds"] = plan_s
+                metrics["imagine_seconds"] = plan_s  # imagination, planner included
+                if self.cfg.algo == "mag":
+                    metrics["planner_seconds"] = self._planner_seconds
         metrics["collect_seconds"] = t1 - t0
         metrics["iteration_seconds"] = time.perf_counter() - t0
         metrics["env_steps"] = self.env_steps
