@@ -1,7 +1,7 @@
 """TRUE accumulated model error along model rollouts, with and without the MAG planner (MAG Figure 3).
 
 From the same B dataset start states, roll the policy k steps in the world model (plain
-``model_rollout`` and ``MAGPlanner.rollout``), then REPLAY each rollout's actions in the real MuJoCo
+``model_rollout`` without and with ``planner=``), then REPLAY each rollout's actions in the real MuJoCo
 simulator from the same start state (qpos/qvel set from the state). Per step t = 1..k report the
 mean L2 distance between the model's state and the simulator's state, and the wall-clock overhead
 of the planner. Terminations are switched off in these rollouts so every row has k steps.
@@ -11,7 +11,7 @@ of the planner. Terminations are switched off in these rollouts so every row has
     # no ant-medium here yet: a random-action ant-4x2 dataset made by the script
     python benchmarks/model_error_analysis.py --make-random 20000 --env ant-4x2 --out ...
 
-Policy: ``--run RUN_DIR`` loads a trained run's policy (offmarl.training.load_trained); without it,
+Policy: ``--run RUN_DIR`` loads a trained run's policy (offmarl.driver.load_trained); without it,
 a freshly initialised MA-PPO policy (observation normaliser fitted on the data), i.e. Gaussian
 actions around ~0: close to the random-action data's behaviour, far from a trained policy's.
 
@@ -125,12 +125,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
 
     from offmarl.algos.mappo import MAPPO, MAPPOConfig
-    from offmarl.algos.moma_ppo import PlannerConfig, default_cache_dir
+    from offmarl.algos.moma_ppo import default_cache_dir
     from offmarl.data import registry
     from offmarl.envs import make_env
     from offmarl.errors import OffmarlError
-    from offmarl.planners.mag import MAGPlanner
-    from offmarl.worldmodel import EnsembleConfig, RolloutConfig, dataset_box, load_or_fit, model_rollout
+    from offmarl.planners.mag import PlannerConfig
+    from offmarl.worldmodel import EnsembleConfig, RolloutConfig, dataset_box, load_or_fit, make_planner, model_rollout
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     algo = None
     if args.run:
-        from offmarl.training import load_trained
+        from offmarl.driver import load_trained
 
         algo, ds, _, _ = load_trained(args.run, device=args.device, log=lambda *a: None, policy_only=False)
         data_desc = f"{ds.meta.name} (from run {args.run})"
@@ -173,7 +173,8 @@ def main(argv=None) -> dict:
     model.eval()
     box = dataset_box(ds, dev)
     # no termination: every row runs k steps, so each step's error averages over all B rows
-    cfg = RolloutConfig(horizon=args.k, history=0, eps_g_threshold=math.inf, done_threshold=2.0)
+    cfg = RolloutConfig(horizon=args.k, eps_g_threshold=math.inf, done_threshold=2.0)
+    gamma = 0.99  # HALT value only; with no uncertainty threshold it never applies
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=gen, device=dev)[: args.starts]
     start = {"states": ds.tensors(dev)["states"][idx]}
@@ -199,16 +200,18 @@ def main(argv=None) -> dict:
         return {"seconds": sec, "mean": err.mean(1).tolist(), "sem": (err.std(1) / np.sqrt(err.shape[1])).tolist(),
                 "info": {k: float(v) for k, v in info.items()}}
 
-    results = {"plain": measure("plain", lambda g: model_rollout(model, policy, start, env.observe, cfg, box, g))}
+    results = {"plain": measure("plain", lambda g: model_rollout(model, policy, start, env.observe, cfg, box, g,
+                                                                 gamma=gamma))}
     planners = {}
     for score in [s for s in args.scores.split(",") if s]:
         pc = PlannerConfig(kind="mag", l=args.l, h=args.h, score=score, candidates=args.candidates,
                            error_steps=args.error_steps)
         ts = time.perf_counter()
-        planners[score] = MAGPlanner.from_config(pc, model, ds, dev, obs_fn=env.observe, cache_dir=model_dir)
+        planners[score] = make_planner(pc, model, ds, env.observe, model_dir, dev)
         fit_s = time.perf_counter() - ts
         results[f"mag-{score}"] = measure(
-            f"mag-{score}", lambda g, pl=planners[score]: pl.rollout(policy, start, env.observe, cfg, box, g))
+            f"mag-{score}", lambda g, pl=planners[score]: model_rollout(model, policy, start, env.observe, cfg, box, g,
+                                                                        gamma=gamma, planner=pl))
         results[f"mag-{score}"]["setup_seconds"] = fit_s
         results[f"mag-{score}"]["error_model"] = {k: v for k, v in planners[score].info.items()
                                                   if isinstance(v, (int, float, str, bool))}

@@ -5,8 +5,10 @@ import time
 from pathlib import Path
 
 import typer
-
 from offmarl.cli.common import console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from offmarl.driver import online_from_options
 
 
 class OnlineProgress:
@@ -19,8 +21,6 @@ class OnlineProgress:
     def start(self, name: str, total: int, completed: int) -> None:
         if not self.enabled:
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             TextColumn("{task.fields[env]} env steps"), TextColumn("win {task.fields[win]}"),
                             TextColumn("{task.fields[rate]} updates/s"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -68,11 +68,11 @@ def online(
 
     Example: offmarl online --map 3s_vs_4z --algo mamba --seed 1 --config mamba-reference --device cuda
     """
-    from offmarl.training import online_from_options
-
     map_name = map_name.removeprefix("smac-")
     res = online_from_options(map_name, algo, backend, config, set_, steps, seed, device, str(out),
-                              str(resume) if resume else None, progress=progress, log=console.print)
+                              str(resume) if resume else None,
+                              progress=(lambda cfg: OnlineProgress(cfg.iteration_steps)) if progress else None,
+                              log=console.print)
     console.print(f"final evaluation: win rate {res['win_rate']:.2f}, return {res['return_mean']:.3f} ± "
                   f"{res['return_std']:.3f} (SMAX scale, at most ~2) over {res['episodes']} episodes after "
                   f"{res['env_steps']} env steps")

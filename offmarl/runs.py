@@ -13,7 +13,6 @@ metrics equal an uninterrupted run's.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from offmarl.atomic import atomic_torch_save, atomic_write_text
 from offmarl.errors import OffmarlError
 
 
@@ -59,25 +59,6 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
     for name, g in (generators or {}).items():
         if f"gen:{name}" in state:
             g.set_state(state[f"gen:{name}"])
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,21 +1,31 @@
 """MAG planner: per-start-state selection, L = 1 equals plain rollouts, shapes, and the R_m fit."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.data.registry import build
+from offmarl.data.storage import save_dataset
 from offmarl.errors import OffmarlError
-from offmarl.planners.mag import (
+from offmarl.planners.mag import MAGPlanner, PlannerConfig, plan, select_candidates
+from offmarl.driver import train_from_options
+from offmarl.worldmodel import (
+    EnsembleConfig,
+    EnsembleLookahead,
+    EnsembleWorldModel,
     ErrorModelScorer,
-    MAGPlanner,
+    RolloutConfig,
     UncertaintyScorer,
-    plan_next_states,
-    sample_candidates,
-    select_candidates,
+    dataset_box,
+    make_planner,
+    model_rollout,
 )
-from offmarl.worldmodel import EnsembleConfig, EnsembleWorldModel, RolloutConfig, dataset_box, model_rollout
 from offmarl.worldmodel.error_model import ErrorModelConfig, load_or_fit_error_model, model_error_labels
 
 S, N, A = 4, 2, 1
@@ -106,30 +116,32 @@ def test_select_candidates_is_per_row_argmin():
 def test_planner_picks_each_start_states_own_best():
     # two elites: +1 or -1 on state[0]; from state[0] = +2 the best next state is 1 (elite 1), from -2 it is -1
     model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
-    planner = MAGPlanner(model, FirstDimScorer(), l=2, h=2, candidates="elites")
+    planner = MAGPlanner(FirstDimScorer(), l=2, h=2, candidates="elites")
     start = torch.zeros(6, S)
     start[:, 0] = torch.tensor([2.0, -2.0, 2.0, -2.0, 2.0, -2.0])
-    cfg = RolloutConfig(horizon=1, history=0, clip_to_box=False, eps_g_threshold=1e9)
+    cfg = RolloutConfig(horizon=1, clip_to_box=False, eps_g_threshold=1e9)
     for seed in range(3):  # whatever elite candidate 0 drew, the committed step is the right one
-        batch, info = planner.rollout(LinearGaussianPolicy(), {"states": start}, observe, cfg, None,
-                                      torch.Generator().manual_seed(seed))
+        batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": start}, observe, cfg, None,
+                                    torch.Generator().manual_seed(seed), gamma=0.99, planner=planner)
         assert batch["next_states"][0, :, 0].tolist() == [1.0, -1.0] * 3
         assert 0.0 <= info["planner_frac_replaced"] <= 1.0 and info["planner_score_gain"] >= 0.0
     # low level: H = 3 scores the continuation (next state after one more random elite step, then |s0|)
     cands = torch.tensor([[[1.0, 0, 0, 0], [3.0, 0, 0, 0]], [[-3.0, 0, 0, 0], [-1.0, 0, 0, 0]]])
-    idx, scores = plan_next_states(model, LinearGaussianPolicy(), cands, observe, None, FirstDimScorer(), 3,
-                                   generator=torch.Generator().manual_seed(0))
+    world = EnsembleLookahead(model, LinearGaussianPolicy(), observe, FirstDimScorer())
+    idx, scores = plan(cands, None, world, 3, generator=torch.Generator().manual_seed(0))
     assert idx.tolist() == [0, 1] and scores.shape == (2, 2)
 
 
 def test_invalid_planner_options_are_clear():
     model = constant_model([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0]])
-    with pytest.raises(OffmarlError, match="distinct"):
-        MAGPlanner(model, UncertaintyScorer(), l=3, h=3, candidates="elites")
+    with pytest.raises(OffmarlError, match="distinct"):  # before any R_m fit
+        make_planner(PlannerConfig(kind="mag", l=3, h=3, candidates="elites"), model, None, observe, None)
     with pytest.raises(OffmarlError, match="lookahead"):
-        MAGPlanner(model, UncertaintyScorer(), l=2, h=1)
+        MAGPlanner(UncertaintyScorer(), l=2, h=1)
     with pytest.raises(OffmarlError, match="candidates"):
-        MAGPlanner(model, UncertaintyScorer(), l=2, h=2, candidates="best")
+        MAGPlanner(UncertaintyScorer(), l=2, h=2, candidates="best")
+    with pytest.raises(OffmarlError, match="planner.score"):
+        PlannerConfig(score="oracle")
 
 
 # ---------------------------------------------------------------- L = 1 equals model_rollout
@@ -137,12 +149,13 @@ def test_invalid_planner_options_are_clear():
 def test_l1_equals_model_rollout(fitted, sample, history):
     ds, model = fitted
     box = dataset_box(ds)
-    cfg = RolloutConfig(horizon=5, history=history, sample=sample, eps_g_threshold=0.5)
+    cfg = RolloutConfig(horizon=5, sample=sample, eps_g_threshold=0.5)
     start = {"states": ds.tensors("cpu")["states"][:64]}
-    planner = MAGPlanner(model, UncertaintyScorer(), l=1, h=4)
+    planner = MAGPlanner(UncertaintyScorer(), l=1, h=4)
     want, want_info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
-                                    torch.Generator().manual_seed(7))
-    got, info = planner.rollout(LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(7))
+                                    torch.Generator().manual_seed(7), gamma=0.99, history=history)
+    got, info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
+                              torch.Generator().manual_seed(7), gamma=0.99, history=history, planner=planner)
     assert set(got) == set(want)
     for key in want:
         assert torch.equal(got[key], want[key]), key
@@ -160,14 +173,15 @@ def test_shapes(fitted, device, mode):
     b, l, hh, k = 7, 2, 3, 2
     box = dataset_box(ds, device)
     states = ds.tensors(device)["states"][:b]
-    cand = sample_candidates(model, states, torch.zeros(b, N * A, device=device), 2, mode,
-                             torch.Generator(device=device).manual_seed(0), torch.Generator(device=device).manual_seed(1))
+    cand = model.sample_candidates(states, torch.zeros(b, N * A, device=device), 2,
+                                   torch.Generator(device=device).manual_seed(0),
+                                   torch.Generator(device=device).manual_seed(1), mode)
     assert cand["next_states"].shape == (b, 2, S) and cand["rewards"].shape == (b, 2)
     assert cand["done_prob"].shape == (b, 2)
-    cfg = RolloutConfig(horizon=hh, history=k)
-    planner = MAGPlanner(model, UncertaintyScorer(), l=l, h=4, candidates=mode)
-    batch, info = planner.rollout(LinearGaussianPolicy(device), {"states": states}, observe, cfg, box,
-                                  torch.Generator(device=device).manual_seed(0))
+    cfg = RolloutConfig(horizon=hh, eps_g_threshold=2.0)
+    planner = MAGPlanner(UncertaintyScorer(), l=l, h=4, candidates=mode)
+    batch, info = model_rollout(model, LinearGaussianPolicy(device), {"states": states}, observe, cfg, box,
+                                torch.Generator(device=device).manual_seed(0), gamma=0.99, history=k, planner=planner)
     assert batch["next_states"].shape == (hh, b, S) and batch["obs"].shape == (hh, b, N, S)
     assert batch["hist_obs"].shape == (hh, b, k, N, S) and batch["actions"].shape == (hh, b, N, A)
     for key in ("rewards", "dones", "timeouts", "valid", "eps_g", "done_prob"):
@@ -201,24 +215,16 @@ def test_error_model_fits_and_caches(fitted, tmp_path):
     joint = model.encode_actions(x["actions"][:5])
     assert torch.equal(rm(x["states"][:5], joint), rm2(x["states"][:5], joint))
     # used as the planner's scorer end to end
-    planner = MAGPlanner(model, ErrorModelScorer(rm), l=2, h=3)
-    batch, _ = planner.rollout(LinearGaussianPolicy(), {"states": x["states"][:8]}, observe,
-                               RolloutConfig(horizon=2, history=0), dataset_box(ds), torch.Generator().manual_seed(0))
+    planner = MAGPlanner(ErrorModelScorer(rm), l=2, h=3)
+    batch, _ = model_rollout(model, LinearGaussianPolicy(), {"states": x["states"][:8]}, observe,
+                             RolloutConfig(horizon=2, eps_g_threshold=2.0), dataset_box(ds),
+                             torch.Generator().manual_seed(0), gamma=0.99, planner=planner)
     assert batch["states"].shape == (2, 8, S)
 
 
 # ---------------------------------------------------------------- MOMA-PPO end to end
 def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
     """planner.kind=mag trains, logs the planner's cost, caches R_m next to the world model, and resumes exactly."""
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    from offmarl.data.registry import build
-    from offmarl.data.storage import save_dataset
-    from offmarl.training import train_from_options
-
     path = tmp_path / "coord.hdf5"
     save_dataset(build("coordination-unfavorable", size=1000, seed=0), path)
     over = ["world_model.hidden=[16,16]", "world_model.max_steps=100", "world_model.eval_every=50",
@@ -229,7 +235,7 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
 
     def train(out, steps, resume=None):
         return train_from_options(str(path), "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
-                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, progress=False, log=lambda *a, **k: None)
+                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, log=lambda *a, **k: None)
 
     def rows(run_dir):
         drop = {"time", "steps_per_s", "planner_seconds", "planner_rollout_seconds"}
@@ -250,3 +256,22 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
     (Path(part["run_dir"]) / "eval.json").unlink()
     train(tmp_path / "b", None, resume=part["run_dir"])
     assert rows(full["run_dir"]) == [r for r in rows(part["run_dir"]) if r["phase"] != "final_eval"]
+
+
+def test_plan_takes_latent_states_of_any_shape():
+    """The planner contract the online model uses: states [M, N, D], a memory tiled per candidate."""
+
+    class Halving:  # next latent = latent / 2; error = sum |latent|; memory counts the steps per row
+        def tile(self, memory, l):
+            return memory.repeat_interleave(l, dim=0)
+
+        def advance(self, states, memory, generator, last):
+            score = states.abs().sum(dim=(1, 2))
+            return (None if last else states / 2), memory + 1, score
+
+    b, l, n, d = 3, 4, 2, 5
+    cands = torch.arange(b * l * n * d, dtype=torch.float32).view(b, l, n, d) % 7 - 3
+    idx, scores = plan(cands, torch.zeros(b), Halving(), h=3, discount=0.5)
+    flat = cands.abs().sum(dim=(2, 3))
+    torch.testing.assert_close(scores, flat + 0.5 * flat / 2)  # j = 1: the candidate, j = 2: its successor
+    assert idx.tolist() == flat.argmin(dim=1).tolist()

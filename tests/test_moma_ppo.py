@@ -1,13 +1,19 @@
 """MOMA-PPO end to end on tiny data: training, eval.json, resume == uninterrupted, bad options."""
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from offmarl.algos.moma_ppo import Algorithm, Config, migrate_saved_config
+from offmarl.config import from_dict
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
+from offmarl.driver import evaluate_runs, train_from_options
 from offmarl.errors import OffmarlError
-from offmarl.training import train_from_options
 
 TINY = [
     "world_model.hidden=[32,32]", "world_model.max_steps=300", "world_model.eval_every=100",
@@ -35,7 +41,7 @@ def coord_file(tmp_path):
 def _train(coord_file, tmp_path, steps, resume=None, seed=0, extra=()):
     return train_from_options(coord_file, "moma-ppo", steps=steps, seed=seed, device="cpu", out=str(tmp_path / "runs"),
                               overrides=TINY + [f"cache_dir={tmp_path / 'cache'}", *extra], resume=resume,
-                              progress=False, log=lambda *a, **k: None)
+                              log=lambda *a, **k: None)
 
 
 def _train_rows(run_dir):
@@ -60,10 +66,6 @@ def test_coordination_end_to_end_writes_eval(coord_file, tmp_path):
 def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     """`offmarl evaluate` rebuilds only the agents: with the world-model cache gone it must not
     refit, and it reproduces the final evaluation of the run (same checkpoint, same seed)."""
-    import shutil
-
-    from offmarl.training import evaluate_runs
-
     res = _train(coord_file, tmp_path, steps=6)
     shutil.rmtree(tmp_path / "cache")
     out = evaluate_runs([res["run_dir"]], episodes=4, checkpoint="latest", device="cpu", seed=0,
@@ -75,14 +77,10 @@ def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
 
 def test_resume_gives_identical_metrics(coord_file, tmp_path):
     full = _train(coord_file, tmp_path / "a", steps=6)
-    from pathlib import Path
-
     # the interrupted run: 3 steps (checkpoint at 3), then resumed up to 6
     part = _train(coord_file, tmp_path / "b", steps=3)
     run_b = Path(part["run_dir"])
     cfg = run_b / "config.yaml"
-    import yaml
-
     c = yaml.safe_load(cfg.read_text())
     c["config"]["loop"]["steps"] = 6
     cfg.write_text(yaml.safe_dump(c))
@@ -95,27 +93,43 @@ def test_resume_gives_identical_metrics(coord_file, tmp_path):
 
 def test_bad_options_are_clear(coord_file, tmp_path):
     with pytest.raises(OffmarlError, match="unknown algorithm 'moma-pp'.*Did you mean: moma-ppo"):
-        train_from_options(coord_file, "moma-pp", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-pp", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="not available for coordination"):
-        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown config key 'rollout.horizn'.*rollout.horizon"):
-        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path), progress=False,
+        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path),
+                           log=lambda *a: None)
+    # derived keys cannot be set (they come from ppo.history_len / ppo.gamma), and a fixed threshold
+    # together with the calibration is a contradiction, not a silently ignored --set
+    for key in ("rollout.history=5", "rollout.gamma=0.9"):
+        with pytest.raises(OffmarlError, match=f"unknown config key '{key.split('=')[0]}'"):
+            train_from_options(coord_file, "moma-ppo", overrides=[key], out=str(tmp_path),
+                               log=lambda *a: None)
+    with pytest.raises(OffmarlError, match="calibrate_eps_g=null"):
+        train_from_options(coord_file, "moma-ppo", overrides=["rollout.eps_g_threshold=2"], out=str(tmp_path),
+                           log=lambda *a: None)
+    with pytest.raises(OffmarlError, match="no eps_g termination threshold"):
+        train_from_options(coord_file, "moma-ppo", overrides=["calibrate_eps_g=null"], out=str(tmp_path),
                            log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown dataset"):
-        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="world model file"):
         train_from_options(coord_file, "moma-ppo", extra={"world_model_path": str(tmp_path / "nope.pt")},
-                           out=str(tmp_path), progress=False, log=lambda *a: None)
+                           out=str(tmp_path), log=lambda *a: None)
 
 
 def test_dataset_env_mismatch_is_clear(tmp_path):
     """A dataset whose widths do not fit its declared env is rejected with both shapes named."""
-    import dataclasses
-
     ds = build("coordination-neutral", size=50, seed=0)
     bad = dataclasses.replace(ds.meta, env="reacher-2x1")
-    from offmarl.algos.moma_ppo import Algorithm, Config
-
     ds.meta = bad
     with pytest.raises(OffmarlError, match="does not match reacher-2x1"):
         Algorithm(ds, Config(), "cpu", 0, log=lambda *a: None)
+
+
+def test_configs_saved_before_the_derived_keys_still_load():
+    old = {"rollout": {"horizon": 5, "history": 10, "gamma": 0.99, "eps_g_threshold": 2.0}, "calibrate_eps_g": 0.99}
+    cfg = from_dict(Config, migrate_saved_config(old))
+    assert cfg.rollout.horizon == 5 and cfg.rollout.eps_g_threshold is None
+    fixed = {"rollout": {"history": 10, "eps_g_threshold": 2.0}, "calibrate_eps_g": None}
+    assert from_dict(Config, migrate_saved_config(fixed)).rollout.eps_g_threshold == 2.0

@@ -72,7 +72,7 @@ def test_world_model_shapes_and_loss_falls(collected):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss, terms, _ = model.loss(batch, g)
+        loss, _, _ = model.loss(batch, g)
         opt.zero_grad()
         loss.backward()
         opt.step()

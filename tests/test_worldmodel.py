@@ -1,12 +1,15 @@
 """World model: uncertainty maths, fitting, caching, loading errors, and synthetic rollouts."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel import (
@@ -25,6 +28,7 @@ from offmarl.worldmodel import (
     model_rollout,
     penalised_reward,
 )
+from offmarl.worldmodel.ensemble import FORMAT
 
 S, N, A = 4, 2, 1  # tiny widths: state 4, two agents with one action each
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_every": 50, "patience": 3,
@@ -225,7 +229,7 @@ def test_box_clipping():
     model = constant_model([[100.0] * S + [100.0], [-100.0] * S + [-100.0]])  # far outside the data
     start = {"states": ds.tensors()["states"][:16]}
     batch, _ = model_rollout(model, LinearGaussianPolicy(), start, observe,
-                             RolloutConfig(horizon=3, history=0, eps_g_threshold=1e9), box, torch.Generator())
+                             RolloutConfig(horizon=3, eps_g_threshold=1e9), box, torch.Generator(), gamma=0.99)
     hi, lo = box["state_high"], box["state_low"]
     assert torch.all((batch["next_states"] == hi) | (batch["next_states"] == lo))
     assert torch.all((batch["raw_rewards"] == box["reward_high"]) | (batch["raw_rewards"] == box["reward_low"]))
@@ -236,9 +240,9 @@ def test_uncertainty_termination(spread, fires):
     # 3 elites disagree on one state dim by 0, spread, 2*spread: Cov has one non-zero entry,
     # eps_g = var([0, s, 2s], ddof=1) = s^2 -> 9 (> 2, fires) or 0.25 (< 2, does not)
     model = constant_model([[i * spread] + [0.0] * S for i in range(3)])
-    cfg = RolloutConfig(horizon=4, history=2, clip_to_box=False, uncertain_end="terminal")
+    cfg = RolloutConfig(horizon=4, clip_to_box=False, uncertain_end="terminal", eps_g_threshold=2.0)
     batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, None,
-                                torch.Generator().manual_seed(0))
+                                torch.Generator().manual_seed(0), gamma=0.99, history=2)
     torch.testing.assert_close(batch["eps_g"][0], torch.full((8,), spread ** 2))
     if fires:
         assert info["frac_uncertainty_terminated"] == 1.0
@@ -256,9 +260,9 @@ def test_uncertain_end_modes(mode):
     model = constant_model([[i * 3.0] + [0.0] * S for i in range(3)])
     box = {"state_low": torch.full((S,), -1e3), "state_high": torch.full((S,), 1e3),
            "reward_low": torch.tensor(-2.0), "reward_high": torch.tensor(1e3)}
-    cfg = RolloutConfig(horizon=4, history=0, uncertain_end=mode, gamma=0.9)
+    cfg = RolloutConfig(horizon=4, uncertain_end=mode, eps_g_threshold=2.0)
     batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, box,
-                                torch.Generator().manual_seed(0))
+                                torch.Generator().manual_seed(0), gamma=0.9)
     assert info["frac_uncertainty_terminated"] == 1.0 and info["mean_length"] == 1.0
     assert not batch["valid"][1:].any()
     plain = batch["raw_rewards"][0] - cfg.lambda_g * 9.0 - cfg.lambda_r * batch["eps_r"][0]
@@ -279,12 +283,12 @@ def test_env_termination_rule_on_unclipped_predictions():
     model = constant_model([[5.0] + [0.0] * S for _ in range(3)])
     box = {"state_low": torch.full((S,), -1.0), "state_high": torch.full((S,), 1.0),
            "reward_low": torch.tensor(-1.0), "reward_high": torch.tensor(1.0)}
-    rule = lambda s: s[..., 0] > 1.0  # noqa: E731
+    rule = lambda s: s[..., 0] > 1.0
     start = {"states": torch.zeros(8, S)}
     for termination, fires in [("env", True), ("model", False)]:
-        cfg = RolloutConfig(horizon=3, history=0, termination=termination, eps_g_threshold=1e9)
+        cfg = RolloutConfig(horizon=3, termination=termination, eps_g_threshold=1e9)
         batch, info = model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box,
-                                    torch.Generator().manual_seed(0), done_fn=rule)
+                                    torch.Generator().manual_seed(0), done_fn=rule, gamma=0.99)
         assert torch.all(batch["next_states"][..., 0] <= 1.0)  # clipped in the batch
         assert bool(batch["dones"][0].all()) is fires and info["frac_model_terminated"] == float(fires)
     with pytest.raises(OffmarlError, match="termination"):
@@ -306,11 +310,12 @@ def test_rollout_shapes_masks_and_determinism():
         model.net.out.weight[:, :, -1] = 0.0
     k, b, h = 3, 32, 5
     start = ds.sample_histories(b, k, generator=torch.Generator().manual_seed(1))
-    cfg = RolloutConfig(horizon=h, history=k, done_threshold=0.29, sample=True)
+    cfg = RolloutConfig(horizon=h, done_threshold=0.29, sample=True, eps_g_threshold=2.0)
     box = dataset_box(ds)
 
     def run(seed):
-        return model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(seed))
+        return model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(seed),
+                             gamma=0.99, history=k)
 
     batch, info = run(0)
     assert batch["states"].shape == (h, b, S) and batch["obs"].shape == (h, b, N, S)
@@ -347,7 +352,111 @@ def test_rollout_without_history_and_discrete_actions():
             return a, torch.full(a.shape, -np.log(3.0))
 
     batch, _ = model_rollout(model, Uniform(), {"states": torch.zeros(4, S)}, observe,
-                             RolloutConfig(horizon=2, history=2, clip_to_box=False, eps_g_threshold=1e9), None,
-                             torch.Generator())
+                             RolloutConfig(horizon=2, clip_to_box=False, eps_g_threshold=1e9), None,
+                             torch.Generator(), gamma=0.99, history=2)
     assert batch["actions"].shape == (2, 4, N) and batch["hist_actions"].shape == (2, 4, 2, N)
     assert not batch["hist_mask"][0].any() and batch["next_hist_mask"][0, :, -1].all()
+
+
+def test_rollout_needs_a_threshold():
+    model = constant_model([[0.0] * (S + 1)] * 2)
+    with pytest.raises(OffmarlError, match="eps_g_threshold is None"):
+        model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(2, S)}, observe,
+                      RolloutConfig(clip_to_box=False), None, torch.Generator(), gamma=0.99)
+
+
+def test_step_is_sample_candidates_with_one_candidate():
+    ds = linear_dataset(t=300)
+    model = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "max_steps": 20}))
+    model.fit(ds)
+    t = ds.tensors()
+    s, joint = t["states"][:16], model.encode_actions(t["actions"][:16])
+    for sample in (False, True):
+        one = model.step(s, joint, torch.Generator().manual_seed(3), sample=sample)
+        cand = model.sample_candidates(s, joint, 3, torch.Generator().manual_seed(3), torch.Generator(), "both",
+                                       sample)
+        assert torch.equal(cand["next_states"][:, 0], one["next_states"])
+        assert torch.equal(cand["rewards"][:, 0], one["rewards"]) and cand["next_states"].shape == (16, 3, S)
+    with pytest.raises(OffmarlError, match="distinct"):
+        model.sample_candidates(s, joint, 3, mode="elites")
+
+
+# ---------------------------------------------------------------- trainer and store
+def _improved_any(best: list[float], mse: list[float], min_improvement: float) -> bool:
+    return any((b - m) / max(b, 1e-12) > min_improvement for b, m in zip(best, mse))
+
+
+@pytest.mark.parametrize("patience", [2, 4])
+def test_epoch_early_stopping_stops_on_patience_and_only_there(patience):
+    """A small real fit (the linear dataset) with epoch-based early stopping: the fit stops at the first
+    evaluation that completes ``patience`` evaluations in a row without any member improving by more
+    than min_improvement, and never earlier; every evaluation is exactly one epoch apart."""
+    ds = linear_dataset(t=400)
+    cfg = EnsembleConfig(**{**TINY, "early_stopping": "epochs", "patience": patience, "min_improvement": 0.05,
+                            "max_epochs": 400})
+    model = EnsembleWorldModel.for_dataset(ds, cfg)
+    seen = []
+    stats = model.fit(ds, progress=seen.append)
+    epoch_len = -(-stats["n_train"] // cfg.batch_size)
+    assert [p["step"] for p in seen] == [epoch_len * (i + 1) for i in range(len(seen))]
+    assert stats["stopped_early"] and stats["steps"] == seen[-1]["step"] < 400 * epoch_len
+    # replay the rule on the reported numbers: count evaluations without improvement
+    best, run, stops = list(stats["initial_holdout_mse"]), 0, []
+    for i, p in enumerate(seen):
+        if _improved_any(best, p["holdout_mse"], cfg.min_improvement):
+            run = 0
+        else:
+            run += 1
+        best = p["best_holdout_mse"]
+        stops.append(run >= patience)
+    assert stops[-1] and not any(stops[:-1])
+    assert len(seen) > patience  # it improved at first: the stop is not the trivial one
+    # the progress report: per-dimension holdout MSE over [delta state, reward], worst dimension, an ETA
+    assert len(seen[0]["holdout_dim_mse"]) == S + 1 and 0 <= seen[0]["worst_dim"] <= S
+    assert seen[0]["eta_seconds"] >= 0 and seen[0]["epoch"] == pytest.approx(1.0)
+
+
+def test_epoch_cap_without_patience_runs_to_the_cap():
+    ds = linear_dataset(t=300)
+    cfg = EnsembleConfig(**{**TINY, "early_stopping": "epochs", "patience": 10**6, "max_epochs": 3})
+    stats = EnsembleWorldModel.for_dataset(ds, cfg).fit(ds)
+    assert not stats["stopped_early"] and stats["epochs"] == 3.0
+    with pytest.raises(OffmarlError, match="early_stopping"):
+        EnsembleConfig(early_stopping="never")
+
+
+def test_default_stopping_is_the_step_cap():
+    ds = linear_dataset(t=300)
+    seen = []
+    stats = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "max_steps": 120, "eval_every": 50})).fit(
+        ds, progress=seen.append)
+    assert [p["step"] for p in seen] == [50, 100, 120] and stats["steps"] == 120
+
+
+def test_silu_option_and_cache_keys(tmp_path):
+    ds = linear_dataset(t=300)
+    silu = EnsembleWorldModel.for_dataset(ds, EnsembleConfig(**{**TINY, "activation": "silu", "max_steps": 30}))
+    assert isinstance(silu.net.act, torch.nn.SiLU)
+    silu.fit(ds)
+    again = load_world_model(silu.save(tmp_path / "silu.pt"))
+    x, a = torch.randn(3, S), torch.randn(3, N * A)
+    torch.testing.assert_close(again.predict(x, a)[0], silu.predict(x, a)[0])
+    with pytest.raises(OffmarlError, match="activation"):
+        EnsembleConfig(activation="tanh")
+    # keys of entries fitted before the new options existed: the options at their defaults leave the key as it was
+    cfg = EnsembleConfig(**TINY)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("early_stopping", "max_epochs", "activation")}
+    payload = json.dumps({"data": "abc", "config": old, "format": FORMAT}, sort_keys=True)
+    assert cache_key("abc", cfg) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    assert cache_key("abc", EnsembleConfig(**{**TINY, "activation": "silu"})) != cache_key("abc", cfg)
+
+
+def test_atomic_writes_leave_nothing_behind(tmp_path):
+    atomic_write_text(tmp_path / "a" / "x.txt", "one")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a" / "x.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert (tmp_path / "a" / "x.txt").read_text() == "one" and sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "x.txt"]
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "a" / "w.pt")
+    assert torch.equal(torch.load(tmp_path / "a" / "w.pt")["w"], torch.ones(2))

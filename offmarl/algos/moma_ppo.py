@@ -6,7 +6,7 @@
                     termination on predicted done or RAW eps_g above the threshold)
                 ──► MAPPO.update (GAE, joint clipped ratio, value clipping, adaptive entropy)
 
-One training "step" of offmarl.training is one iteration. The world model is fixed during
+One training "step" of offmarl.loop is one iteration. The world model is fixed during
 policy training, so resuming needs only the MA-PPO state and the generator.
 
 Deviation from the reference, on purpose: its uncertainty termination never fired (it clamps
@@ -26,42 +26,35 @@ import torch
 from offmarl.algos.mappo import MAPPO, MAPPOConfig
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
-from offmarl.training import LoopConfig
+from offmarl.loop import LoopConfig
+from offmarl.planners.mag import PlannerConfig
 from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
 from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
-
-
-@dataclass
-class PlannerConfig:
-    kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md)
-    l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo-mag.yaml)
-    h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
-    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network)
-    discount: float = 1.0       # gamma^(j-1) on the continuation's scores (MAG Algorithm 1: plain sum)
-    candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both
-    error_hidden: tuple[int, ...] = (256, 256, 256, 256)  # R_m widths (MAG appendix B: 4 x 256)
-    error_steps: int = 3_000    # R_m Adam steps (ours)
-    error_lr: float = 1e-3      # R_m Adam lr (ours)
-    error_batch_size: int = 256  # R_m batch (ours)
-    error_max_labels: int = 200_000  # dataset transitions labelled with the model's error (ours)
-    error_seed: int = 0         # R_m labels, split and init
-
-    def __post_init__(self):
-        self.error_hidden = tuple(int(x) for x in self.error_hidden)
+from offmarl.worldmodel.scorers import make_planner
 
 
 @dataclass
 class Config:
     world_model: EnsembleConfig = field(default_factory=EnsembleConfig)  # see offmarl/worldmodel/ensemble.py
     rollout: RolloutConfig = field(default_factory=RolloutConfig)         # horizon 10, λg 0.1, λr 0.05 (reference)
-    ppo: MAPPOConfig = field(default_factory=MAPPOConfig)                 # fast preset (configs/moma-ppo.yaml)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-    rollout_batch: int = 2_000       # start states per iteration (x horizon = synthetic transitions); ours
-    calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold; None = rollout's value
+    # MA-PPO's own defaults (offmarl/algos/mappo.py) except:
+    #   actor/critic 2x128: ours, the reference's 2x256 costs 2.8x per update on CPU (docs/benchmarks.md);
+    #     SB3/CleanRL PPO use 2x64 on MuJoCo
+    #   minibatch 2048: ours (ref 64), 5 minibatches of the default 10k synthetic transitions per epoch
+    #   critic "state": Yu et al. MAPPO V(s) on the global state (ref: per-agent values mixed by a
+    #     hypernetwork, `critic: mixer`, 2.2x the cost)
+    ppo: MAPPOConfig = field(default_factory=lambda: MAPPOConfig(
+        actor_hidden=(128, 128), critic_hidden=(128, 128), minibatch_size=2048, critic="state"))
+    planner: PlannerConfig = field(default_factory=PlannerConfig)          # off; configs/moma-ppo.yaml `mag`, docs/mag.md
+    rollout_batch: int = 1_000       # ours: 1000 start states x 10 steps = 10k synthetic transitions (ref ~2k)
+    calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold (ours); None = use
+    #                                      rollout.eps_g_threshold (the reference's fixed value is 2)
     world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
     cache_dir: str | None = None          # world-model cache (default ~/.offmarl/cache/worldmodels)
+    # ours: 600 iterations fit `offmarl train --dataset ant-medium` in < 1 h on 2 CPU cores; evaluation:
+    # ref 10 deterministic episodes
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
-        steps=1_000, eval_every=100, eval_episodes=10, final_eval_episodes=10, log_every=10, checkpoint_every=50))
+        steps=600, eval_every=100, eval_episodes=10, final_eval_episodes=10, log_every=10, checkpoint_every=50))
 
 
 def default_cache_dir() -> Path:
@@ -69,15 +62,31 @@ def default_cache_dir() -> Path:
 
 
 def check_dataset(ds, cfg: Config) -> None:
-    if cfg.planner.kind not in ("none", "mag"):
-        raise OffmarlError(f"planner {cfg.planner.kind!r} is unknown; choose none or mag")
-    if cfg.planner.kind == "mag":
-        try:
-            import offmarl.planners.mag  # noqa: F401
-        except ImportError:
-            raise OffmarlError("--planner mag is not available in this version of offmarl") from None
+    check_config(cfg)
+
+
+def check_config(cfg: Config) -> None:
+    """Options that contradict each other are errors, never silently overridden."""
     if cfg.rollout_batch < 1:
         raise OffmarlError("rollout_batch must be >= 1")
+    thr, q = cfg.rollout.eps_g_threshold, cfg.calibrate_eps_g
+    if thr is not None and q is not None:
+        raise OffmarlError(f"rollout.eps_g_threshold={thr} is set but calibrate_eps_g={q} would replace it with the "
+                           f"data's eps_g quantile; set calibrate_eps_g=null to use the fixed threshold, or drop "
+                           f"rollout.eps_g_threshold to calibrate")
+    if thr is None and q is None:
+        raise OffmarlError("no eps_g termination threshold: set calibrate_eps_g (a quantile, default 0.99) or "
+                           "rollout.eps_g_threshold (a fixed value; the reference's is 2)")
+
+
+def migrate_saved_config(saved: dict) -> dict:
+    """A run's saved ``config`` dict from before rollout.history / rollout.gamma became derived (they
+    are ppo.history_len / ppo.gamma) and before eps_g_threshold=None meant "calibrated": drop the
+    derived keys, and the fixed threshold that calibration replaced. Newer dicts pass unchanged."""
+    rollout = {k: v for k, v in (saved.get("rollout") or {}).items() if k not in ("history", "gamma")}
+    if saved.get("calibrate_eps_g", Config.calibrate_eps_g) is not None:
+        rollout.pop("eps_g_threshold", None)
+    return {**saved, "rollout": rollout} if "rollout" in saved else saved
 
 
 class Algorithm:
@@ -87,14 +96,15 @@ class Algorithm:
         global RNG stream that initialises them is the same as before this helper existed)."""
         self.cfg, self.device, self.dataset = cfg, torch.device(device), dataset
         self.env = make_env(dataset.meta.env, obs=dataset.meta.obs_scheme)
-        # the same K feeds the policy's memory and the rollouts' histories
-        self.k = cfg.ppo.history_len
-        self.rollout_cfg = dataclasses.replace(cfg.rollout, history=self.k, gamma=cfg.ppo.gamma)
+        # the same K feeds the policy's memory and the rollouts' histories; the HALT value uses the policy's gamma
+        self.k, self.gamma = cfg.ppo.history_len, cfg.ppo.gamma
+        self.rollout_cfg = cfg.rollout
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.generators = {"moma": self.gen}
         self.model, self.planner, self.model_info = None, None, {}
 
     def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
+        check_config(cfg)
         self._setup_agents(dataset, cfg, device, seed)
         spec = self.env.spec
         if spec.obs_dims != tuple(dataset.meta.obs_dims) or spec.state_dim != dataset.meta.state_dim:
@@ -109,12 +119,16 @@ class Algorithm:
             self.model_info = {"cached": True, "path": cfg.world_model_path}
         else:
             cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-            log(f"world model: looking in the cache {cache} (or fitting {wm_cfg.members} members, "
-                f"up to {wm_cfg.max_steps} steps)")
+            cap = (f"up to {wm_cfg.max_steps} steps" if wm_cfg.early_stopping == "steps" else
+                   f"early stopping on {wm_cfg.patience} epochs" + (f", up to {wm_cfg.max_epochs} epochs"
+                                                                    if wm_cfg.max_epochs else ""))
+            log(f"world model: looking in the cache {cache} (or fitting {wm_cfg.members} members, {cap})")
 
             def report(p):
-                best = min(p["best_holdout_mse"])
-                log(f"  world model step {p['step']}/{wm_cfg.max_steps}: best holdout mse {best:.4f}")
+                eta = "" if p["eta_seconds"] is None else f", at most {p['eta_seconds'] / 60:.1f} min left"
+                log(f"  world model step {p['step']} (epoch {p['epoch']:.1f}): best holdout mse "
+                    f"{min(p['best_holdout_mse']):.4f}, worst dimension {p['worst_dim']} "
+                    f"({max(p['holdout_dim_mse']):.4f}){eta}")
 
             self.model, self.model_info = load_or_fit(dataset, wm_cfg, cache, device=self.device, progress=report)
         log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
@@ -132,11 +146,9 @@ class Algorithm:
         t = dataset.tensors(self.device)
         self.mappo.update_normalisers(t["observations"], t["states"])
         if cfg.planner.kind == "mag":
-            from offmarl.planners.mag import MAGPlanner
-
             model_dir = Path(self.model_info["path"]).parent if self.model_info.get("path") else None
-            self.planner = MAGPlanner.from_config(cfg.planner, self.model, dataset, self.device,
-                                                  obs_fn=self.env.observe, cache_dir=model_dir, log=log)
+            self.planner = make_planner(cfg.planner, self.model, dataset, self.env.observe, model_dir, self.device,
+                                        log=log)
 
     @classmethod
     def for_evaluation(cls, dataset, cfg: Config, device, seed: int, log=print) -> "Algorithm":
@@ -162,12 +174,9 @@ class Algorithm:
     def update(self, step: int) -> dict:
         start = self._start_states()
         done_fn = self.env.terminated if self.env.has_termination_rule else None
-        if self.planner is not None:
-            batch, info = self.planner.rollout(self.mappo.policy, start, self.env.observe, self.rollout_cfg,
-                                               self.box, self.gen, done_fn=done_fn)
-        else:
-            batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
-                                        self.box, self.gen, done_fn=done_fn)
+        batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
+                                    self.box, self.gen, done_fn=done_fn, gamma=self.gamma, history=self.k,
+                                    planner=self.planner)
         metrics = self.mappo.update(batch, self.gen)
         metrics.update({k: float(v) for k, v in info.items()})
         return metrics

@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from offmarl.atomic import TMP_SUFFIX, atomic_path
 from offmarl.data.dataset import ARRAY_KEYS, OPTIONAL_KEYS, DatasetError, DatasetMeta, MultiAgentDataset
 
 FORMAT_NAME = "offmarl-dataset"
@@ -37,7 +37,6 @@ FORMAT_VERSION = 1
 
 # Key sets that identify files written by other tools (for the "use convert" hint).
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals")
-TMP_SUFFIX = ".tmp"
 
 
 # ---------------------------------------------------------------------------- writing
@@ -54,30 +53,22 @@ def save_dataset(ds: MultiAgentDataset, path: str | os.PathLike, compression: st
         raise DatasetError(f"{path}: is a directory; give a file name such as {path / 'dataset.h5'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
-    # The pid in the name lets a later save recognise temps of killed writers; mode "x" creates
-    # the file exclusively with the usual umask permissions (mkstemp would make it 0600).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-    try:
-        with h5py.File(tmp, "x") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["meta"] = json.dumps(ds.meta.to_dict())
-            for key in ARRAY_KEYS + OPTIONAL_KEYS:
-                arr = getattr(ds, key)
-                if arr is None:
-                    continue
-                arr = np.ascontiguousarray(arr)
-                kw: dict[str, Any] = {}
-                if compression is not None:
-                    kw = {"compression": compression, "chunks": _chunks(arr.shape)}
-                f.create_dataset(key, data=arr, **kw)
-        # Flush the bytes to disk before the rename so a crash cannot publish an empty file.
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # The pid in the temp's name lets a later save recognise temps of killed writers; mode "x" creates
+    # the file exclusively with the usual umask permissions (mkstemp would make it 0600). fsync: flushed
+    # before the rename, so a crash cannot publish an empty file.
+    with atomic_path(path, fsync=True) as tmp, h5py.File(tmp, "x") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["meta"] = json.dumps(ds.meta.to_dict())
+        for key in ARRAY_KEYS + OPTIONAL_KEYS:
+            arr = getattr(ds, key)
+            if arr is None:
+                continue
+            arr = np.ascontiguousarray(arr)
+            kw: dict[str, Any] = {}
+            if compression is not None:
+                kw = {"compression": compression, "chunks": _chunks(arr.shape)}
+            f.create_dataset(key, data=arr, **kw)
     return path
 
 

@@ -14,16 +14,15 @@ the training split; one holdout split is shared; the best snapshot of every memb
 MSE) is kept and restored at the end; the ``elites`` members with lowest holdout MSE are the ones
 used in rollouts (MOMA-PPO reference: 7 trained, 5 kept).
 
-Saved files hold ``state_dict`` + config + widths + metadata; ``load_or_fit`` caches a fitted model
-under ``cache_dir/<cache_key>/`` so a second run on the same data and config skips training.
+Fitting runs in worldmodel/trainer.py (split, bootstrap, early stopping, best snapshots); files and
+the cache in worldmodel/store.py: ``load_or_fit`` caches a fitted model under
+``cache_dir/<cache_key>/`` so a second run on the same data and config skips training.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from offmarl.atomic import atomic_write_text
 from offmarl.errors import OffmarlError
+from offmarl.nn.functional import soft_clamp
 from offmarl.nn.layers import EnsembleMLP, Standardiser
+from offmarl.worldmodel import store, trainer
+from offmarl.worldmodel.store import WorldModelError
 
 FORMAT = "offmarl-worldmodel-v1"  # bump when the saved layout changes: old cache entries are then ignored
-
-
-class WorldModelError(OffmarlError):
-    """A user-facing problem with a world-model file or its fit to a dataset."""
+CANDIDATE_MODES = ("elites", "samples", "both")
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
+# EnsembleConfig options added after format v1: they enter the cache key only when set to another value,
+# so entries fitted before they existed (with these defaults) stay valid
+KEY_OPTIONAL = {"early_stopping": "steps", "max_epochs": None, "activation": "relu"}
 
 
 @dataclass
@@ -62,6 +66,10 @@ class EnsembleConfig:
     logvar_bound_coef: float = 0.01       # MOPO / mbrl-lib penalty on (max_logvar - min_logvar)
     grad_clip: float = 0.0                # per-member grad-norm clip; 0 = off (mbrl-lib); reference: 1.0
     seed: int = 0                         # initialisation, bootstrap and batch draws (part of the cache key)
+    early_stopping: str = "steps"         # steps: evaluate every eval_every steps, cap max_steps (reference);
+    #                                       epochs: evaluate every epoch, patience in epochs (MOPO/OfflineRL-Kit)
+    max_epochs: int | None = None         # epochs mode only: cap (MOBILE: 30); None = stop on patience alone (MOPO)
+    activation: str = "relu"              # relu (ours so far) | silu (MOPO / mbrl-lib "swish")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -71,16 +79,30 @@ class EnsembleConfig:
             raise OffmarlError("EnsembleConfig: batch_size, max_steps and eval_every must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise OffmarlError(f"EnsembleConfig: holdout_fraction={self.holdout_fraction} must be in (0, 1)")
+        if self.activation not in ACTIVATIONS:
+            raise OffmarlError(f"world_model.activation={self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.trainer_config()  # checks early_stopping / max_epochs
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the later options at their defaults (see KEY_OPTIONAL)."""
+        return {k: v for k, v in self.to_dict().items() if not (k in KEY_OPTIONAL and v == KEY_OPTIONAL[k])}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnsembleConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: (tuple(v) if k == "hidden" else v) for k, v in d.items() if k in names})
+
+    def trainer_config(self) -> trainer.TrainerConfig:
+        return trainer.TrainerConfig(
+            lr=self.lr, batch_size=self.batch_size, max_steps=self.max_steps,
+            holdout_fraction=self.holdout_fraction, max_holdout=self.max_holdout, eval_every=self.eval_every,
+            patience=self.patience, min_improvement=self.min_improvement, early_stopping=self.early_stopping,
+            max_epochs=self.max_epochs, grad_clip=self.grad_clip, bootstrap=True)
 
 
 def encode_joint_action(actions: torch.Tensor, discrete: bool, n_actions: int = 0) -> torch.Tensor:
@@ -110,7 +132,8 @@ class EnsembleWorldModel(nn.Module):
         self.joint_action_dim = n_agents * action_dim
         self.target_dim = state_dim + 1  # [delta state, reward]
         e, d = config.members, self.target_dim
-        self.net = EnsembleMLP(e, state_dim + self.joint_action_dim, config.hidden, 2 * d + 1)
+        self.net = EnsembleMLP(e, state_dim + self.joint_action_dim, config.hidden, 2 * d + 1,
+                               activation=ACTIVATIONS[config.activation])
         # learned soft bounds on the log-variance, per member (MOPO / mbrl-lib init: 0.5 and -10)
         self.max_logvar = nn.Parameter(torch.full((e, 1, d), 0.5))
         self.min_logvar = nn.Parameter(torch.full((e, 1, d), -10.0))
@@ -136,10 +159,8 @@ class EnsembleWorldModel(nn.Module):
         out = self.net(x_std)
         d = self.target_dim
         mean, raw_logvar, logit = out[..., :d], out[..., d:2 * d], out[..., 2 * d]
-        # soft clamp into [min_logvar, max_logvar] with softplus (PETS / MOPO / mbrl-lib)
-        logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
-        return mean, logvar, logit
+        # soft clamp into [min_logvar, max_logvar] (PETS / MOPO / mbrl-lib)
+        return mean, soft_clamp(raw_logvar, self.min_logvar, self.max_logvar), logit
 
     def _inputs(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
         x = self.input_norm(torch.cat([states, joint_actions.to(states.dtype)], dim=-1))
@@ -160,32 +181,71 @@ class EnsembleWorldModel(nn.Module):
         mean = torch.cat([states.unsqueeze(0) + mean[..., :-1], mean[..., -1:]], dim=-1)
         return mean, logvar, torch.sigmoid(logit)
 
+    def check_candidates(self, l: int, mode: str) -> None:
+        """Raise a clear error for candidate options this model cannot offer."""
+        if mode not in CANDIDATE_MODES:
+            raise OffmarlError(f"candidates={mode!r}; choose one of {', '.join(CANDIDATE_MODES)}")
+        if l < 1:
+            raise OffmarlError(f"l={l} candidates: must be >= 1 (1 = plain model rollouts)")
+        ne = len(self.elite_idx)
+        if mode == "elites" and l > ne:
+            raise OffmarlError(f"candidates='elites' gives at most {ne} distinct candidates (the model's elites), "
+                               f"l={l}; lower planner.l or use planner.candidates=both")
+
+    @torch.no_grad()
+    def sample_candidates(self, states: torch.Tensor, joint: torch.Tensor, l: int,
+                          generator: torch.Generator | None = None, plan_generator: torch.Generator | None = None,
+                          mode: str = "elites", sample: bool = False) -> dict[str, torch.Tensor]:
+        """L candidate model transitions per row (the MAG planner's choices; ``step`` is L = 1).
+
+        Candidate 0 is one elite drawn at random per row from ``generator``, its MEAN (MOMA-PPO
+        reference) or, with ``sample``, a Gaussian sample of it (MOPO; noise also from ``generator``).
+        Candidates 1..L-1 draw only from ``plan_generator``: "elites" = the other elites in a random
+        order per row (distinct while L <= elites), "samples" = Gaussian samples of candidate 0's
+        elite, "both" = Gaussian samples of the other elites; ``sample`` adds the noise to every
+        candidate. Generators must live on the device of ``states``.
+        states [B, S], joint [B, NA] -> next_states [B, L, S], rewards [B, L], done_prob [B, L],
+        elite_means / elite_logvars [Ee, B, S+1] (of (states, joint), shared by the candidates)
+        """
+        self.check_candidates(l, mode)
+        mean, logvar, done_prob = self.predict(states, joint)
+        em, el, ed = mean[self.elite_idx], logvar[self.elite_idx], done_prob[self.elite_idx]
+        ne, b, dev = em.shape[0], states.shape[0], states.device
+        rows = torch.arange(b, device=dev)
+        pick0 = torch.randint(ne, (b,), generator=generator, device=dev)
+        out0 = em[pick0, rows]
+        if sample:
+            noise = torch.randn(out0.shape, generator=generator, device=out0.device, dtype=out0.dtype)
+            out0 = out0 + noise * torch.exp(0.5 * el[pick0, rows])
+        outs, dones = out0.unsqueeze(1), ed[pick0, rows].unsqueeze(1)
+        if l > 1:
+            if mode == "samples":
+                picks = pick0.unsqueeze(1).expand(b, l - 1)
+            else:  # a random order of the elites per row with pick0 first, then the others (wrapping if L > Ee)
+                key = torch.rand(b, ne, generator=plan_generator, device=dev)
+                key[rows, pick0] = -1.0
+                order = key.argsort(dim=1)
+                picks = order[:, torch.arange(1, l, device=dev) % ne]
+            other = em[picks, rows[:, None]]  # [B, L-1, S+1]
+            if mode in ("samples", "both") or sample:
+                noise = torch.randn(other.shape, generator=plan_generator, device=dev, dtype=other.dtype)
+                other = other + noise * torch.exp(0.5 * el[picks, rows[:, None]])
+            outs = torch.cat([outs, other], dim=1)
+            dones = torch.cat([dones, ed[picks, rows[:, None]]], dim=1)
+        return {"next_states": outs[..., :-1], "rewards": outs[..., -1], "done_prob": dones,
+                "elite_means": em, "elite_logvars": el}
+
     @torch.no_grad()
     def step(self, states: torch.Tensor, joint_actions: torch.Tensor, generator: torch.Generator | None = None,
              sample: bool = False) -> dict[str, torch.Tensor]:
-        """One model transition per row, from ONE elite drawn at random per row.
+        """One model transition per row: ``sample_candidates`` with L = 1 (same random draws).
 
-        MOMA-PPO reference: the chosen elite's MEAN is used; ``sample=True`` draws from its Gaussian
-        instead (MOPO). ``generator`` must live on the device of ``states``.
         returns next_states [B, S], rewards [B], done_prob [B], elite_means [Ee, B, S+1],
         elite_logvars [Ee, B, S+1]
         """
-        mean, logvar, done_prob = self.predict(states, joint_actions)
-        elite_means, elite_logvars = mean[self.elite_idx], logvar[self.elite_idx]
-        b = states.shape[0]
-        pick = torch.randint(len(self.elite_idx), (b,), generator=generator, device=states.device)
-        rows = torch.arange(b, device=states.device)
-        out = elite_means[pick, rows]  # [B, S+1]
-        if sample:
-            noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
-            out = out + noise * torch.exp(0.5 * elite_logvars[pick, rows])
-        return {
-            "next_states": out[:, :-1],
-            "rewards": out[:, -1],
-            "done_prob": done_prob[self.elite_idx][pick, rows],
-            "elite_means": elite_means,
-            "elite_logvars": elite_logvars,
-        }
+        out = self.sample_candidates(states, joint_actions, 1, generator, None, "elites", sample)
+        return {**out, "next_states": out["next_states"][:, 0], "rewards": out["rewards"][:, 0],
+                "done_prob": out["done_prob"][:, 0]}
 
     def _check_widths(self, states: torch.Tensor, joint_actions: torch.Tensor) -> None:
         if states.shape[-1] != self.state_dim or joint_actions.shape[-1] != self.joint_action_dim:
@@ -196,52 +256,50 @@ class EnsembleWorldModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ training
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [E, B, in], y [E, B, D] (standardised), done [E, B] float -> (total loss, mse per member [E])."""
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """x [E, B, in], y [E, B, D] (standardised), done [E, B] float -> total loss."""
         mean, logvar, logit = self._forward_std(x)
-        nll = ((mean - y) ** 2 * torch.exp(-logvar) + logvar).mean(dim=(1, 2))  # Gaussian NLL, no constant
+        # Gaussian NLL per member (mean over batch and dims): -2 log N(y; mean, exp(logvar)) without the constant.
+        # Not via nn.functional.gaussian_log_prob on purpose: its (exp(-logvar/2) z)^2 rounds differently, and
+        # through 10k Adam steps that changes every fit (holdout MSE by ~0.1-0.5%) under unchanged cache keys
+        nll = ((mean - y) ** 2 * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
         bce = F.binary_cross_entropy_with_logits(logit, done, reduction="none").mean(1)
         bound = self.config.logvar_bound_coef * (self.max_logvar.sum() - self.min_logvar.sum())
         decay = sum(layer.weight.pow(2).sum() for layer in self.net.hidden) * (0.5 * self.config.weight_decay)
-        mse = ((mean - y) ** 2).mean(dim=(1, 2)).detach()
-        return (nll + bce).sum() + bound + decay, mse
+        return (nll + bce).sum() + bound + decay
 
     @torch.no_grad()
-    def _holdout_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-        """MSE per member [E] of the mean on standardised targets (elite criterion, MOPO)."""
+    def _holdout_mse(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSE of the mean on standardised targets per member [E] (elite criterion, MOPO) and per
+        member and dimension [E, D]."""
         total = torch.zeros(self.config.members, device=x.device)
+        per_dim = torch.zeros(self.config.members, self.target_dim, device=x.device)
         for i in range(0, len(x), chunk):
             xi = x[i:i + chunk].unsqueeze(0).expand(self.config.members, -1, -1)
             mean, _, _ = self._forward_std(xi)
-            total += ((mean - y[i:i + chunk]) ** 2).sum(dim=(1, 2))
-        return total / (len(x) * self.target_dim)
-
-    def _clip_grads_per_member(self, max_norm: float) -> None:
-        params = [p for p in self.parameters() if p.grad is not None]
-        sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)  # every parameter has leading dim E
-        scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        for p in params:
-            p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
+            sq = (mean - y[i:i + chunk]) ** 2
+            total += sq.sum(dim=(1, 2))
+            per_dim += sq.sum(dim=1)
+        return total / (len(x) * self.target_dim), per_dim / len(x)
 
     def fit(self, data, device: str | torch.device | None = None, seed: int | None = None,
             generator: torch.Generator | None = None,
             progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Fit every member; returns training statistics.
+        """Fit every member with worldmodel/trainer.py; returns training statistics.
 
         data: a MultiAgentDataset, or a dict with states [T, S], actions [T, N, A] (or [T, N] int),
               next_states [T, S], rewards [T], terminals [T] (numpy arrays or tensors)
         device: where to train (default: where the model is); the model is moved there
         seed / generator: randomness of holdout split, bootstrap, batches (default: config.seed); a
               generator must live on ``device``
-        progress: called after every holdout evaluation with {step, holdout_mse [E] (current),
-              best_holdout_mse [E], train_loss, seconds}
-        returns {holdout_mse: [E] (best snapshot), initial_holdout_mse: [E], elites: [Ee], steps, seconds,
-                 n_train, n_holdout, stopped_early, train_loss}
+        progress: called after every holdout evaluation (see ``trainer.fit``: step, epoch, holdout_mse,
+              best_holdout_mse, holdout_dim_mse, worst_dim, train_loss, seconds, eta_seconds)
+        returns {holdout_mse: [E] (best snapshot), initial_holdout_mse: [E], elites: [Ee], steps, epochs,
+                 seconds, n_train, n_holdout, stopped_early, train_loss}
         """
         cfg = self.config
         device = torch.device(device) if device is not None else self.max_logvar.device
         self.to(device)
-        t0 = time.perf_counter()
         if generator is None:
             generator = torch.Generator(device=device)
             generator.manual_seed(cfg.seed if seed is None else seed)
@@ -254,100 +312,41 @@ class EnsembleWorldModel(nn.Module):
         y_raw = torch.cat([next_states - states, rewards.unsqueeze(-1)], dim=-1)
         done = terminals.to(torch.float32)
         del states, actions, next_states, rewards, joint
+        xy: dict[str, torch.Tensor] = {}
 
-        n = len(x_raw)
-        n_hold = min(int(n * cfg.holdout_fraction), cfg.max_holdout)
-        if n - n_hold < 1:
-            raise WorldModelError(f"cannot fit a world model on {n} transitions (need at least 2)")
-        perm = torch.randperm(n, generator=generator, device=device)
-        train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-        self.input_norm.fit(x_raw[train_idx])
-        # a feature constant in the data (an action one agent never takes, a fixed state dim) would get
-        # std ~1e-6 and turn any other value at rollout time into a 1e6 input: scale those by 1 instead
-        self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)
-        self.target_norm.fit(y_raw[train_idx])
-        x = self.input_norm(x_raw)
-        y = self.target_norm(y_raw)
-        del x_raw, y_raw
-        x_hold, y_hold = x[hold_idx], y[hold_idx]
-        e, n_train = cfg.members, len(train_idx)
-        # per-member bootstrap: each member's training set is n_train draws WITH replacement (PETS / MOPO)
-        boot = train_idx[torch.randint(n_train, (e, n_train), generator=generator, device=device)]
+        def prepare(train_idx: torch.Tensor) -> None:
+            self.input_norm.fit(x_raw[train_idx])
+            # a feature constant in the data (an action one agent never takes, a fixed state dim) would get
+            # std ~1e-6 and turn any other value at rollout time into a 1e6 input: scale those by 1 instead
+            self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)
+            self.target_norm.fit(y_raw[train_idx])
+            xy["x"], xy["y"] = self.input_norm(x_raw), self.target_norm(y_raw)
 
-        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
-        best_mse = self._holdout_mse(x_hold, y_hold) if n_hold else torch.full((e,), float("inf"), device=device)
-        initial_mse = best_mse.tolist()
-        best_state = {k: v.detach().clone() for k, v in self.named_parameters()}
-        since_improved, step, stopped_early, train_loss = 0, 0, False, float("nan")
-        members = torch.arange(e, device=device)[:, None]
-        while step < cfg.max_steps:
-            pos = torch.randint(n_train, (e, cfg.batch_size), generator=generator, device=device)
-            idx = boot[members, pos]  # [E, batch]
-            loss, _ = self._loss(x[idx], y[idx], done[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                self._clip_grads_per_member(cfg.grad_clip)
-            opt.step()
-            step += 1
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                train_loss = float(loss.detach())
-                mse = best_mse
-                if n_hold:
-                    mse = self._holdout_mse(x_hold, y_hold)
-                    improved = (best_mse - mse) / best_mse.clamp_min(1e-12) > cfg.min_improvement
-                    if bool(improved.any()):
-                        since_improved = 0
-                        with torch.no_grad():
-                            for k, p in self.named_parameters():
-                                best_state[k][improved] = p.detach()[improved]
-                        best_mse = torch.where(improved, mse, best_mse)
-                    else:
-                        since_improved += 1
-                if progress is not None:
-                    progress({"step": step, "holdout_mse": mse.tolist(), "best_holdout_mse": best_mse.tolist(),
-                              "train_loss": train_loss, "seconds": time.perf_counter() - t0})
-                if n_hold and since_improved >= cfg.patience:
-                    stopped_early = True
-                    break
+        res = trainer.fit(self, len(x_raw), lambda idx: self._loss(xy["x"][idx], xy["y"][idx], done[idx]),
+                          cfg.trainer_config(), generator, device, members=cfg.members, prepare=prepare,
+                          evaluate=lambda hold: self._holdout_mse(xy["x"][hold], xy["y"][hold]), progress=progress)
         with torch.no_grad():
-            if n_hold:  # restore each member's best snapshot (MOPO / mbrl-lib)
-                for k, p in self.named_parameters():
-                    p.copy_(best_state[k])
-                best_mse = self._holdout_mse(x_hold, y_hold)
-            self.holdout_mse.copy_(best_mse)
-            self.elite_idx.copy_(torch.argsort(best_mse)[: cfg.elites])
+            hold = res["holdout_idx"]
+            best = (self._holdout_mse(xy["x"][hold], xy["y"][hold])[0] if len(hold)
+                    else torch.full((cfg.members,), float("inf"), device=device))
+            self.holdout_mse.copy_(best)
+            self.elite_idx.copy_(torch.argsort(best)[: cfg.elites])
         stats = {
             "holdout_mse": self.holdout_mse.tolist(),
-            "initial_holdout_mse": initial_mse,
+            "initial_holdout_mse": res["initial_holdout_mse"] or [float("inf")] * cfg.members,
             "elites": self.elite_idx.tolist(),
-            "steps": step,
-            "seconds": time.perf_counter() - t0,
-            "n_train": n_train,
-            "n_holdout": n_hold,
-            "stopped_early": stopped_early,
-            "train_loss": train_loss,
+            **{k: res[k] for k in ("steps", "epochs", "seconds", "n_train", "n_holdout", "stopped_early",
+                                   "train_loss")},
         }
         self.metadata["fit"] = stats
         return stats
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write weights + config + widths + metadata atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "format": FORMAT,
-            "config": self.config.to_dict(),
-            "state_dim": self.state_dim, "action_dim": self.action_dim,
-            "n_agents": self.n_agents, "discrete": self.discrete,
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "metadata": json.loads(json.dumps({**self.metadata, **(metadata or {})}, default=str)),
-        }
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-        return path
+        """Write weights + config + widths + metadata atomically (worldmodel/store.py)."""
+        header = {"config": self.config.to_dict(), "state_dim": self.state_dim, "action_dim": self.action_dim,
+                  "n_agents": self.n_agents, "discrete": self.discrete}
+        return store.save_module(path, FORMAT, self, header, {**self.metadata, **(metadata or {})})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", dataset=None) -> EnsembleWorldModel:
@@ -378,24 +377,12 @@ def _training_arrays(data, device) -> tuple[torch.Tensor, ...]:
 
 def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu", dataset=None) -> EnsembleWorldModel:
     """See ``EnsembleWorldModel.load``."""
-    path = Path(path)
-    if not path.is_file():
-        raise WorldModelError(
-            f"world model file {str(path)!r} does not exist; pass a file written by offmarl "
-            f"(runs/.../world_model.pt or the cache) or drop --world-model to fit one"
-        )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — torch raises many types for unreadable files
-        raise WorldModelError(f"world model file {str(path)!r} cannot be read as a torch file ({exc}); "
-                              f"was it written by offmarl?") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise WorldModelError(f"{str(path)!r} is not an offmarl world model (format {found!r}, expected {FORMAT!r}); "
-                              f"refit it or drop --world-model")
-    with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG (a fit does not either)
-        model = EnsembleWorldModel(int(blob["state_dim"]), int(blob["action_dim"]), int(blob["n_agents"]),
-                                   bool(blob["discrete"]), EnsembleConfig.from_dict(blob["config"]))
+    fix = ("pass a file written by offmarl (runs/.../world_model.pt or the cache) or drop --world-model to fit one")
+    blob = store.read_module_file(path, FORMAT, "world model file", fix)
+    model = store.restore_module(
+        blob, lambda: EnsembleWorldModel(int(blob["state_dim"]), int(blob["action_dim"]), int(blob["n_agents"]),
+                                         bool(blob["discrete"]), EnsembleConfig.from_dict(blob["config"])),
+        path, "world model")
     if dataset is not None:
         m = dataset.meta
         want = (m.state_dim, max(m.action_dims), m.n_agents, m.discrete)
@@ -407,18 +394,12 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                 f"{want[2]} agents x action {want[1]}{' (discrete)' if want[3] else ''}; pass a world model fitted "
                 f"on this dataset or drop --world-model to fit one"
             )
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise WorldModelError(f"world model {str(path)!r} has weights that do not match its config: {exc}") from None
-    model.metadata = dict(blob.get("metadata") or {})
     return model.to(device)
 
 
 def cache_key(dataset_checksum: str, config: EnsembleConfig) -> str:
     """Key of a fitted model: same data (checksum), same config (incl. seed), same file format."""
-    payload = json.dumps({"data": dataset_checksum, "config": config.to_dict(), "format": FORMAT}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return store.cache_key({"data": dataset_checksum, "config": config.key_dict(), "format": FORMAT})
 
 
 def load_or_fit(dataset, config: EnsembleConfig, cache_dir: str | os.PathLike, device: str | torch.device = "cpu",
@@ -433,22 +414,19 @@ def load_or_fit(dataset, config: EnsembleConfig, cache_dir: str | os.PathLike, d
     checksum = dataset.dynamics_checksum()
     key = cache_key(checksum, config)
     path = Path(cache_dir) / key / "model.pt"
-    if path.is_file():
-        try:
-            model = load_world_model(path, device, dataset)
-        except WorldModelError:
-            model = None  # a stale or damaged entry: refit and overwrite it
-        if model is not None:
-            return model, {"cached": True, "path": str(path), "key": key, **model.metadata.get("fit", {})}
-    with torch.random.fork_rng(devices=[]):  # repeatable initialisation without touching the global RNG
-        torch.manual_seed(config.seed)
-        model = EnsembleWorldModel.for_dataset(dataset, config)
-    model.to(device)
-    stats = model.fit(dataset, device=device, progress=progress)
     meta = {"dataset_checksum": checksum, "dataset": dataset.meta.name, "env": dataset.meta.env}
-    model.save(path, metadata=meta)
-    tmp = path.with_name(f"stats.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**stats, **meta}, indent=2))
-    os.replace(tmp, path.with_name("stats.json"))
-    return model, {"cached": False, "path": str(path), "key": key, **stats}
 
+    def fit() -> EnsembleWorldModel:
+        with torch.random.fork_rng(devices=[]):  # repeatable initialisation without touching the global RNG
+            torch.manual_seed(config.seed)
+            model = EnsembleWorldModel.for_dataset(dataset, config)
+        model.to(device)
+        model.fit(dataset, device=device, progress=progress)
+        return model
+
+    def save(model: EnsembleWorldModel, p: Path) -> None:
+        model.save(p, metadata=meta)
+        atomic_write_text(p.with_name("stats.json"), json.dumps({**model.metadata["fit"], **meta}, indent=2))
+
+    model, cached = store.load_or_fit(path, lambda p: load_world_model(p, device, dataset), fit, save)
+    return model, {"cached": cached, "path": str(path), "key": key, **model.metadata.get("fit", {})}

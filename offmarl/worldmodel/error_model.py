@@ -20,10 +20,7 @@ key covers the world model's weights, the dataset checksum, the observation sche
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from torch import nn
 
 from offmarl.errors import OffmarlError
 from offmarl.nn.layers import Standardiser, mlp
+from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 
 FORMAT = "offmarl-error-model-v1"
@@ -86,39 +84,37 @@ class ErrorModel(nn.Module):
 
     def fit(self, states: torch.Tensor, joint_actions: torch.Tensor, labels: torch.Tensor,
             generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Supervised fit on labelled transitions; returns {loss_first, loss_last, holdout_mse (label units),
-        holdout_label_var, steps, seconds} (holdout_mse < holdout_label_var means R_m explains some error)."""
+        """Supervised fit on labelled transitions (worldmodel/trainer.py: ``steps`` plain steps, no early
+        stopping); returns {loss_first, loss_last, holdout_mse (label units), holdout_label_var, steps,
+        seconds} (holdout_mse < holdout_label_var means R_m explains some error)."""
         cfg, dev = self.config, states.device
-        t0 = time.perf_counter()
         if generator is None:
             generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        n = len(states)
-        n_hold = max(1, int(n * cfg.holdout_fraction)) if n > 10 else 0
-        perm = torch.randperm(n, generator=generator, device=dev)
-        tr, ho = perm[n_hold:], perm[:n_hold]
         x = torch.cat([states, joint_actions.to(states.dtype)], dim=-1)
-        self.input_norm.fit(x[tr])
-        self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)  # constant features: scale 1
-        self.label_norm.fit(labels[tr].unsqueeze(-1))
-        y = self.label_norm(labels.unsqueeze(-1)).squeeze(-1)
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        losses = []
-        for _ in range(cfg.steps):
-            idx = tr[torch.randint(len(tr), (cfg.batch_size,), generator=generator, device=dev)]
-            loss = ((self._raw(states[idx], joint_actions[idx]) - y[idx]) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        y: dict[str, torch.Tensor] = {}
+
+        def prepare(tr: torch.Tensor) -> None:
+            self.input_norm.fit(x[tr])
+            self.input_norm.std.masked_fill_(self.input_norm.std <= 1e-5, 1.0)  # constant features: scale 1
+            self.label_norm.fit(labels[tr].unsqueeze(-1))
+            y["y"] = self.label_norm(labels.unsqueeze(-1)).squeeze(-1)
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            return ((self._raw(states[idx], joint_actions[idx]) - y["y"][idx]) ** 2).mean()
+
+        tcfg = trainer.TrainerConfig(lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.steps,
+                                     holdout_fraction=cfg.holdout_fraction)
+        res = trainer.fit(self, len(states), batch_loss, tcfg, generator, dev, prepare=prepare)
+        losses, ho = res["losses"], res["holdout_idx"]
         k = max(1, min(100, len(losses) // 10))  # mean of the first / last 10% of steps (noisy minibatches)
         stats = {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "steps": cfg.steps,
-                 "n_train": len(tr), "n_holdout": n_hold, "label_mean": float(labels.mean())}
-        if n_hold:
+                 "n_train": res["n_train"], "n_holdout": res["n_holdout"], "label_mean": float(labels.mean())}
+        if len(ho):
             with torch.no_grad():
                 pred = self(states[ho], joint_actions[ho])
                 stats["holdout_mse"] = float(((pred - labels[ho]) ** 2).mean())
                 stats["holdout_label_var"] = float(labels[ho].var())
-        stats["seconds"] = time.perf_counter() - t0
+        stats["seconds"] = res["seconds"]
         self.metadata["fit"] = stats
         return stats
 
@@ -144,13 +140,8 @@ def model_error_labels(model: EnsembleWorldModel, states: torch.Tensor, actions:
 
 def error_model_key(model: EnsembleWorldModel, dataset, cfg: ErrorModelConfig) -> str:
     """Same world-model weights, data, observation scheme and config -> same fitted R_m."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    payload = json.dumps({"model": h.hexdigest(), "data": dataset.checksum(), "obs": dataset.meta.obs_scheme,
-                          "config": cfg.to_dict(), "format": FORMAT}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return store.cache_key({"model": store.weights_digest(model), "data": dataset.checksum(),
+                            "obs": dataset.meta.obs_scheme, "config": cfg.to_dict(), "format": FORMAT})
 
 
 def fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -177,31 +168,15 @@ def fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.
 
 
 def save_error_model(rm: ErrorModel, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "config": rm.config.to_dict(), "state_dim": rm.state_dim,
-            "joint_action_dim": rm.joint_action_dim,
-            "state_dict": {k: v.detach().cpu() for k, v in rm.state_dict().items()},
-            "metadata": json.loads(json.dumps({**rm.metadata, **(metadata or {})}, default=str))}
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    header = {"config": rm.config.to_dict(), "state_dim": rm.state_dim, "joint_action_dim": rm.joint_action_dim}
+    return store.save_module(path, FORMAT, rm, header, {**rm.metadata, **(metadata or {})})
 
 
 def load_error_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ErrorModel:
-    path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — torch raises many types for unreadable files
-        raise OffmarlError(f"error model {str(path)!r} cannot be read ({exc}); delete it to refit") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise OffmarlError(f"{str(path)!r} is not an offmarl error model (expected format {FORMAT!r}); delete it")
+    blob = store.read_module_file(path, FORMAT, "error model", "delete it to refit")
     cfg = ErrorModelConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in blob["config"].items()})
-    with torch.random.fork_rng(devices=[]):  # loading must not move the global RNG (fitting does not either)
-        rm = ErrorModel(int(blob["state_dim"]), int(blob["joint_action_dim"]), cfg)
-    rm.load_state_dict(blob["state_dict"])
-    rm.metadata = dict(blob.get("metadata") or {})
+    rm = store.restore_module(blob, lambda: ErrorModel(int(blob["state_dim"]), int(blob["joint_action_dim"]), cfg),
+                              path, "error model")
     return rm.to(device).eval()
 
 
@@ -216,13 +191,8 @@ def load_or_fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable
     """
     key = error_model_key(model, dataset, cfg)
     path = Path(cache_dir) / f"error_model-{key}.pt" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            rm = load_error_model(path, device)
-            return rm, {"cached": True, "path": str(path), "key": key, **rm.metadata.get("fit", {})}
-        except (OffmarlError, RuntimeError, KeyError):
-            pass  # stale or damaged: refit and overwrite
-    rm = fit_error_model(model, dataset, obs_fn, cfg, device)
-    if path is not None:
-        save_error_model(rm, path, {"dataset_checksum": dataset.checksum(), "dataset": dataset.meta.name})
-    return rm, {"cached": False, "path": str(path) if path else None, "key": key, **rm.metadata.get("fit", {})}
+    meta = {"dataset_checksum": dataset.checksum(), "dataset": dataset.meta.name}
+    rm, cached = store.load_or_fit(path, lambda p: load_error_model(p, device),
+                                   lambda: fit_error_model(model, dataset, obs_fn, cfg, device),
+                                   lambda m, p: save_error_model(m, p, meta))
+    return rm, {"cached": cached, "path": str(path) if path else None, "key": key, **rm.metadata.get("fit", {})}

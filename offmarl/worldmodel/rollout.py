@@ -1,11 +1,16 @@
-"""Short synthetic rollouts of the joint policy in the ensemble world model (MOMA-PPO, MBPO/MOPO).
+"""Short synthetic rollouts of the joint policy in the ensemble world model (MOMA-PPO, MBPO/MOPO),
+optionally planned step by step by the MAG planner (planners/mag.py) as a plug-in.
 
 From B dataset start states, H steps are taken in parallel; the only Python loop is over the H
 steps (never over rollouts, agents or members). Each step:
 
     obs        = obs_fn(state)                               the env's observation scheme  [B, N, O]
     a, logp    = policy.act(obs, history)                    [B, N, A], [B, N]
-    model step = one random elite per row, its mean (or a Gaussian sample)
+    candidates = model.sample_candidates(state, a, L)        L = 1 without a planner: one random elite per
+                                                             row, its mean (or a Gaussian sample)
+    pick       = planner.choose(candidates, ...) per row     MAG: the candidate whose H-step continuation
+                                                             (EnsembleLookahead) accumulates the least error;
+                                                             candidate 0 without a planner
     next_state, r = clip to the dataset box                  (MOMA-PPO reference)
     eps_g, eps_r  from the elites' UNCLIPPED means           (clipping would hide disagreement)
     r~ = r - lambda_g eps_g - lambda_r eps_r                 (penalised_reward)
@@ -30,6 +35,7 @@ A row stays ``valid`` up to and including its terminal step; afterwards its entr
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,25 +43,28 @@ from typing import Any, Protocol
 import torch
 
 from offmarl.errors import OffmarlError
+from offmarl.nn.functional import shift_in
+from offmarl.planners.mag import MAGPlanner, Scorer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 from offmarl.worldmodel.uncertainty import eps_aleatoric, eps_g, eps_r, penalised_reward
 
 
 @dataclass
 class RolloutConfig:
+    """The memory length K and the discount of the HALT value are not here: they are the policy's
+    (MOMA-PPO passes ppo.history_len and ppo.gamma to ``model_rollout``)."""
     horizon: int = 10               # MOMA-PPO reference rollout length k = 10 (MOPO: 1-5)
     lambda_g: float = 0.1           # MOMA-PPO reference weight of eps_g in the penalised reward
     lambda_r: float = 0.05          # MOMA-PPO reference weight of eps_r
     lambda_a: float = 0.0           # MOPO aleatoric penalty weight (off in MOMA-PPO)
-    eps_g_threshold: float = 2.0    # MOMA-PPO reference: end when eps_g > 2 (tested RAW); see calibrate_eps_g_threshold
+    eps_g_threshold: float | None = None  # end when eps_g > this (tested RAW); None = calibrated on the data
+    #                                 (MOMA-PPO's calibrate_eps_g, calibrate_eps_g_threshold); reference: fixed 2
     done_threshold: float = 0.5     # predicted termination probability above which a rollout ends
     sample: bool = False            # False: chosen elite's mean (MOMA-PPO reference); True: Gaussian sample (MOPO)
     clip_to_box: bool = True        # MOMA-PPO reference: clip next state and reward to the dataset min/max
-    history: int = 10               # K: each agent's last K (obs, action) pairs (MOMA-PPO memory); 0 = none
     uncertain_end: str = "halt"     # halt | timeout | terminal: how eps_g > threshold ends a rollout (module doc)
     termination: str = "env"        # env: the env's rule on predicted states when it has one (MBPO/MOPO), else
                                     # the model's head; model: always the learned head (MOMA-PPO reference)
-    gamma: float = 0.99             # discount of the HALT value; MOMA-PPO sets it to ppo.gamma
 
     def __post_init__(self):
         if self.uncertain_end not in ("halt", "timeout", "terminal"):
@@ -109,7 +118,20 @@ def calibrate_eps_g_threshold(model: EnsembleWorldModel, dataset, quantile: floa
     return float(torch.quantile(eps_g(out["elite_means"]), quantile))
 
 
-def start_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: int, who: str) -> dict | None:
+
+def executed_actions(policy: Policy, actions: torch.Tensor) -> torch.Tensor:
+    """What the environment would execute (in-box actions): the model was fitted on those."""
+    return policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
+
+
+def shift_history(hist: dict[str, torch.Tensor], obs: torch.Tensor, env_actions: torch.Tensor) -> dict:
+    """Each agent's memory after this step: drop the oldest pair, append (obs, executed action)."""
+    return {"hist_obs": shift_in(hist["hist_obs"], obs),
+            "hist_actions": shift_in(hist["hist_actions"], env_actions),  # what was executed, as in the data
+            "hist_mask": shift_in(hist["hist_mask"], torch.ones_like(hist["hist_mask"][:, 0]))}
+
+
+def initial_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: int) -> dict | None:
     """The rollouts' initial memory: ``start``'s history, or an empty all-masked one when it has
     none. -> {hist_obs [B,K,N,O], hist_actions [B,K,N,A] (or [B,K,N] long), hist_mask [B,K]} or None (K=0)."""
     if k == 0:
@@ -125,14 +147,44 @@ def start_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k: 
     else:
         hist_actions, hist_mask = start["hist_actions"], start["hist_mask"].bool()
         if hist_obs.shape[1] != k:
-            raise OffmarlError(f"{who}: start history has {hist_obs.shape[1]} steps, RolloutConfig.history is {k}")
+            raise OffmarlError(f"model_rollout: start history has {hist_obs.shape[1]} steps, history={k}")
     return {"hist_obs": hist_obs, "hist_actions": hist_actions, "hist_mask": hist_mask}
 
 
+class EnsembleLookahead:
+    """The offline ensemble as the MAG planner's LookaheadWorld (planners/mag.py): states [M, S], the
+    memory is the policy's history dict (or None); each look-ahead step the current policy acts on
+    obs_fn(state), ``scorer`` scores (state, joint action), and one ``model.step`` (a random elite,
+    as rollouts step) predicts the next state, clipped to ``box`` (None: no clipping)."""
+
+    def __init__(self, model: EnsembleWorldModel, policy: Policy, obs_fn: Callable[[torch.Tensor], torch.Tensor],
+                 scorer: Scorer, box: dict[str, torch.Tensor] | None = None, sample: bool = False):
+        self.model, self.policy, self.obs_fn, self.scorer, self.box, self.sample = \
+            model, policy, obs_fn, scorer, box, sample
+
+    def tile(self, memory: dict[str, torch.Tensor] | None, l: int) -> dict[str, torch.Tensor] | None:
+        return None if memory is None else {k: v.repeat_interleave(l, dim=0) for k, v in memory.items()}
+
+    def advance(self, states: torch.Tensor, memory: dict[str, torch.Tensor] | None,
+                generator: torch.Generator | None, last: bool):
+        obs = self.obs_fn(states)
+        actions, _ = self.policy.act(obs, memory, avail=None, deterministic=False, generator=generator)
+        env_actions = executed_actions(self.policy, actions)
+        joint = self.model.encode_actions(env_actions)
+        out = (self.model.step(states, joint, generator, sample=self.sample)
+               if (not last or self.scorer.uses_ensemble) else None)
+        score = self.scorer(states, joint, out)
+        if last:
+            return None, memory, score
+        if memory is not None:
+            memory = shift_history(memory, obs, env_actions)
+        return clip_states(out["next_states"], self.box), memory, score
+
+
 def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch.Tensor, g: torch.Tensor,
-             box: dict[str, torch.Tensor] | None, next_states: torch.Tensor | None = None,
+             box: dict[str, torch.Tensor] | None, gamma: float, next_states: torch.Tensor | None = None,
              done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """How step ``h`` ends each row (shared by model_rollout and the MAG planner).
+    """How step ``h`` ends each row.
 
     next_states: the UNCLIPPED predicted states, for ``done_fn`` (the env's termination rule;
     used when cfg.termination == "env" and given, else the model's done_prob).
@@ -153,24 +205,19 @@ def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch
         timeout = ~done if last else torch.zeros_like(done)
         if cfg.uncertain_end == "halt":
             r_min = box["reward_low"].clamp(max=0.0) if box is not None else rewards.new_zeros(())
-            halt = cfg.gamma * r_min / (1.0 - cfg.gamma)
+            halt = gamma * r_min / (1.0 - gamma)
             rewards = torch.where(unc_done & ~model_done, rewards + halt, rewards)
     return {"rewards": rewards, "dones": done, "timeouts": timeout, "ended": done | unc_done,
             "model_done": model_done, "unc_done": unc_done}
-
-
-def _shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """hist [B, K, ...] oldest first; drop the oldest, append ``new`` [B, ...]."""
-    return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
 
 
 @torch.no_grad()
 def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, torch.Tensor | None],
                   obs_fn: Callable[[torch.Tensor], torch.Tensor], cfg: RolloutConfig,
                   box: dict[str, torch.Tensor] | None, generator: torch.Generator | None = None,
-                  done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Roll the policy H steps in the model from ``start``.
+                  done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, *, gamma: float, history: int = 0,
+                  planner: MAGPlanner | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Roll the policy H = cfg.horizon steps in the model from ``start``, each step chosen by ``planner``.
 
     start: states [B, S]; optionally hist_obs [B, K, N, O], hist_actions [B, K, N, A] (or [B, K, N] int),
            hist_mask [B, K] (oldest first; missing/None with K > 0 -> an empty, all-masked history)
@@ -178,97 +225,86 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     box: from ``dataset_box`` (required when cfg.clip_to_box)
     generator: on the device of the states; the same seed gives the same rollout
     done_fn: the env's termination rule on states (``env.terminated``; None = the model's head)
+    gamma: discount of the HALT value (the policy's discount)
+    history: K, each agent's last K (obs, executed action) pairs kept as the policy's memory (0 = none)
+    planner: None = plain rollouts (candidate 0: one random elite per row); a MAGPlanner picks each
+           row's step among ``planner.l`` candidates by look-ahead (L = 1 gives plain rollouts bit for bit)
 
     returns (batch, info). batch entries are [H, B, ...]: states, obs, [hist_obs, hist_actions,
     hist_mask, next_hist_obs, next_hist_actions, next_hist_mask when K > 0], actions, logp [H, B, N],
     rewards (penalised), raw_rewards, eps_g, eps_r, done_prob, dones (terminal: no bootstrap),
     timeouts (bootstrap), valid, next_states, next_obs.
     info: frac_uncertainty_terminated, frac_model_terminated, mean_length, mean_eps_g, mean_raw_reward,
-    mean_penalty (means over valid steps).
+    mean_penalty (means over valid steps); with a planner also planner_seconds (sampling the
+    candidates and looking ahead), planner_rollout_seconds (the whole rollout), planner_frac_replaced
+    (valid steps where a candidate other than 0 won), planner_score_gain (mean score of candidate 0
+    minus the chosen one's, over valid steps).
     """
+    t_start = time.perf_counter()
     states = start["states"]
     b, dev = states.shape[0], states.device
-    k = cfg.history
+    if cfg.eps_g_threshold is None:
+        raise OffmarlError("model_rollout: rollout.eps_g_threshold is None; calibrate it on the data "
+                           "(calibrate_eps_g_threshold) or set a value")
     if cfg.clip_to_box and box is None:
         raise OffmarlError("model_rollout: clip_to_box=True needs a box (see dataset_box)")
+    l, mode = (planner.l, planner.candidates) if planner is not None else (1, "elites")
+    plan_gen = planner.plan_generator(generator, dev) if planner is not None else None
+    world = (EnsembleLookahead(model, policy, obs_fn, planner.scorer, box if cfg.clip_to_box else None, cfg.sample)
+             if l > 1 else None)
     obs = obs_fn(states)
-    hist = start_history(start, obs, model, k, "model_rollout")
+    hist = initial_history(start, obs, model, history)
 
-    rec_all = RolloutRecorder(b, dev)
+    steps: list[dict[str, torch.Tensor]] = []
+    alive = torch.ones(b, dtype=torch.bool, device=dev)
+    by_uncertainty, by_model = torch.zeros_like(alive), torch.zeros_like(alive)
+    rows = torch.arange(b, device=dev)
+    plan_seconds, replaced, gain, n_valid = 0.0, 0.0, 0.0, 0.0
     for h in range(cfg.horizon):
-        alive = rec_all.alive
         actions, logp = policy.act(obs, hist, avail=None, deterministic=False, generator=generator)
-        # the model was fitted on in-box actions: give it what the environment would execute
-        env_actions = policy.env_actions(actions) if hasattr(policy, "env_actions") else actions
-        out = model.step(states, model.encode_actions(env_actions), generator, sample=cfg.sample)
-        next_states, raw_r = out["next_states"], out["rewards"]
-        unclipped = next_states
+        env_actions = executed_actions(policy, actions)
+        t0 = time.perf_counter()
+        cand = model.sample_candidates(states, model.encode_actions(env_actions), l, generator, plan_gen, mode,
+                                       cfg.sample)
+        cand_states, cand_r = cand["next_states"], cand["rewards"]  # [B, L, S], [B, L]
+        unclipped = cand_states
         if cfg.clip_to_box:
-            next_states = clip_states(next_states, box)
-            raw_r = raw_r.clamp(min=box["reward_low"], max=box["reward_high"])
+            cand_states = clip_states(cand_states, box)
+            cand_r = cand_r.clamp(min=box["reward_low"], max=box["reward_high"])
         nxt = None if hist is None else shift_history(hist, obs, env_actions)
-        rec, end = record_step(cfg, h, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
-                               next_states, unclipped, raw_r, out["done_prob"], out["elite_means"],
-                               out["elite_logvars"])
-        rec_all.add(rec, end)
-        states, obs, hist = rec["next_states"], rec["next_obs"], nxt
+        if world is not None:
+            idx, scores = planner.choose(cand_states, nxt, world, plan_gen)
+            chosen = scores.gather(1, idx[:, None]).squeeze(1)
+            replaced += float(((idx != 0) & alive).sum())
+            gain += float(((scores[:, 0] - chosen) * alive).sum())
+            n_valid += float(alive.sum())
+        else:
+            idx = torch.zeros(b, dtype=torch.long, device=dev)
+        plan_seconds += time.perf_counter() - t0
 
-    return rec_all.finish()
+        # the chosen transition: uncertainty of (state, action), penalised reward, how the step ends
+        em = cand["elite_means"]
+        raw_r, done_prob = cand_r[rows, idx], cand["done_prob"][rows, idx]
+        g, rv = eps_g(em), eps_r(em)
+        a = eps_aleatoric(cand["elite_logvars"]) if cfg.lambda_a != 0.0 else None
+        r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
+        end = end_step(cfg, h, r, done_prob, g, box, gamma, unclipped[rows, idx], done_fn)
+        valid = alive.clone()
+        # finished rows stay frozen at their last valid state (bounded filler, masked by ``valid``)
+        next_states = torch.where(alive.unsqueeze(-1), cand_states[rows, idx], states)
+        rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
+               "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": done_prob,
+               "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
+               "next_states": next_states, "next_obs": obs_fn(next_states)}
+        if hist is not None:
+            rec.update(hist)
+            rec.update({"next_" + key: v for key, v in nxt.items()})
+        steps.append(rec)
+        by_uncertainty |= alive & end["unc_done"]
+        by_model |= alive & end["model_done"]
+        alive = alive & ~end["ended"]
+        states, obs, hist = next_states, rec["next_obs"], nxt
 
-
-def shift_history(hist: dict[str, torch.Tensor], obs: torch.Tensor, env_actions: torch.Tensor) -> dict:
-    """Each agent's memory after this step: drop the oldest pair, append (obs, executed action)."""
-    return {"hist_obs": _shift_in(hist["hist_obs"], obs),
-            "hist_actions": _shift_in(hist["hist_actions"], env_actions),  # what was executed, as in the data
-            "hist_mask": _shift_in(hist["hist_mask"], torch.ones_like(hist["hist_mask"][:, 0]))}
-
-
-def record_step(cfg: RolloutConfig, h: int, box, done_fn, obs_fn, alive, states, obs, actions, logp, hist, nxt,
-                next_states, unclipped, raw_r, done_prob, elite_means, elite_logvars
-                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One committed rollout step (shared by model_rollout and the MAG planner): uncertainty,
-    penalised reward, how the step ends, finished rows frozen at their last valid state (bounded
-    filler, masked by ``valid``), and the step's record incl. the memory before/after.
-    -> (record, end_step's dict)."""
-    g, rv = eps_g(elite_means), eps_r(elite_means)
-    a = eps_aleatoric(elite_logvars) if cfg.lambda_a != 0.0 else None
-    r = penalised_reward(raw_r, g, rv, cfg.lambda_g, cfg.lambda_r, a, cfg.lambda_a)
-    end = end_step(cfg, h, r, done_prob, g, box, unclipped, done_fn)
-    valid = alive.clone()
-    next_states = torch.where(alive.unsqueeze(-1), next_states, states)
-    rec = {"states": states, "obs": obs, "actions": actions, "logp": logp, "rewards": end["rewards"],
-           "raw_rewards": raw_r, "eps_g": g, "eps_r": rv, "done_prob": done_prob,
-           "dones": end["dones"] & valid, "timeouts": end["timeouts"] & valid, "valid": valid,
-           "next_states": next_states, "next_obs": obs_fn(next_states)}
-    if hist is not None:
-        rec.update(hist)
-        rec.update({"next_" + key: v for key, v in nxt.items()})
-    return rec, end
-
-
-class RolloutRecorder:
-    """The per-step records of B rollouts and which rows are still alive / why they ended
-    (shared by model_rollout and the MAG planner)."""
-
-    def __init__(self, b: int, device):
-        self.steps: list[dict[str, torch.Tensor]] = []
-        self.alive = torch.ones(b, dtype=torch.bool, device=device)
-        self.by_uncertainty = torch.zeros(b, dtype=torch.bool, device=device)
-        self.by_model = torch.zeros(b, dtype=torch.bool, device=device)
-
-    def add(self, rec: dict[str, torch.Tensor], end: dict[str, torch.Tensor]) -> None:
-        self.steps.append(rec)
-        self.by_uncertainty |= self.alive & end["unc_done"]
-        self.by_model |= self.alive & end["model_done"]
-        self.alive = self.alive & ~end["ended"]
-
-    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        return stack_rollout(self.steps, self.by_uncertainty, self.by_model)
-
-
-def stack_rollout(steps: list[dict[str, torch.Tensor]], by_uncertainty: torch.Tensor, by_model: torch.Tensor
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Per-step records -> the [H, B, ...] batch and its summary (shared with the MAG planner)."""
     batch = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
     v = batch["valid"]
     nv = v.sum().clamp_min(1)
@@ -280,4 +316,8 @@ def stack_rollout(steps: list[dict[str, torch.Tensor]], by_uncertainty: torch.Te
         "mean_raw_reward": float((batch["raw_rewards"] * v).sum() / nv),
         "mean_penalty": float(((batch["raw_rewards"] - batch["rewards"]) * v).sum() / nv),
     }
+    if planner is not None:
+        info.update({"planner_seconds": plan_seconds, "planner_rollout_seconds": time.perf_counter() - t_start,
+                     "planner_frac_replaced": replaced / max(n_valid, 1.0),
+                     "planner_score_gain": gain / max(n_valid, 1.0)})
     return batch, info
