@@ -13,19 +13,12 @@ import difflib
 import itertools
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, online, td3bc
-from offmarl.config import (
-    ConfigError,
-    build_config,
-    from_dict,
-    parse_overrides,
-    read_blocks,
-    read_yaml,
-    shipped_config,
-    to_dict,
-)
+from offmarl.config import (ConfigError, build_config, from_dict, parse_overrides, read_blocks, read_yaml,
+                            shipped_config, to_dict)
 from offmarl.data import registry
 from offmarl.envs.smac import check_online_map
 from offmarl.errors import OffmarlError
@@ -277,8 +270,6 @@ def online_from_options(map_name: str, algo: str = "mag", backend: str = "smax",
 
 def _load_online(run: RunDir, saved: dict, checkpoint: str, dev, log):
     """load_trained for an ``offmarl online`` run: no dataset; a stand-in with the run's env."""
-    from types import SimpleNamespace
-
     cfg = from_dict(online.Config, saved["config"])
     algo = ONLINE_ALGORITHMS[cfg.algo].Algorithm.for_evaluation(None, cfg, dev, saved["seed"], log=log)
     name = checkpoint if run.has_checkpoint(checkpoint) else "latest"

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from offmarl.algos import online
+from offmarl.config import CONFIG_DIR, build_config, read_blocks
+from offmarl.driver import resolve_online_config
+
 ENV = {**os.environ, "OFFMARL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -81,3 +85,13 @@ def test_cli_resume_continues_with_identical_metrics(tmp_path):
     a = [r for r in rows(run_a) if r["phase"] == "train"]
     b = [r for r in rows(run_b) if r["phase"] == "train"]
     assert a == b
+
+
+def test_every_online_block_builds_and_map_blocks_apply():
+    blocks = read_blocks(CONFIG_DIR / "online.yaml")
+    for name, block in blocks.items():
+        build_config(online.Config, [(name, block)])
+    assert {"mamba-reference", "map-2s3z", "map-3s_vs_4z", "smoke"} <= set(blocks)
+    cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mamba-reference", ["planner.h=7"], 5000)
+    assert applied == ["online.yaml:map-3s_vs_4z", "online.yaml:mamba-reference"]
+    assert (cfg.planner.l, cfg.planner.h, cfg.model.deter, cfg.loop.env_steps) == (4, 7, 256, 5000)

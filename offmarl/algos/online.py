@@ -32,6 +32,7 @@ import torch
 
 from offmarl.algos.mappo import MAPPO, MAPPOConfig
 from offmarl.data.replay import SequenceReplay
+from offmarl.envs import make_env
 from offmarl.envs.base import EnvSpec
 from offmarl.envs.smac import BACKENDS, SmaxVecEnv, make_vec_smac
 from offmarl.errors import OffmarlError
@@ -152,9 +153,7 @@ class OnlineAlgorithm:
             self.env = make_vec_smac(cfg.map, cfg.n_envs, backend=cfg.backend, seed=seed)
             spec = self.env.spec
         else:
-            from offmarl.envs import make_env
-
-            spec = make_env(f"smac-{cfg.map}").spec
+            spec = make_env(f"smac-{cfg.map}", backend=cfg.backend).spec
         self.spec = spec
         self.env_name = spec.name
         self.mappo = MAPPO(policy_spec(spec), cfg.mappo, self.device)

@@ -336,8 +336,4 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     return batch, info
 
 
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine"]
