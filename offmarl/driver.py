@@ -17,8 +17,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, online, td3bc
-from offmarl.config import (ConfigError, build_config, from_dict, parse_overrides, read_blocks, read_yaml,
-                            shipped_config, to_dict)
+from offmarl.config import (
+    ConfigError,
+    build_config,
+    from_dict,
+    parse_overrides,
+    read_blocks,
+    read_yaml,
+    shipped_config,
+    to_dict,
+)
 from offmarl.data import registry
 from offmarl.envs.smac import check_online_map
 from offmarl.errors import OffmarlError
@@ -80,17 +88,22 @@ def override_blocks(algo: str, dataset: str, obs: str | None, config: str | None
         if algo in task:
             blocks.append((f"{tag}.yaml:{algo}", task[algo]))
     if config:
-        if config in own:
-            blocks.append((f"{algo}.yaml:{config}", own[config]))
-        elif Path(config).is_file():
-            blocks.append((config, read_yaml(Path(config))))
-        else:
-            choices = ", ".join(own) or "none"
-            close = difflib.get_close_matches(config.removeprefix(f"{algo}-"), list(own), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/{algo}.yaml "
-                              f"(blocks: {choices}).{hint}")
+        blocks.append(user_block(algo, own, config, prefix=f"{algo}-"))
     return blocks
+
+
+def user_block(file: str, own: dict[str, dict], config: str, prefix: str = "") -> tuple[str, dict]:
+    """The user's ``--config``: block ``config`` of configs/<file>.yaml (``own``) or a YAML file,
+    as (name, mapping); anything else raises with the closest block names."""
+    if config in own:
+        return f"{file}.yaml:{config}", own[config]
+    if Path(config).is_file():
+        return config, read_yaml(Path(config))
+    choices = ", ".join(own) or "none"
+    close = difflib.get_close_matches(config.removeprefix(prefix), list(own), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/{file}.yaml "
+                      f"(blocks: {choices}).{hint}")
 
 
 def resolve_config(algo: str, dataset: str, obs: str | None, config: str | None, overrides: list[str] | None,
@@ -192,15 +205,7 @@ def resolve_online_config(algo: str, map_name: str, backend: str, config: str | 
     if f"map-{map_name}" in own:
         blocks.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
     if config:
-        if config in own:
-            blocks.append((f"online.yaml:{config}", own[config]))
-        elif Path(config).is_file():
-            blocks.append((config, read_yaml(Path(config))))
-        else:
-            close = difflib.get_close_matches(config, list(own), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/online.yaml "
-                              f"(blocks: {', '.join(own) or 'none'}).{hint}")
+        blocks.append(user_block("online", own, config))
     ov = parse_overrides(overrides)
     ov.update({"algo": algo, "map": map_name, "backend": backend})
     if steps is not None:

@@ -80,13 +80,18 @@ def test_world_model_shapes_and_loss_falls(collected):
     assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
 
 
-def test_imagined_actions_never_predicted_unavailable(collected):
-    algo = collected
-    g = torch.Generator().manual_seed(1)
+def posterior_starts(algo: OnlineAlgorithm, seed: int) -> torch.Tensor:
+    """Posterior states [B*T, N, D] of 4 replayed sequences of 10 rows."""
+    g = torch.Generator().manual_seed(seed)
     batch = algo.replay.sample(4, 10, g)
     with torch.no_grad():
-        start = algo.model.observe(batch["obs"], batch["action"], batch["first"], g)["feat"].flatten(0, 1)
-    out, _ = imagine(algo.model, algo.policy, start, 6, g)
+        return algo.model.observe(batch["obs"], batch["action"], batch["first"], g)["feat"].flatten(0, 1)
+
+
+def test_imagined_actions_never_predicted_unavailable(collected):
+    algo = collected
+    start = posterior_starts(algo, 1)
+    out, _ = imagine(algo.model, algo.policy, start, 6, torch.Generator().manual_seed(1))
     taken = out["avail"].gather(-1, out["actions"][..., None]).squeeze(-1)
     assert taken.all()
     assert out["avail"].any(-1).all()  # the predicted mask is never empty
@@ -116,10 +121,7 @@ def test_planner_picks_per_start_state(collected):
 
 def test_planner_l1_equals_plain_imagination_and_l3_replaces(collected):
     algo = collected
-    g = torch.Generator().manual_seed(2)
-    batch = algo.replay.sample(4, 10, g)
-    with torch.no_grad():
-        start = algo.model.observe(batch["obs"], batch["action"], batch["first"], g)["feat"].flatten(0, 1)
+    start = posterior_starts(algo, 2)
     plain, _ = imagine(algo.model, algo.policy, start, 5, torch.Generator().manual_seed(7))
     one, _ = imagine(algo.model, algo.policy, start, 5, torch.Generator().manual_seed(7), l=1, select=algo._select)
     for k in plain:
