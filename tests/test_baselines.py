@@ -23,6 +23,7 @@ from offmarl.errors import OffmarlError
 from offmarl.evaluation import evaluate_policy
 from offmarl.loop import LoopConfig, train
 from offmarl.nn.agents import JointActionCode
+from offmarl.nn.layers import EnsembleMLP, PerAgentMLP
 from offmarl.runs import RunDir
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
@@ -253,3 +254,16 @@ def test_independent_learners_ignore_the_other_agents(name, datasets):
     for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
         assert torch.equal(pa[0], pb[0])
         assert not torch.equal(pa[1], pb[1]) or pa.shape[0] == 1
+
+
+def test_per_agent_mlp_loads_checkpoints_of_the_former_ensemble_layout():
+    """Baseline checkpoints written before the per-agent MLPs were merged hold an EnsembleMLP
+    under ``net.hidden.<i>`` / ``net.out``; they load unchanged and compute the same function."""
+    old = EnsembleMLP(3, 5, [8, 8], 2)
+    state = {f"net.{k}": v for k, v in old.state_dict().items()}
+    new = PerAgentMLP(3, 5, (8, 8), 2)
+    new.load_state_dict(state)
+    x = torch.randn(4, 7, 3, 5)  # [..., N, in]
+    expected = old(x.reshape(-1, 3, 5).transpose(0, 1)).transpose(0, 1).reshape(4, 7, 3, 2)
+    assert torch.equal(new(x), expected)
+    assert torch.allclose(new(x[..., 1:2, :], members=slice(1, 2)), expected[..., 1:2, :])

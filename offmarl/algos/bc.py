@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
-                               check_action_box, fit_standardiser, seeded_init, standardise)
+from offmarl.nn.actors import CategoricalActors, GaussianActors
+from offmarl.nn.agents import (
+    AgentLayout,
+    AgentPolicy,
+    CheckpointParts,
+    check_action_box,
+    fit_standardiser,
+    seeded_init,
+    standardise,
+)
 from offmarl.loop import BuildsWhole, LoopConfig
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
 
 
 @dataclass

@@ -19,94 +19,37 @@ which evaluation provides only as observations; under the ``fo`` scheme every ag
 observation IS the state, so the policy reads ``obs[:, 0]``. Any other scheme is rejected at
 construction ("iql is centralised: use --obs fo").
 
-The critic part (``CentralValues``) is shared with MA-IQL (offmarl/algos/ma_iql.py).
+The critic part (``CentralValues``, offmarl/nn/critics.py) is MA-IQL's too.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.agents import (AgentLayout, CategoricalActors, CentralisedPolicy, CheckpointParts, GaussianActors,
-                               JointActionCode, JointCritics, check_action_box, fit_standardiser, return_range_scale,
-                               seeded_init, soft_update_)
-from offmarl.nn.layers import mlp
+from offmarl.nn.actors import CategoricalActors, GaussianActors
+from offmarl.nn.agents import (
+    AgentLayout,
+    CentralisedPolicy,
+    CheckpointParts,
+    JointActionCode,
+    check_action_box,
+    fit_standardiser,
+    return_range_scale,
+    seeded_init,
+)
+from offmarl.nn.critics import CentralValues, CosineAdam, IQLConfig
+from offmarl.nn.losses import awr_weights
 from offmarl.loop import BuildsWhole, LoopConfig
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = True
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # IQL paper App. B / CORL iql.py: 2x256 MLPs everywhere
-    batch_size: int = 256                 # IQL paper App. B
-    lr: float = 3e-4                      # IQL paper App. B: actor, Q and V learning rate
-    gamma: float = 0.99                   # IQL paper App. B
-    tau: float = 0.005                    # IQL paper App. B: target-Q Polyak rate
-    expectile: float = 0.7                # IQL paper, locomotion (REFERENCE §5)
-    beta: float = 3.0                     # IQL paper, locomotion: AWR inverse temperature
-    exp_adv_max: float = 100.0            # CORL iql.py EXP_ADV_MAX: clip of exp(beta * adv)
-    normalize_obs: bool = True            # CORL iql.py normalize=True: standardise states with data stats
-    normalize_reward: bool = True         # IQL paper App. B: r * 1000 / (max - min episode return)
+class Config(IQLConfig):
+    """IQL's values (offmarl/nn/critics.py: IQLConfig), the joint actor's size limit, the training length."""
+
     max_joint_actions: int = 4096         # ours: largest K^N the discrete joint actor may enumerate
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # IQL paper: 1M steps
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric L2 |tau - 1(diff < 0)| diff^2 (IQL eq. 5): tau > 0.5 leans towards the max."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.pow(2)).mean()
-
-
-class CentralValues:
-    """IQL's in-sample value learning on the global state and the joint action:
-    twin Q(s, a), its Polyak target, and V(s). Used by IQL and MA-IQL."""
-
-    def __init__(self, layout: AgentLayout, cfg, device):
-        self.cfg = cfg
-        self.critic = JointCritics(layout, cfg.hidden).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = mlp(layout.state_dim, list(cfg.hidden), 1).to(device)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.lr)
-
-    def parts(self) -> dict:
-        return {"critic": self.critic, "critic_target": self.critic_target, "value": self.value,
-                "critic_opt": self.critic_opt, "value_opt": self.value_opt}
-
-    def update(self, state, actions, reward, terminal, next_state):
-        """One V step then one Q step (CORL order). state [B, S], actions [B, N, A] | [B, N] long,
-        reward / terminal [B]. Returns the advantage [B] for the actor and metrics."""
-        with torch.no_grad():
-            next_v = self.value(next_state).squeeze(-1)
-            target_q = self.critic_target(state, actions).min(0).values
-        v = self.value(state).squeeze(-1)
-        advantage = target_q - v
-        value_loss = expectile_loss(advantage, self.cfg.expectile)
-        self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_opt.step()
-
-        target = reward + self.cfg.gamma * (1.0 - terminal) * next_v
-        q = self.critic(state, actions)  # [2, B]
-        critic_loss = (q - target).pow(2).mean(-1).sum()  # MSE of each twin, summed (CORL)
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-        soft_update_(self.critic_target, self.critic, self.cfg.tau)
-        metrics = {"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
-                   "q_mean": q[0].mean().detach(), "v_mean": v.mean().detach(),
-                   "advantage_mean": advantage.mean().detach()}
-        return advantage.detach(), metrics
-
-
-def awr_weights(advantage: torch.Tensor, cfg) -> torch.Tensor:
-    """exp(beta * A) clipped at exp_adv_max (IQL eq. 7, CORL iql.py)."""
-    return torch.exp(cfg.beta * advantage).clamp(max=cfg.exp_adv_max)
 
 
 def check_dataset(dataset, cfg: Config) -> None:
@@ -140,9 +83,7 @@ class Algorithm(CheckpointParts, BuildsWhole):
             else:
                 self.actor = GaussianActors(1, lay.state_dim, cfg.hidden, lay.action_mask.reshape(1, -1))
         self.actor.to(self.device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        # IQL paper / CORL: cosine decay of the actor learning rate over the whole run
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.loop.steps, 1))
+        self.actor_opt = CosineAdam(self.actor, cfg.lr, cfg.loop.steps)
         self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
         self.policy = CentralisedPolicy(self.actor, self.state_norm, lay, self.code)
 
@@ -164,13 +105,10 @@ class Algorithm(CheckpointParts, BuildsWhole):
         advantage, metrics = self.values.update(state, b["actions"], reward, b["terminals"].float(), next_state)
 
         actor_loss = -(awr_weights(advantage, cfg) * self.actor_log_prob(state, b)).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.actor_sched.step()
+        self.actor_opt.step(actor_loss)
         metrics["actor_loss"] = actor_loss.detach()
         return metrics
 
     def _parts(self) -> dict:
-        return {**self.values.parts(), "actor": self.actor, "actor_opt": self.actor_opt,
-                "actor_sched": self.actor_sched, "state_norm": self.state_norm}
+        return {**self.values.parts(), "actor": self.actor, **self.actor_opt.parts("actor"),
+                "state_norm": self.state_norm}

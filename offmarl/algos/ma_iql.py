@@ -1,6 +1,6 @@
 """MA-IQL: IQL with centralised training and decentralised execution (CTDE).
 
-The critics are IQL's, on the global state and the joint action (``iql.CentralValues``):
+The critics are IQL's, on the global state and the joint action (``CentralValues``, offmarl/nn/critics.py):
 twin Q(s, a_1..a_N), V(s) by expectile regression. Each agent i has its own actor on its local
 observation, trained by advantage-weighted regression with the JOINT advantage:
 
@@ -17,28 +17,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.algos.iql import CentralValues, awr_weights
-from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
-                               check_action_box, fit_standardiser, return_range_scale, seeded_init, standardise)
+from offmarl.nn.actors import CategoricalActors, GaussianActors
+from offmarl.nn.agents import (
+    AgentLayout,
+    AgentPolicy,
+    CheckpointParts,
+    check_action_box,
+    fit_standardiser,
+    return_range_scale,
+    seeded_init,
+    standardise,
+)
+from offmarl.nn.critics import CentralValues, CosineAdam, IQLConfig
+from offmarl.nn.losses import awr_weights
 from offmarl.loop import BuildsWhole, LoopConfig
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
 
 
 @dataclass
-class Config:
-    hidden: tuple[int, ...] = (256, 256)  # IQL paper App. B: 2x256 MLPs (critics and each actor)
-    batch_size: int = 256                 # IQL paper App. B
-    lr: float = 3e-4                      # IQL paper App. B: actor, Q and V learning rate
-    gamma: float = 0.99                   # IQL paper App. B
-    tau: float = 0.005                    # IQL paper App. B: target-Q Polyak rate
-    expectile: float = 0.7                # IQL paper, locomotion (REFERENCE §5)
-    beta: float = 3.0                     # IQL paper, locomotion: AWR inverse temperature
-    exp_adv_max: float = 100.0            # CORL iql.py EXP_ADV_MAX: clip of exp(beta * adv)
-    normalize_obs: bool = True            # CORL iql.py normalize=True: standardise states and observations
-    normalize_reward: bool = True         # IQL paper App. B: r * 1000 / (max - min episode return)
+class Config(IQLConfig):
+    """IQL's values (offmarl/nn/critics.py: IQLConfig) and the training length."""
+
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # IQL paper: 1M steps
 
 
@@ -59,9 +57,7 @@ class Algorithm(CheckpointParts, BuildsWhole):
             self.values = CentralValues(lay, cfg, self.device)
             actors = CategoricalActors if lay.discrete else GaussianActors
             self.actor = actors(lay.n_agents, lay.obs_dim, cfg.hidden, lay.action_mask).to(self.device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        # IQL paper / CORL: cosine decay of the actor learning rate over the whole run
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.loop.steps, 1))
+        self.actor_opt = CosineAdam(self.actor, cfg.lr, cfg.loop.steps)
         self.generators = {"sample": torch.Generator(device=self.device).manual_seed(seed)}
         self.policy = AgentPolicy(self.actor, self.obs_norm)
 
@@ -83,13 +79,10 @@ class Algorithm(CheckpointParts, BuildsWhole):
         # gradients independent (separate weights, per-parameter Adam)
         log_prob = self.actor_log_prob(standardise(self.obs_norm, b["observations"]), b)
         actor_loss = -(awr_weights(advantage, cfg)[:, None] * log_prob).sum(-1).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.actor_sched.step()
+        self.actor_opt.step(actor_loss)
         metrics["actor_loss"] = actor_loss.detach()
         return metrics
 
     def _parts(self) -> dict:
-        return {**self.values.parts(), "actor": self.actor, "actor_opt": self.actor_opt,
-                "actor_sched": self.actor_sched, "state_norm": self.state_norm, "obs_norm": self.obs_norm}
+        return {**self.values.parts(), "actor": self.actor, **self.actor_opt.parts("actor"),
+                "state_norm": self.state_norm, "obs_norm": self.obs_norm}

@@ -31,8 +31,9 @@ from torch import nn
 
 from offmarl.envs.base import EnvSpec
 from offmarl.errors import OffmarlError
-from offmarl.nn.history import AgentMajorMLP, HistoryEncoder
-from offmarl.nn.layers import mlp
+from offmarl.nn.functional import HALF_LOG_2PI, gaussian_log_prob, soft_clamp
+from offmarl.nn.history import HistoryEncoder
+from offmarl.nn.layers import PerAgentMLP, mlp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,16 +158,6 @@ class RunningNorm(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Actors
 # ----------------------------------------------------------------------------------------------
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _soft_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Smooth clamp into (low, high) (mbrl-lib / PETS log-variance bounds): unlike a hard clamp
-    its gradient never vanishes, so a log-std pushed past a bound can always come back."""
-    x = high - F.softplus(high - x)
-    return low + F.softplus(x - low)
-
-
 class MAPPOPolicy(nn.Module):
     """Decentralised actors: agent i sees only its (padded) observation and, with a memory,
     the encoding of its own last K (obs, action) pairs.
@@ -190,7 +181,7 @@ class MAPPOPolicy(nn.Module):
             self.history = HistoryEncoder(n, o, a, spec.discrete, cfg.history_len, cfg.history_dim,
                                           cfg.history_heads, cfg.history_layers, cfg.share_parameters)
         in_dim = o + (cfg.history_dim if self.history is not None else 0)
-        self.net = AgentMajorMLP(n, in_dim, cfg.actor_hidden, a if spec.discrete else 2 * a, cfg.share_parameters)
+        self.net = PerAgentMLP(n, in_dim, cfg.actor_hidden, a if spec.discrete else 2 * a, cfg.share_parameters)
         # near-zero initial logits / means (CleanRL and SB3 initialise the policy head at 0.01)
         self.net.out_layer.scale_(0.01)
 
@@ -218,15 +209,14 @@ class MAPPOPolicy(nn.Module):
             h_obs = self.obs_norm(hist["hist_obs"], self.obs_clip)
             mem = self.history(h_obs, hist["hist_actions"], hist.get("hist_mask"))
             x = torch.cat([x, mem], -1)
-        out = self.net(x.transpose(0, 1)).transpose(0, 1)  # agent-major inside: [N, B, .]
+        out = self.net(x)  # [B, N, A] or [B, N, 2A]
         if self.discrete:
             return out.masked_fill(~self._mask(avail), float("-inf"))
         mean, raw_log_std = out.chunk(2, -1)
-        return mean, _soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
+        return mean, soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
 
     def _gaussian_logp(self, actions, mean, log_std) -> torch.Tensor:
-        z = (actions - mean) * torch.exp(-log_std)
-        return ((-0.5 * z.square() - log_std - _HALF_LOG_2PI) * self.action_mask).sum(-1)
+        return (gaussian_log_prob(actions, mean, log_std) * self.action_mask).sum(-1)
 
     def evaluate(self, obs, hist, avail, actions):
         """-> logp [B, N], entropy [B, N], mean action [B, N, A] (continuous) or None."""
@@ -238,7 +228,7 @@ class MAPPOPolicy(nn.Module):
             entropy = -(log_probs.exp() * torch.where(finite, log_probs, 0.0)).sum(-1)
             return logp, entropy, None
         mean, log_std = heads
-        entropy = ((0.5 + _HALF_LOG_2PI + log_std) * self.action_mask).sum(-1)
+        entropy = ((0.5 + HALF_LOG_2PI + log_std) * self.action_mask).sum(-1)
         return self._gaussian_logp(actions, mean, log_std), entropy, mean
 
     # -- public API ---------------------------------------------------------------------------
@@ -305,7 +295,7 @@ class MAPPOCritic(nn.Module):
             self.v = mlp(s, cfg.critic_hidden, 1)
         else:
             e, hh = cfg.mixer_embed_dim, cfg.hypernet_hidden
-            self.agent_v = AgentMajorMLP(n, spec.max_obs_dim, cfg.critic_hidden, 1, cfg.share_parameters)
+            self.agent_v = PerAgentMLP(n, spec.max_obs_dim, cfg.critic_hidden, 1, cfg.share_parameters)
             self.hyper_w1 = mlp(s, (hh,), n * e)
             self.hyper_b1 = nn.Linear(s, e)
             self.hyper_w2 = mlp(s, (hh,), e)
@@ -315,7 +305,7 @@ class MAPPOCritic(nn.Module):
         """states: [B, S], obs: [B, N, O], both already normalised -> [B]."""
         if self.kind == "state":
             return self.v(states).squeeze(-1)
-        v = self.agent_v(obs.transpose(0, 1)).squeeze(-1).transpose(0, 1)  # [B, N]
+        v = self.agent_v(obs).squeeze(-1)  # [B, N]
         w1 = self.hyper_w1(states).abs().view(-1, self.n_agents, self.embed)
         hidden = F.elu(torch.bmm(v.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(states))  # [B, E]
         return (hidden * self.hyper_w2(states).abs()).sum(-1) + self.hyper_b2(states).squeeze(-1)

@@ -1,7 +1,7 @@
 """MATD3+BC: TD3+BC with a centralised critic and decentralised deterministic actors.
 
 One twin critic sees the global state and the joint action; each agent's actor sees only its
-own observation (CTDE). TD3+BC's hyper-parameters throughout (offmarl/algos/td3bc.py).
+own observation (CTDE). TD3+BC's hyper-parameters throughout (the same values as ITD3+BC).
 
     critic   Q(s, a_1..a_N) <- r + gamma (1 - terminal) min_j Q_target_j(s', a')
              a'_i = clip(pi_target_i(o_i') + clip(N(0, 0.2), -0.5, 0.5), -1, 1)
@@ -18,24 +18,25 @@ actors; the BC term is the cross-entropy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from offmarl.algos import td3bc
-from offmarl.algos.td3bc import ActorCriticBase, bc_mse, smoothed_target_actions
-from offmarl.nn.agents import JointCritics, check_action_box, gumbel_softmax_st, soft_update_, standardise
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
+from offmarl.nn.actor_critic import ActorCriticBase, TD3BCConfig, smoothed_target_actions
+from offmarl.nn.actors import gumbel_softmax_st
+from offmarl.nn.agents import check_action_box, soft_update_, standardise
+from offmarl.nn.critics import JointCritics
+from offmarl.nn.losses import bc_mse
+from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass
-class Config(td3bc.Config):
-    """ITD3+BC's values (TD3+BC paper, offmarl/algos/td3bc.py) plus the discrete form's temperature."""
+class Config(TD3BCConfig):
+    """TD3+BC's values (as ITD3+BC; offmarl/nn/actor_critic.py: TD3BCConfig) plus the discrete
+    form's temperature."""
 
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # TD3+BC paper: 1M steps
     gumbel_temperature: float = 1.0       # MADDPG discrete actions: Gumbel-softmax temperature
 
 
@@ -44,7 +45,7 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "matd3bc")
 
 
-class Algorithm(ActorCriticBase):
+class Algorithm(ActorCriticBase, BuildsWhole):
     """MATD3+BC: twin joint critics on (s, a_1..a_N)."""
 
     name = "matd3bc"

@@ -1,6 +1,7 @@
 """OMAR (Pan et al. 2022, "Plan Better Amid Conservatism"): ICQL + actor rectification.
 
-The critics are exactly ICQL's (offmarl/algos/cql.py). The actor does not only climb the
+The critics are exactly ICQL's (``ConservativeActorCritic``, offmarl/nn/actor_critic.py: TD target
+plus the CQL(H) logsumexp regulariser, per-agent gradient clipping). The actor does not only climb the
 conservative Q locally — where CQL's pessimism makes many bad local optima — it is also pulled
 towards the best action a global search over Q finds:
 
@@ -20,23 +21,24 @@ the Q term is the expected Q_i1 under the categorical actor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from offmarl.algos import cql
-from offmarl.algos.td3bc import bc_mse
-from offmarl.nn.agents import check_action_box, mask_logits
-
-DISCRETE_OK = True
-CONTINUOUS_OK = True
-NEEDS_FULL_OBS = False
+from offmarl.nn.actor_critic import ConservativeActorCritic, ConservativeConfig
+from offmarl.nn.actors import mask_logits
+from offmarl.nn.agents import check_action_box
+from offmarl.nn.losses import action_l2, bc_mse
+from offmarl.loop import BuildsWhole, LoopConfig
 
 
 @dataclass
-class Config(cql.Config):
-    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar.yaml blocks per dataset)
-    cql_alpha: float = 1.0                # OMAR release MaMuJoCo table, "medium"
+class Config(ConservativeConfig):
+    """ICQL's values (the OMAR release's; offmarl/nn/actor_critic.py: ConservativeConfig, cql_alpha
+    there is the MaMuJoCo table's "medium" value) plus the actor rectification's."""
+
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # OMAR release, MaMuJoCo: 1e6
+    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar-<kind>.yaml per dataset)
     omar_iters: int = 2                   # OMAR release, MaMuJoCo (argparse default 3)
     omar_num_samples: int = 20            # OMAR release, MaMuJoCo
     omar_num_elites: int = 5              # OMAR release, MaMuJoCo
@@ -49,8 +51,8 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "omar")
 
 
-class Algorithm(cql.Algorithm):
-    """ICQL's critics and update; only the actor loss differs."""
+class Algorithm(ConservativeActorCritic, BuildsWhole):
+    """ICQL's critics and update (ConservativeActorCritic); only the actor loss differs."""
 
     name = "omar"
 
@@ -92,5 +94,5 @@ class Algorithm(cql.Algorithm):
             target = self.rectified_actions(obs, pi.detach(), q_pi.detach())
             mimic = bc_mse(pi, target, self.actor.action_mask)  # [N]
             loss = ((coe * mimic - (1.0 - coe) * q_pi.mean(0)).sum()
-                    + self.cfg.actor_l2 * cql.action_l2(pi, self.actor.action_mask))
+                    + self.cfg.actor_l2 * action_l2(pi, self.actor.action_mask))
         return loss, {"actor_loss": loss.detach(), "mimic_loss": mimic.sum().detach(), "q_pi": q_pi.mean().detach()}

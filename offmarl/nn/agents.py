@@ -1,19 +1,17 @@
-"""Per-agent networks, critics and evaluation adapters shared by the offline MARL baselines.
+"""What every offline baseline shares around its networks: the agents' layout, checkpoint
+bookkeeping, standardisers, target updates, and the evaluation adapters.
 
-Every network here holds ALL agents' (or all critic members') weights in one
-``EnsembleMLP`` (weights ``[E, in, out]``), so N agents cost one batched matmul per layer and
-never a Python loop. Tensors keep the dataset layout: ``obs [..., N, O]``, continuous
-``actions [..., N, A]`` (zero in padded dims), discrete ``actions [..., N]`` long.
+Tensors keep the dataset layout: ``obs [..., N, O]``, continuous ``actions [..., N, A]`` (zero in
+padded dims), discrete ``actions [..., N]`` long. The networks are in ``offmarl/nn/actors.py``
+and ``offmarl/nn/critics.py`` (every agent's weights in one ``PerAgentMLP``), the losses in
+``offmarl/nn/losses.py``, the actor-critic skeleton of TD3+BC / CQL / OMAR in
+``offmarl/nn/actor_critic.py``.
 
 Pieces:
     AgentLayout          what the baselines need to know about a dataset's agents
-    AgentCritics         per-agent twin Q_i(o_i, a_i) (continuous) or Q_i(o_i, .) (discrete)
-    JointCritics         centralised twin Q(s, a_1..a_N)
-    DeterministicActors  a_i = tanh(MLP_i(o_i))                      (TD3+BC, CQL, OMAR)
-    GaussianActors       N(tanh(MLP_i(o_i)), exp(log_std_i))         (IQL, MA-IQL, IBC)
-    CategoricalActors    softmax(MLP_i(o_i)) over available actions  (every discrete form)
+    JointActionCode      index <-> per-agent actions of a discrete joint action
     AgentPolicy / CentralisedPolicy   the evaluation contract of offmarl/evaluation.py
-    soft_update_, clip_grad_norm_per_agent_, seeded_init, state_of / load_state_of
+    soft_update_, clip_grad_norm_per_agent_, seeded_init, CheckpointParts, fit_standardiser
 """
 from __future__ import annotations
 
@@ -25,9 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.layers import EnsembleMLP, Standardiser
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # CORL iql.py GaussianPolicy
+from offmarl.nn.layers import Standardiser
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -149,198 +145,6 @@ def check_action_box(dataset, where: str) -> None:
         raise OffmarlError(
             f"{where}: dataset {dataset.meta.name or dataset.origin!r} has actions up to |a| = {worst:.3f}, "
             "outside the [-1, 1] box the actors produce; rescale the actions to [-1, 1]")
-
-
-# --------------------------------------------------------------------------- building blocks
-class PerAgentMLP(nn.Module):
-    """E independent MLPs (one per agent, or per critic member) in one ``EnsembleMLP``:
-    x [..., E, in] -> [..., E, out]."""
-
-    def __init__(self, n_members: int, in_dim: int, hidden, out_dim: int):
-        super().__init__()
-        self.net = EnsembleMLP(n_members, in_dim, list(hidden), out_dim)
-
-    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
-        lead = x.shape[:-2]
-        h = x.reshape(-1, *x.shape[-2:]).transpose(0, 1)  # [E, L, in]
-        if members is None:
-            out = self.net(h)
-        else:  # a subset of members (e.g. only Q1 of twin critics): slice the weights, same maths
-            for layer in self.net.hidden:
-                h = self.net.act(torch.baddbmm(layer.bias[members], h, layer.weight[members]))
-            out = torch.baddbmm(self.net.out.bias[members], h, self.net.out.weight[members])
-        return out.transpose(0, 1).reshape(*lead, out.shape[0], out.shape[-1])
-
-
-class _Twin(nn.Module):
-    """Two Q-networks for each of G groups in one ``EnsembleMLP`` of 2G members
-    (member ``t * G + g`` = twin t of group g)."""
-
-    def __init__(self, n_groups: int, in_dim: int, hidden, out_dim: int):
-        super().__init__()
-        self.n_groups = n_groups
-        self.net = PerAgentMLP(2 * n_groups, in_dim, hidden, out_dim)
-
-    def both(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., G, in] -> [2, ..., G, out]."""
-        y = self.net(torch.cat([x, x], dim=-2))
-        return y.view(*y.shape[:-2], 2, self.n_groups, y.shape[-1]).movedim(-3, 0)
-
-    def first(self, x: torch.Tensor) -> torch.Tensor:
-        """Q1 only (actor losses score with Q1, as TD3): x [..., G, in] -> [..., G, out]."""
-        return self.net(x, members=slice(0, self.n_groups))
-
-
-class AgentCritics(nn.Module):
-    """Independent twin critics, one pair per agent, on the agent's own observation and action.
-
-    continuous: Q_i(o_i, a_i)   -> forward(obs, actions) [2, ..., N]
-    discrete:   Q_i(o_i, .)      -> forward(obs) [2, ..., N, K]  (one output per own action,
-                                    the DQN head); ``at(q, actions)`` picks the taken action.
-    """
-
-    def __init__(self, layout: AgentLayout, hidden):
-        super().__init__()
-        self.layout = layout
-        n, o, a = layout.n_agents, layout.obs_dim, layout.action_dim
-        self.twin = _Twin(n, o if layout.discrete else o + a, hidden, a if layout.discrete else 1)
-
-    def _input(self, obs, actions):
-        return obs if self.layout.discrete else torch.cat([obs, actions], -1)
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        q = self.twin.both(self._input(obs, actions))
-        return q if self.layout.discrete else q.squeeze(-1)
-
-    def q1(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        q = self.twin.first(self._input(obs, actions))
-        return q if self.layout.discrete else q.squeeze(-1)
-
-    @staticmethod
-    def at(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Discrete: q [..., N, K] at actions [..., N] long -> [..., N]."""
-        return q.gather(-1, actions.expand(*q.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-
-
-class JointCritics(nn.Module):
-    """Centralised twin critics Q(s, a_1, ..., a_N) on the global state and the joint action
-    (one-hot per agent when discrete): forward(state [..., S], actions [..., N, A|K]) -> [2, ...]."""
-
-    def __init__(self, layout: AgentLayout, hidden):
-        super().__init__()
-        self.layout = layout
-        self.twin = _Twin(1, layout.state_dim + layout.joint_action_width, hidden, 1)
-
-    def _input(self, state, actions):
-        joint = self.layout.action_features(actions).flatten(-2)
-        return torch.cat([state, joint], -1).unsqueeze(-2)
-
-    def forward(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.twin.both(self._input(state, actions))[..., 0, 0]
-
-    def q1(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.twin.first(self._input(state, actions))[..., 0, 0]
-
-
-# --------------------------------------------------------------------------- actors
-class DeterministicActors(nn.Module):
-    """a_i = tanh(MLP_i(o_i)) in [-1, 1] for every agent at once (TD3+BC, CQL, OMAR actors);
-    padded action dims are held at 0. obs [..., N, O] -> actions [..., N, A]."""
-
-    def __init__(self, layout: AgentLayout, hidden):
-        super().__init__()
-        self.net = PerAgentMLP(layout.n_agents, layout.obs_dim, hidden, layout.action_dim)
-        self.register_buffer("action_mask", layout.action_mask.float())
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs)) * self.action_mask
-
-    def act(self, obs, avail=None, deterministic=True, generator=None):
-        actions = self(obs)
-        return actions, actions.new_zeros(actions.shape[:-1])
-
-
-class GaussianActors(nn.Module):
-    """pi_i(a | o_i) = N(tanh(MLP_i(o_i)), exp(log_std_i)) with a state-independent log-std per
-    agent and dim (CORL iql.py GaussianPolicy), evaluated deterministically at its mean.
-    ``n_agents=1`` over (state -> joint action) gives the centralised IQL actor."""
-
-    def __init__(self, n_agents: int, in_dim: int, hidden, action_mask: torch.Tensor):
-        super().__init__()
-        self.net = PerAgentMLP(n_agents, in_dim, hidden, action_mask.shape[-1])
-        self.log_std = nn.Parameter(torch.zeros(n_agents, action_mask.shape[-1]))
-        self.register_buffer("action_mask", action_mask.float())
-
-    def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs)) * self.action_mask
-
-    def log_prob_dims(self, obs: torch.Tensor, actions: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-dim log-density [..., N, A] of ``actions`` (0 in padded dims)."""
-        mean = self.mean(obs) if mean is None else mean
-        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        z = (actions - mean) * torch.exp(-log_std)
-        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)) * self.action_mask
-
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log pi_i(a_i | o_i): [..., N]."""
-        return self.log_prob_dims(obs, actions).sum(-1)
-
-    def act(self, obs, avail=None, deterministic=True, generator=None):
-        mean = self.mean(obs)
-        if deterministic:
-            actions = mean
-        else:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device)
-            actions = mean + self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp() * eps * self.action_mask
-        logp = self.log_prob_dims(obs, actions, mean).sum(-1)
-        return actions.clamp(-1.0, 1.0), logp
-
-
-def mask_logits(logits: torch.Tensor, avail: torch.Tensor | None, static_mask: torch.Tensor) -> torch.Tensor:
-    """Unavailable actions get the most negative finite logit: probability exactly 0, never picked,
-    and no NaN if a row has no available action at all."""
-    allowed = static_mask.bool() if avail is None else (avail.bool() & static_mask.bool())
-    return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-
-
-def gumbel_noise(shape, generator, device) -> torch.Tensor:
-    """Standard Gumbel noise drawn from ``generator`` (torch's own gumbel_softmax takes none)."""
-    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
-
-
-def gumbel_softmax_st(logits: torch.Tensor, generator, temperature: float = 1.0) -> torch.Tensor:
-    """Straight-through Gumbel-softmax (Jang et al. 2017; MADDPG's discrete actions): a hard
-    one-hot sample [..., K] in the forward pass, the softmax's gradient in the backward pass."""
-    soft = torch.softmax((logits + gumbel_noise(logits.shape, generator, logits.device)) / temperature, -1)
-    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
-class CategoricalActors(nn.Module):
-    """pi_i(. | o_i) = softmax(MLP_i(o_i)) restricted to the available actions.
-    obs [..., N, O] -> logits [..., N, K]. ``n_agents=1`` with K^N outputs gives the
-    centralised IQL actor over joint actions."""
-
-    def __init__(self, n_agents: int, in_dim: int, hidden, action_mask: torch.Tensor):
-        super().__init__()
-        self.net = PerAgentMLP(n_agents, in_dim, hidden, action_mask.shape[-1])
-        self.register_buffer("action_mask", action_mask.bool())
-
-    def logits(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
-        return mask_logits(self.net(obs), avail, self.action_mask)
-
-    def log_probs(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.log_softmax(self.logits(obs, avail), -1)
-
-    def act(self, obs, avail=None, deterministic=True, generator=None):
-        logits = self.logits(obs, avail)
-        if deterministic:
-            actions = logits.argmax(-1)
-        else:  # Gumbel-max: an exact sample that honours ``generator``
-            actions = (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(-1)
-        logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        return actions, logp
 
 
 # --------------------------------------------------------------------------- joint discrete actions

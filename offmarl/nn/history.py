@@ -4,8 +4,8 @@ Every module here works on AGENT-MAJOR tensors ``[N, ..., D]`` so that N separat
 networks run as one batched matmul (``EnsembleLinear`` with E = N) — never a Python loop over
 agents. With ``shared=True`` the same modules become one network for all agents; the agent
 identity then enters as a one-hot appended to the input (MAMBA's shared actor, REFERENCE §4).
-(``offmarl.nn.agents.PerAgentMLP`` is the baselines' batch-major ``[..., N, D]``, separate-only
-counterpart; the agent-major layout here is what the attention over K steps needs.)
+(The per-agent MLP, ``offmarl.nn.layers.PerAgentMLP``, takes the dataset's batch-major
+``[..., N, D]``; the attention over K steps works agent-major.)
 
 HistoryEncoder (MOMA-PPO's memory for partial observability, REFERENCE §2): each agent embeds
 its last K (observation, action) pairs, runs masked multi-head self-attention over them and
@@ -14,63 +14,12 @@ feed-forward runs on the pooled vector.
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from offmarl.errors import OffmarlError
-from offmarl.nn.layers import EnsembleLinear
-
-
-class AgentMajorLinear(nn.Module):
-    """x [N, ..., in] -> [N, ..., out]: N separate linear maps (``shared=False``) or one."""
-
-    def __init__(self, n_agents: int, in_dim: int, out_dim: int, shared: bool):
-        super().__init__()
-        self.n_agents, self.in_dim, self.out_dim, self.shared = n_agents, in_dim, out_dim, shared
-        self.layer = nn.Linear(in_dim, out_dim) if shared else EnsembleLinear(n_agents, in_dim, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            return self.layer(x)
-        lead = x.shape[1:-1]
-        y = self.layer(x.reshape(self.n_agents, -1, self.in_dim))
-        return y.reshape(self.n_agents, *lead, self.out_dim)
-
-    @torch.no_grad()
-    def scale_(self, factor: float) -> None:
-        """Multiply the weights by ``factor`` (small output layers: CleanRL/PPO practice)."""
-        self.layer.weight.mul_(factor)
-        self.layer.bias.zero_()
-
-
-class AgentMajorMLP(nn.Module):
-    """x [N, ..., in] -> [N, ..., out]. ``shared=True``: one MLP with the agent one-hot
-    appended to the input (the only way a shared network can tell agents apart)."""
-
-    def __init__(self, n_agents: int, in_dim: int, hidden: tuple[int, ...] | list[int], out_dim: int,
-                 shared: bool, activation=nn.ReLU):
-        super().__init__()
-        self.n_agents, self.shared = n_agents, shared
-        dims = [in_dim + (n_agents if shared else 0), *hidden, out_dim]
-        self.layers = nn.ModuleList(AgentMajorLinear(n_agents, a, b, shared) for a, b in itertools.pairwise(dims))
-        self.act = activation()
-        if shared:
-            self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            ids = self.agent_ids.view(self.n_agents, *([1] * (x.dim() - 2)), self.n_agents)
-            x = torch.cat([x, ids.expand(*x.shape[:-1], self.n_agents)], -1)
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
-
-    @property
-    def out_layer(self) -> AgentMajorLinear:
-        return self.layers[-1]
+from offmarl.nn.layers import AgentMajorLinear, PerAgentMLP
 
 
 class AgentMajorLayerNorm(nn.Module):
@@ -140,7 +89,7 @@ class HistoryEncoder(nn.Module):
             raise OffmarlError(f"history_dim ({dim}) must be divisible by history_heads ({heads})")
         self.n_agents, self.obs_dim, self.action_dim = n_agents, obs_dim, action_dim
         self.discrete, self.history_len, self.dim = discrete, history_len, dim
-        self.embed = AgentMajorMLP(n_agents, obs_dim + action_dim, (), dim, shared)
+        self.embed = PerAgentMLP(n_agents, obs_dim + action_dim, (), dim, shared)
         # learned position of each of the K slots (slot K-1 = the most recent step)
         self.position = nn.Parameter(torch.zeros(1 if shared else n_agents, 1, history_len, dim))
         nn.init.normal_(self.position, std=0.02)
@@ -157,8 +106,8 @@ class HistoryEncoder(nn.Module):
             actions = F.one_hot(hist_actions.long().clamp_min(0), self.action_dim).to(hist_obs.dtype)
         else:
             actions = hist_actions.to(hist_obs.dtype)
-        tokens = torch.cat([hist_obs, actions], -1).permute(2, 0, 1, 3)  # [N, B, K, O + A]
-        x = self.embed(tokens) + self.position
+        tokens = torch.cat([hist_obs, actions], -1)  # [B, K, N, O + A]
+        x = self.embed(tokens).permute(2, 0, 1, 3) + self.position  # [N, B, K, dim]
         if hist_mask is None:
             hist_mask = torch.ones(b, k, dtype=torch.bool, device=x.device)
         hist_mask = hist_mask.bool()
