@@ -30,11 +30,13 @@ def collector_scan(map_name: str, n_envs: int, steps: int) -> None:
     env = SmaxVecEnv(map_name, n_envs, seed=0)
     env.reset()
     env.random_rollout(steps)  # compile (or load from the persistent cache)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = env.random_rollout(steps)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
+    # wall-clock rate, and the rate per CPU-second of this process (steadier on a shared machine)
     emit(bench="collector_scan", map=map_name, n_envs=n_envs, env_steps=out["env_steps"],
-         steps_per_s=round(out["env_steps"] / dt, 1))
+         steps_per_s=round(out["env_steps"] / dt, 1), steps_per_cpu_s=round(out["env_steps"] / dc, 1),
+         load_1min=round(os.getloadavg()[0], 2))
 
 
 def iteration_cost(map_name: str, algo: str, iterations: int) -> OnlineAlgorithm:
@@ -75,11 +77,14 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--algos", default="mappo,mamba,mag")
     p.add_argument("--scan-envs", default="64,256")
+    p.add_argument("--scan-only", action="store_true", help="only the collector_scan rows")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     emit(bench="machine", cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2), torch_threads=torch.get_num_threads())
     for n in (int(x) for x in args.scan_envs.split(",")):
         collector_scan(args.map, n, 200)
+    if args.scan_only:
+        return
     for algo in args.algos.split(","):
         a = iteration_cost(args.map, algo, args.iterations)
         if algo == "mamba":

@@ -23,6 +23,7 @@ from offmarl.envs.smac import (
     SmaxEnv,
     SmaxVecEnv,
     make_smac,
+    make_vec_smac,
     smac_backend_available,
 )
 
@@ -323,3 +324,19 @@ def test_sc2_default_factory_path(monkeypatch, tmp_path):
     monkeypatch.setenv("SC2PATH", str(tmp_path))
     env = make_smac("3m", backend="sc2", seed=1)
     assert env.spec.n_agents == 2 and env.reset()[1][0] == 1
+
+
+def test_sc2_vec_env_auto_resets_with_test_double():
+    """Sc2VecEnv (the online loop's sc2 collector) over the TEST DOUBLE: SmaxVecEnv's contract
+    (auto-reset, final observation and mask, episode return/length), copies seeded seed + b."""
+    venv = make_vec_smac("3m", 2, backend="sc2", seed=7, sc2_env_factory=FakeStarCraft2Env, episode_limit=2)
+    obs, state, avail = venv.reset()
+    assert obs.shape == (2, 2, 4) and avail.shape == (2, 2, 7) and state[1, 0] == 8.0
+    act = np.array([[1, 0], [1, 0]])  # agent 1 is "dead" in the double: no-op only
+    _, _, r, done, info = venv.step(act)
+    assert not done.any() and np.allclose(r, 0.25)
+    obs, _, r, done, info = venv.step(act)
+    assert done.all() and info["truncated"].all() and not info["terminated"].any()
+    assert np.allclose(info["episode_return"], 0.25) and (info["episode_length"] == 2).all()
+    assert (info["final_obs"][:, 0] == 2).all() and (obs[:, 0] == 0).all()  # final vs reset observation
+    assert info["final_avail"].shape == (2, 2, 7)
