@@ -64,7 +64,13 @@ def test_option_errors():
         make_smac("3m", max_steps=0)
 
 
-@pytest.mark.parametrize("name,n,m", [("3s_vs_3z", 3, 3), ("3s_vs_4z", 3, 4), ("2m_vs_1z", 2, 1), ("8m_vs_9m", 8, 9)])
+@pytest.mark.parametrize("name,n,m", [
+    ("3s_vs_4z", 3, 4),
+    # each further map compiles its own SMAX step (minutes on a busy CPU the first time)
+    pytest.param("3s_vs_3z", 3, 3, marks=pytest.mark.slow),
+    pytest.param("2m_vs_1z", 2, 1, marks=pytest.mark.slow),
+    pytest.param("8m_vs_9m", 8, 9, marks=pytest.mark.slow),
+])
 def test_registered_maps_build_and_step(name, n, m):
     """The MAMBA/MAG maps SMAX lacks are registered with the right teams and play to the end."""
     env = make_env(f"smac-{name}")
