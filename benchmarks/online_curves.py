@@ -56,15 +56,14 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 3.6), squeeze=False)
     for ax, m in zip(axes[0], maps):
         for algo in ("mag", "mamba", "mappo"):
-            rs = groups.get((m, algo))
+            rs = [r for r in groups.get((m, algo), []) if r["curve"]]  # runs with at least one evaluation
             if not rs:
                 continue
-            n = min(len(r["curve"]) for r in rs)
-            if n == 0:
-                continue
+            n = min(len(r["curve"]) for r in rs)  # the evaluations every run has reached
             x = np.array([r["curve"][i][0] for i in range(n) for r in rs[:1]])
             y = np.array([[r["curve"][i][1] for i in range(n)] for r in rs])
-            ax.plot(x, y.mean(0), marker="o", label=f"{algo} ({len(rs)} seeds)")
+            style = {"mag": "-", "mamba": "--", "mappo": ":"}[algo]
+            ax.plot(x, y.mean(0), style, marker="o", label=f"{algo} ({len(rs)} seeds)")
             ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
         ax.set_title(f"SMAX {m} (not SC2)")
         ax.set_xlabel("env steps")
