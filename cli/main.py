@@ -23,14 +23,14 @@ try:  # typer 0.2x vendors click as typer._click; older typer uses click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
+import offmarl
 from offmarl.cli import datasets as datasets_cmd
 from offmarl.cli import envs as envs_cmd
+from offmarl.cli import online as online_cmd
 from offmarl.cli import report as report_cmd
 from offmarl.cli import sweep as sweep_cmd
 from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
-
-import offmarl
 from offmarl.errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, OffmarlError
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("train")(train_cmd.train)
 app.command("evaluate")(train_cmd.evaluate)
 app.command("report")(report_cmd.report)
 app.command("sweep", context_settings={"allow_extra_args": True})(sweep_cmd.sweep)  # --algo a b c
+app.command("online")(online_cmd.online)
 
 
 def _version(value: bool):

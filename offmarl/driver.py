@@ -14,9 +14,10 @@ import difflib
 import itertools
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, td3bc
+from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, online, td3bc
 from offmarl.config import (
     ConfigError,
     build_config,
@@ -29,9 +30,10 @@ from offmarl.config import (
 )
 from offmarl.data import registry
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.envs.smac import check_online_map
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import CrossPlayPolicy, evaluate_policy
-from offmarl.loop import Progress, TrainingInterrupted, train
+from offmarl.loop import LoopConfig, Progress, TrainingInterrupted, train
 from offmarl.runs import (
     RunDir,
     RunError,
@@ -56,7 +58,9 @@ ALGORITHMS = {
     "omar": omar,
 }
 
-# Online algorithms (``offmarl online``) will be registered here, in a dict of their own.
+# ``offmarl online --algo NAME`` -> the module and the method it runs (offmarl/algos/online.py:
+# one engine, ``Config.algo`` picks the method).
+ONLINE_ALGORITHMS = {"mag": online, "mamba": online, "mappo": online}
 
 
 def algorithm_module(name: str):
@@ -94,17 +98,22 @@ def override_blocks(algo: str, dataset: str, obs: str | None, config: str | None
         if algo in task:
             blocks.append((f"{tag}.yaml:{algo}", task[algo]))
     if config:
-        if config in own:
-            blocks.append((f"{algo}.yaml:{config}", own[config]))
-        elif Path(config).is_file():
-            blocks.append((config, read_yaml(Path(config))))
-        else:
-            choices = ", ".join(own) or "none"
-            close = difflib.get_close_matches(config.removeprefix(f"{algo}-"), list(own), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/{algo}.yaml "
-                              f"(blocks: {choices}).{hint}")
+        blocks.append(user_block(algo, own, config, prefix=f"{algo}-"))
     return blocks
+
+
+def user_block(file: str, own: dict[str, dict], config: str, prefix: str = "") -> tuple[str, dict]:
+    """The user's ``--config``: block ``config`` of configs/<file>.yaml (``own``) or a YAML file,
+    as (name, mapping); anything else raises with the closest block names."""
+    if config in own:
+        return f"{file}.yaml:{config}", own[config]
+    if Path(config).is_file():
+        return config, read_yaml(Path(config))
+    choices = ", ".join(own) or "none"
+    close = difflib.get_close_matches(config.removeprefix(prefix), list(own), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"--config {config!r} is neither a YAML file nor a block of configs/{file}.yaml "
+                      f"(blocks: {choices}).{hint}")
 
 
 def resolve_config(algo: str, dataset: str, obs: str | None, config: str | None, overrides: list[str] | None,
@@ -251,18 +260,120 @@ def _train_in(run: RunDir, mod, cfg, ds, seed: int, dev, resume: bool, progress:
     return result
 
 
+def online_loop_config(cfg) -> LoopConfig:
+    """The loop's settings for an online run: its steps are iterations of ``cfg.iteration_steps``
+    env steps; evaluation, log rows and checkpoints follow ``cfg.loop`` (env steps)."""
+    every = max(1, round(cfg.loop.eval_every / cfg.iteration_steps))
+    return LoopConfig(steps=cfg.iterations, eval_every=every, eval_episodes=cfg.loop.eval_episodes,
+                      final_eval_episodes=cfg.loop.final_eval_episodes, eval_envs=cfg.loop.eval_envs, log_every=1,
+                      checkpoint_every=every)
+
+
+def resolve_online_config(algo: str, map_name: str, backend: str, config: str | None, overrides: list[str] | None,
+                          steps: int | None):
+    """online.Config: dataclass defaults <- block ``map-<map>`` of configs/online.yaml (MAG's L, H
+    for that map) <- ``--config`` (a block of configs/online.yaml or a YAML file) <- ``--set`` /
+    ``--steps`` / --algo --map --backend. Returns (config, names of the applied blocks)."""
+    own_file = shipped_config("online")
+    own = read_blocks(own_file) if own_file else {}
+    blocks = []
+    if f"map-{map_name}" in own:
+        blocks.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
+    if config:
+        blocks.append(user_block("online", own, config))
+    ov = parse_overrides(overrides)
+    ov.update({"algo": algo, "map": map_name, "backend": backend})
+    if steps is not None:
+        ov.setdefault("loop", {})["env_steps"] = int(steps)
+    cfg = build_config(online.Config, blocks, ov)
+    cfg.__post_init__()  # validate the merged values
+    return cfg, [name for name, _ in blocks]
+
+
+def online_evaluator(algo, env_name: str, backend: str, seed: int, n_envs: int, device) -> Callable[[int], dict]:
+    """``evaluate(episodes)`` for an online run: greedy episodes in the run's map on seeds apart
+    from training's; ``score`` (best checkpoint, progress) is the win rate."""
+    def evaluate(episodes: int) -> dict[str, Any]:
+        res = evaluate_policy(algo.policy, env_name, "local", episodes=episodes, seed=seed * 1000 + 10_000,
+                              n_envs=min(n_envs, episodes), device=device, env_kwargs={"backend": backend})
+        res["env_steps"] = algo.env_steps
+        res["score"] = res["win_rate"]
+        return res
+
+    return evaluate
+
+
+def online_from_options(map_name: str, algo: str = "mag", backend: str = "smax", config: str | None = None,
+                        overrides: list[str] | None = None, steps: int | None = None, seed: int = 0,
+                        device: str = "auto", out: str = "runs", resume: str | None = None,
+                        progress: Callable[[Any], Progress] | None = None,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``offmarl online`` does: check the map and backend, build the config, create or reopen
+    the run directory (``kind: online``), train online in the loop, evaluate. ``progress(cfg)``
+    builds the loop's Progress once the config is known (the CLI shows env steps)."""
+    dev = resolve_device(device)
+    if resume:
+        run = RunDir.open(resume)
+        saved = run.config
+        if saved.get("kind") != "online":
+            raise OffmarlError(f"{resume} was made by `offmarl train`, not `offmarl online`; resume it with "
+                               "`offmarl train --resume`")
+        cfg = from_dict(online.Config, saved["config"])
+        seed = saved["seed"]
+        log(f"resuming {run.path}")
+    else:
+        if algo not in ONLINE_ALGORITHMS:
+            close = difflib.get_close_matches(algo, list(ONLINE_ALGORITHMS), n=2)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise OffmarlError(f"unknown online algorithm {algo!r}; choose one of: "
+                               f"{', '.join(ONLINE_ALGORITHMS)}.{hint}")
+        check_online_map(map_name, backend)
+        cfg, applied = resolve_online_config(algo, map_name, backend, config, overrides, steps)
+        resolved = {"kind": "online", "algo": algo, "dataset": f"smac-{map_name}", "env": f"smac-{map_name}",
+                    "obs": "local", "backend": backend, "seed": seed, "device": str(dev), "overrides": applied,
+                    "config": to_dict(cfg)}
+        run = RunDir.create(Path(out), algo, f"smac-{map_name}", seed, resolved)
+        log(f"run directory: {run.path}")
+    seed_everything(seed)
+    mod = ONLINE_ALGORITHMS[cfg.algo]
+    algorithm = mod.Algorithm(None, cfg, dev, seed, log=log)
+    evaluate = online_evaluator(algorithm, algorithm.env_name, cfg.backend, seed, cfg.loop.eval_envs, dev)
+    try:
+        result = train(algorithm, run, online_loop_config(cfg), evaluate, dev, resume=bool(resume),
+                       progress=progress(cfg) if progress else None)
+        run.write_eval(result)  # with env_steps
+    finally:
+        run.close()
+    result["run_dir"] = str(run.path)
+    return result
+
+
+def _load_online(run: RunDir, saved: dict, checkpoint: str, dev, log):
+    """load_trained for an ``offmarl online`` run: no dataset; a stand-in with the run's env."""
+    cfg = from_dict(online.Config, saved["config"])
+    algo = ONLINE_ALGORITHMS[cfg.algo].Algorithm.for_evaluation(None, cfg, dev, saved["seed"], log=log)
+    name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
+    algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
+    meta = SimpleNamespace(env=saved["env"], obs_scheme="local", ref_min_return=None, ref_max_return=None,
+                           n_agents=algo.spec.n_agents)
+    return algo, SimpleNamespace(meta=meta), run, name
+
+
 def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", log: Callable[[str], None] = print,
                  policy_only: bool = True):
     """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run, name).
     ``policy_only``: build only what acting needs (``Algorithm.for_evaluation``; MOMA-PPO skips its
     world model) from the metadata config.yaml recorded, without the training data
     (``MultiAgentDataset.for_acting``: a run directory evaluates wherever its env exists); False
-    rebuilds everything on the run's checked training data (e.g. to roll the run's world model)."""
+    rebuilds everything on the run's checked training data (e.g. to roll the run's world model).
+    Online runs (``kind: online``) have no dataset: a stand-in carries the run's env name."""
     if checkpoint not in ("best", "latest"):
         raise OffmarlError(f"--checkpoint {checkpoint!r}: choose best or latest")
     dev = resolve_device(device)
     run = RunDir.open(Path(run_dir).resolve())
     saved = run.config
+    if saved.get("kind") == "online":
+        return _load_online(run, saved, checkpoint, dev, log)
     mod = algorithm_module(saved["algo"])
     cfg = saved_config(mod, saved)
     if policy_only and saved.get("dataset_meta"):

@@ -55,11 +55,13 @@ def _trim_hist(hist, k):
 @torch.no_grad()
 def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episodes: int = 10, seed: int = 0,
                     n_envs: int = 10, deterministic: bool = True, device="cpu",
-                    ref_min: float | None = None, ref_max: float | None = None) -> dict[str, Any]:
+                    ref_min: float | None = None, ref_max: float | None = None,
+                    env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds seed, seed+1, ...) and return returns, lengths, mean/std,
     normalised scores and (SMAC) the win rate."""
     device = torch.device(device)
-    envs = [make_env(env_name, obs=obs_scheme) for _ in range(min(n_envs, episodes))]
+    # env_kwargs: e.g. {"backend": "sc2"} for an online run on StarCraft II
+    envs = [make_env(env_name, obs=obs_scheme, **(env_kwargs or {})) for _ in range(min(n_envs, episodes))]
     spec = envs[0].spec
     k = int(getattr(policy, "history_len", 0) or 0)
     gen = torch.Generator(device=device).manual_seed(seed)

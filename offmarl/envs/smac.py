@@ -45,6 +45,9 @@ from typing import Any
 # Must happen before jax is imported anywhere (jax reads them at import / backend start).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiling SMAX's vmapped step takes minutes on a busy CPU: keep compiled programs on disk so
+# that every later process (tests, runs, evaluations) loads them in seconds.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "offmarl", "jax"))
 
 import numpy as np
 
@@ -56,14 +59,23 @@ SMAC_MAPS: tuple[str, ...] = (
     "3m", "2s3z", "25m", "3s5z", "8m", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m",
     "3s5z_vs_3s6z", "3s_vs_5z", "6h_vs_8z",
     "smacv2_5_units", "smacv2_10_units", "smacv2_20_units",
+    "3s_vs_3z", "3s_vs_4z", "2m_vs_1z", "8m_vs_9m",
 )
+
+# Real SMAC maps that SMAX lacks but whose units it models: registered with jaxmarl's
+# ``register_scenario`` when jaxmarl is first imported. name -> (ally units, enemy units), unit
+# types as SMAX numbers them (smax_env.py: 0 marine, 1 marauder, 2 stalker, 3 zealot,
+# 4 zergling, 5 hydralisk); team sizes from oxwhirl SMAC's smac_maps.py. As with SMAX's own
+# maps, the terrain is SMAX's open square and the episode limit SMAX's max_steps (100).
+SMAX_EXTRA_MAPS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "3s_vs_3z": ((2, 2, 2), (3, 3, 3)),
+    "3s_vs_4z": ((2, 2, 2), (3, 3, 3, 3)),
+    "2m_vs_1z": ((0, 0), (3,)),
+    "8m_vs_9m": ((0,) * 8, (0,) * 9),
+}
 
 # Real SMAC maps SMAX has no scenario for -> why. Use backend="sc2" for these.
 SC2_ONLY_MAPS: dict[str, str] = {
-    "8m_vs_9m": "no SMAX scenario",
-    "3s_vs_3z": "no SMAX scenario",
-    "3s_vs_4z": "no SMAX scenario",
-    "2m_vs_1z": "no SMAX scenario",
     "MMM": "needs medivacs (healing), not modelled by SMAX",
     "MMM2": "needs medivacs (healing), not modelled by SMAX",
     "1c3s5z": "needs colossi, not modelled by SMAX",
@@ -141,6 +153,24 @@ def make_smac(map_name: str, obs: str | None = None, backend: str = "smax", seed
     return Sc2Env(map_name, obs=obs, seed=seed, **kw)
 
 
+def check_online_map(map_name: str, backend: str = "smax") -> None:
+    """Fail early, in one line, when ``map_name`` cannot run on ``backend``: unknown maps with the
+    nearest names, SC2-only maps on smax, and sc2 without StarCraft II (how to install it).
+    Imports neither jax nor StarCraft II's game."""
+    if backend not in BACKENDS:
+        raise EnvError(f"unknown SMAC backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "smax":
+        _check_smax_map(map_name)
+        return
+    known = [m for m in SMAC_MAPS if not m.startswith("smacv2_")] + list(SC2_ONLY_MAPS)
+    if map_name not in known:
+        raise EnvError(f"unknown SMAC map {map_name!r}.{_suggest(map_name, known)} SC2 maps: {', '.join(known)}")
+    _import_starcraft2env()
+    sc2path = os.path.expanduser(os.environ.get("SC2PATH", "~/StarCraftII"))
+    if not os.path.isdir(sc2path):
+        raise EnvError(f"backend 'sc2': StarCraft II not found at {sc2path} (SC2PATH): {SC2_INSTALL_HINT}")
+
+
 # --------------------------------------------------------------------------------------- SMAX
 
 
@@ -207,7 +237,20 @@ def _import_jaxmarl():
             from jaxmarl.environments.smax import map_name_to_scenario
     except ImportError as e:  # pragma: no cover - depends on the install
         raise EnvError(f"backend 'smax' needs jaxmarl and jax[cpu]: pip install jaxmarl 'jax[cpu]' ({e})") from e
+    _register_extra_maps()
     return jax, make, map_name_to_scenario
+
+
+@functools.cache
+def _register_extra_maps() -> None:
+    """Add SMAX_EXTRA_MAPS to jaxmarl's scenario registry (once per process)."""
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO, Scenario, register_scenario
+
+    for name, (allies, enemies) in SMAX_EXTRA_MAPS.items():
+        if name not in MAP_NAME_TO_SCENARIO:
+            register_scenario(name, Scenario(jnp.array(allies + enemies, dtype=jnp.uint8), len(allies),
+                                             len(enemies), False, False))
 
 
 @functools.cache
@@ -296,7 +339,7 @@ def _smax_core(map_name: str, kw_items: tuple) -> _SmaxCore:
         env_state = jax.tree.map(pick, r_state, env_state)
         ep_return = ep_return + out["reward"]
         ep_length = ep_length + 1
-        out["final_obs"], out["final_state"] = out["obs"], out["state"]
+        out["final_obs"], out["final_state"], out["final_avail"] = out["obs"], out["state"], out["avail"]
         out["obs"] = pick(r_obs, out["obs"])
         out["state"] = pick(r_wstate, out["state"])
         out["avail"] = pick(r_avail, out["avail"])
@@ -453,7 +496,8 @@ class SmaxVecEnv:
     (equal to obs/state where not done). info, all [B]: ``terminated``, ``truncated``,
     ``battle_won``, ``episode_return``, ``episode_length`` — the last three describe the episode
     that just ended and are meaningful only where ``done``; plus ``avail_actions`` [B, N, K]
-    (for the next step) and ``final_obs`` [B, N, O], ``final_state`` [B, S].
+    (for the next step) and ``final_obs`` [B, N, O], ``final_state`` [B, S], ``final_avail`` [B, N, K]
+    (the finished episode's last mask: who was still alive).
     """
 
     def __init__(self, map_name: str, n_envs: int, seed: int | None = None, check_actions: bool = True,
@@ -494,7 +538,7 @@ class SmaxVecEnv:
         out = self._jax.device_get(out)
         self._avail = np.asarray(out["avail"])
         info = {k: np.asarray(out[k]) for k in ("terminated", "truncated", "battle_won", "episode_return",
-                                                "episode_length", "final_obs", "final_state")}
+                                                "episode_length", "final_obs", "final_state", "final_avail")}
         info["avail_actions"] = self._avail.copy()
         obs, state, reward, done = (np.asarray(out[k]) for k in ("obs", "state", "reward", "done"))
         return obs, state, reward, done, info
@@ -504,8 +548,73 @@ class SmaxVecEnv:
             raise EnvError(f"{self.spec.name}: call reset() before avail_actions()")
         return self._avail.copy()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (the JAX key and env states as numpy arrays)."""
+        if self._env_state is None:
+            return {"started": False, "key": np.asarray(self._key)}
+        return {"started": True, **self._jax.device_get({"key": self._key, "env_state": self._env_state,
+                                                         "ep_return": self._ep_return, "ep_length": self._ep_length}),
+                "avail": self._avail.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        jnp = self._jax.numpy
+        self._key = jnp.asarray(state["key"])
+        if not state["started"]:
+            return
+        self._env_state = self._jax.tree.map(jnp.asarray, state["env_state"])
+        self._ep_return, self._ep_length = jnp.asarray(state["ep_return"]), jnp.asarray(state["ep_length"])
+        self._avail = np.asarray(state["avail"])
+
+    def random_rollout(self, steps: int) -> dict[str, int]:
+        """``steps`` steps of every copy with uniformly random available actions, as ONE jitted
+        ``lax.scan`` over the vmapped step (no Python per step): the speed of collection itself,
+        and the episodes a random team plays. Continues from the current env state.
+        -> {"env_steps", "episodes", "wins"}"""
+        if self._env_state is None:
+            raise EnvError(f"{self.spec.name}: call reset() before random_rollout()")
+        self._key, self._env_state, self._ep_return, self._ep_length, avail, eps, wins = _random_scan(
+            self._core, int(steps))(self._key, self._env_state, self._ep_return, self._ep_length,
+                                    self._jax.numpy.asarray(self._avail), np.int32(self.spec.episode_limit))
+        self._avail = np.asarray(avail)
+        return {"env_steps": int(steps) * self.n_envs, "episodes": int(eps), "wins": int(wins)}
+
     def close(self) -> None:
         pass
+
+
+@functools.cache
+def _random_scan(core: _SmaxCore, steps: int) -> Callable:
+    jax = _import_jaxmarl()[0]
+    jnp = jax.numpy
+
+    @jax.jit
+    def run(key, env_state, ep_return, ep_length, avail, limit):
+        def body(carry, _):
+            key, env_state, ep_return, ep_length, avail, eps, wins = carry
+            key, sub = jax.random.split(key)
+            # uniform over the available actions: argmax of noise on the mask
+            actions = jnp.argmax(jax.random.uniform(sub, avail.shape) * avail, -1).astype(jnp.int32)
+            key, env_state, out, ep_return, ep_length = core.vstep(key, env_state, actions, ep_return, ep_length,
+                                                                   limit)
+            eps = eps + out["done"].sum()
+            wins = wins + (out["done"] & out["battle_won"]).sum()
+            return (key, env_state, ep_return, ep_length, out["avail"], eps, wins), None
+
+        zero = jnp.zeros((), jnp.int32)
+        carry, _ = jax.lax.scan(body, (key, env_state, ep_return, ep_length, avail, zero, zero), None, length=steps)
+        return carry
+
+    return run
+
+
+def make_vec_smac(map_name: str, n_envs: int, backend: str = "smax", seed: int | None = None, **kw):
+    """``n_envs`` copies of one map behind SmaxVecEnv's interface: the jitted, vmapped SMAX
+    copies, or (``sc2``) StarCraft II processes stepped one after another (Sc2VecEnv)."""
+    if backend not in BACKENDS:
+        raise EnvError(f"unknown SMAC backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "smax":
+        return SmaxVecEnv(map_name, n_envs, seed=seed, **kw)
+    return Sc2VecEnv(map_name, n_envs, seed=seed, **kw)
 
 
 # ---------------------------------------------------------------------------------------- SC2
@@ -614,13 +723,75 @@ class Sc2Env(MultiAgentEnv):
         self._env.close()
 
 
+class Sc2VecEnv:
+    """SmaxVecEnv's interface over ``n_envs`` Sc2Env copies (each a StarCraft II process),
+    stepped one after another with auto-reset. Copy b is seeded ``seed + b``. StarCraft II is not
+    bit-reproducible, so ``state_dict`` keeps no env state: a resumed run restarts its battles."""
+
+    def __init__(self, map_name: str, n_envs: int, seed: int | None = None, **sc2_kwargs):
+        if int(n_envs) < 1:
+            raise EnvError(f"n_envs must be >= 1, got {n_envs}")
+        base = _seed_or_random(seed)
+        self.envs = [Sc2Env(map_name, seed=base + b, **sc2_kwargs) for b in range(int(n_envs))]
+        self.spec, self.n_envs, self._seed = self.envs[0].spec, int(n_envs), base
+        self._ret = np.zeros(self.n_envs, np.float32)
+        self._len = np.zeros(self.n_envs, np.int32)
+
+    def reset(self, seed: int | None = None):
+        outs = [e.reset() for e in self.envs]
+        self._ret[:], self._len[:] = 0, 0
+        return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), self.avail_actions()
+
+    def step(self, actions):
+        a = np.asarray(actions)
+        keys = ("terminated", "truncated", "battle_won", "episode_return", "episode_length", "final_obs",
+                "final_state", "final_avail")
+        info: dict[str, list] = {k: [] for k in keys}
+        obs, state, reward, done = [], [], [], []
+        for b, e in enumerate(self.envs):
+            o, s, r, term, trunc, inf = e.step(a[b])
+            self._ret[b] += r
+            self._len[b] += 1
+            for k, v in (("terminated", term), ("truncated", trunc), ("battle_won", inf.get("battle_won", False)),
+                         ("episode_return", self._ret[b]), ("episode_length", self._len[b]), ("final_obs", o),
+                         ("final_state", s), ("final_avail", e.avail_actions())):
+                info[k].append(v)
+            if term or trunc:
+                o, s, _ = e.reset()
+                self._ret[b], self._len[b] = 0, 0
+            obs.append(o)
+            state.append(s)
+            reward.append(r)
+            done.append(term or trunc)
+        out = {k: np.asarray(v) for k, v in info.items()}
+        out["avail_actions"] = self.avail_actions()
+        return np.stack(obs), np.stack(state), np.asarray(reward, np.float32), np.asarray(done), out
+
+    def avail_actions(self) -> np.ndarray:
+        return np.stack([e.avail_actions() for e in self.envs])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
+
+
 __all__ = [
     "SC2_EPISODE_LIMITS",
     "SC2_ONLY_MAPS",
     "SMAC_MAPS",
+    "SMAX_EXTRA_MAPS",
     "Sc2Env",
+    "Sc2VecEnv",
     "SmaxEnv",
     "SmaxVecEnv",
+    "check_online_map",
     "make_smac",
+    "make_vec_smac",
     "smac_backend_available",
 ]

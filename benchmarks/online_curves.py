@@ -1,0 +1,96 @@
+"""Learning curves of online runs (offmarl online): win rate of the greedy evaluations against
+env steps, per map and algorithm, mean and range over seeds -> a PNG and a markdown table.
+
+Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/online_results/curves.png]
+                                          [--md docs/online_results/table.md]
+Every run directory under RUNS_DIR made by `offmarl online` is read (config.yaml,
+metrics.jsonl, eval.json); unfinished runs are plotted up to their last evaluation and marked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+
+def read_run(path: Path) -> dict | None:
+    cfg_file = path / "config.yaml"
+    if not cfg_file.exists():
+        return None
+    cfg = yaml.safe_load(cfg_file.read_text())
+    if cfg.get("kind") != "online":
+        return None
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (path / "metrics.jsonl").exists() else []
+    env_steps = {r["step"]: r["env_steps"] for r in rows if r["phase"] == "train" and "env_steps" in r}
+    curve = [(env_steps.get(r["step"], 0), r["win_rate"]) for r in rows
+             if r["phase"] in ("eval", "final_eval") and "win_rate" in r]
+    final = json.loads((path / "eval.json").read_text()) if (path / "eval.json").exists() else None
+    return {"path": path, "algo": cfg["algo"], "map": cfg["env"].removeprefix("smac-"), "seed": cfg["seed"],
+            "budget": cfg["config"]["loop"]["env_steps"], "curve": curve, "final": final}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="online learning curves -> PNG + markdown table")
+    p.add_argument("runs", type=Path)
+    p.add_argument("--png", type=Path, default=Path("docs/online_results/curves.png"))
+    p.add_argument("--md", type=Path, default=Path("docs/online_results/table.md"))
+    args = p.parse_args()
+    runs = [r for r in (read_run(d) for d in sorted(args.runs.rglob("*")) if d.is_dir()) if r]
+    if not runs:
+        raise SystemExit(f"no online run directories under {args.runs}")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[(r["map"], r["algo"])].append(r)
+    maps = sorted({m for m, _ in groups})
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], maps):
+        for algo in ("mag", "mamba", "mappo"):
+            rs = [r for r in groups.get((m, algo), []) if r["curve"]]  # runs with at least one evaluation
+            if not rs:
+                continue
+            n = min(len(r["curve"]) for r in rs)  # the evaluations every run has reached
+            x = np.array([r["curve"][i][0] for i in range(n) for r in rs[:1]])
+            y = np.array([[r["curve"][i][1] for i in range(n)] for r in rs])
+            style = {"mag": "-", "mamba": "--", "mappo": ":"}[algo]
+            ax.plot(x, y.mean(0), style, marker="o", label=f"{algo} ({len(rs)} seeds)")
+            ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+        ax.set_title(f"SMAX {m} (not SC2)")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("greedy win rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=120)
+
+    lines = ["| map | algo | seeds | env steps | final win rate (mean ± std) | final return (SMAX, <= ~2) |",
+             "|---|---|---|---|---|---|"]
+    for (m, algo), rs in sorted(groups.items()):
+        done = [r for r in rs if r["final"]]
+        if not done:
+            lines.append(f"| {m} | {algo} | {len(rs)} (unfinished) | - | - | - |")
+            continue
+        w = np.array([r["final"]["win_rate"] for r in done])
+        ret = np.array([r["final"]["return_mean"] for r in done])
+        steps = sorted({r["final"].get("env_steps", r["budget"]) for r in done})
+        lines.append(f"| {m} | {algo} | {len(done)} | {'/'.join(map(str, steps))} | {w.mean():.2f} ± {w.std():.2f} | "
+                     f"{ret.mean():.2f} ± {ret.std():.2f} |")
+    args.md.parent.mkdir(parents=True, exist_ok=True)
+    args.md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.png} and {args.md}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Online MAG / MAMBA / MA-PPO on SMAC maps, one engine (REFERENCE §1.2, §4, §7).
+
+    --algo mamba   agents collect real battles from SMAX copies stepped together; a per-agent
+                   latent world model (worldmodel/latent.py) learns from replayed sequences; MA-PPO
+                   (algos/mappo.py) trains on H-step imagined rollouts from posterior states
+    --algo mag     the same, with the MAG planner choosing every imagined next state among L
+                   prior samples by the R_m-predicted error of its (H-1)-step continuation, per
+                   start state (planners/mag.py ``plan``)
+    --algo mappo   the same MA-PPO on the real battles, no model (model-free baseline)
+
+One iteration (``update``) = collect ``collect_steps`` env steps, then train. The three share the
+env, the actor/critic networks, the evaluation (offmarl.evaluation, greedy, separate episodes)
+and the seeds, so their curves differ only by the method.
+
+The actor acts on observations: real ones in the env, the model's decoded ones in imagination
+(MAMBA's actor reads the latent features instead). This keeps one MAPPOPolicy and one evaluation
+path for all three and lets ``offmarl evaluate`` run a saved policy without the world model. The
+centralised critic sees all agents' observations concatenated (decoded ones in imagination).
+
+Randomness: one torch generator per stream (collect, model, imagine, ppo), the env's JAX key
+and every env copy's state travel with the checkpoint, so ``--resume`` continues exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from offmarl.algos.mappo import MAPPO, MAPPOConfig
+from offmarl.data.replay import SequenceReplay
+from offmarl.envs import make_env
+from offmarl.envs.base import EnvSpec
+from offmarl.envs.smac import BACKENDS, SmaxVecEnv, make_vec_smac
+from offmarl.errors import OffmarlError
+from offmarl.planners.mag import plan
+from offmarl.worldmodel.latent import (
+    ErrorPredictor,
+    LatentLookahead,
+    LatentModelConfig,
+    LatentWorldModel,
+    error_labels,
+    imagine,
+)
+
+ALGOS = ("mag", "mamba", "mappo")
+
+
+def _alive(avail: np.ndarray, backend: str) -> np.ndarray:
+    """avail [..., N, K] -> alive [..., N]. SMAX: moving (action 0) is available iff alive; SC2:
+    no-op (action 0) is available iff dead."""
+    return avail[..., 0] if backend == "smax" else ~avail[..., 0]
+
+
+# "stop" (available to every agent, alive or dead in SMAX; alive in SC2): the placeholder action of
+# terminal rows, never learned from
+_STOP = {"smax": 4, "sc2": 1}
+
+
+def _online_mappo() -> MAPPOConfig:
+    """MA-PPO as MAMBA trains it (paper Table 1 / REFERENCE §4), sized for CPU."""
+    return MAPPOConfig(
+        actor_hidden=(128, 128),  # CPU preset; MAMBA 256-wide actor
+        critic_hidden=(128, 128),  # CPU preset
+        share_parameters=True,  # MAMBA: one actor shared by the agents (+ agent one-hot inside)
+        critic="state",  # the critic sees every agent's observation (MAMBA: attention critic)
+        lr=5e-4,  # MAMBA actor/critic lr
+        epochs=5,  # MAMBA
+        minibatch_size=1024,  # ours: a few minibatches per imagined batch
+        gae_lambda=0.95,  # MAMBA
+        entropy_mode="fixed",  # MAMBA: fixed (annealed) coefficient
+        entropy_coef=0.001,  # MAMBA
+    )
+
+
+@dataclass
+class PlannerSettings:
+    l: int = 5  # MAG 2s3z (REFERENCE §1.2); per-map values in configs/online.yaml
+    h: int = 10  # MAG 2s3z
+    discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
+
+
+@dataclass
+class OnlineLoop:
+    """Budget and evaluation in ENV steps (the loop's own steps are iterations)."""
+    env_steps: int = 100_000  # issue 12 target budget (MAMBA/MARIE report 100k on these maps)
+    eval_every: int = 5_000  # env steps between greedy evaluations (MARIE: every 500 with 10 episodes)
+    eval_episodes: int = 32  # issue 12: win rate over 32 separate greedy episodes
+    final_eval_episodes: int = 32
+    eval_envs: int = 32  # env copies of the evaluation
+
+
+@dataclass
+class OnlineConfig:
+    algo: str = "mag"
+    map: str = "2s3z"
+    backend: str = "smax"
+    n_envs: int = 4  # ours: SMAX copies stepped together while collecting
+    collect_steps: int = 100  # env steps per iteration (MAMBA: one update per episode, ~50-120 steps)
+    prefill_steps: int = 500  # ours: env steps collected before the first model update
+    replay_capacity: int = 100_000  # MAMBA 2.5e5; our budgets are <= 1e5 steps
+    model_updates: int = 10  # model (and R_m) gradient steps per iteration; MAMBA 60 per episode
+    ppo_rounds: int = 1  # imagination + PPO rounds per iteration; MAMBA 4
+    imagine_horizon: int = 15  # MAMBA
+    mappo_rollout: int = 50  # --algo mappo: steps per env copy between PPO updates (ours)
+    model: LatentModelConfig = field(default_factory=LatentModelConfig)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    mappo: MAPPOConfig = field(default_factory=_online_mappo)
+    loop: OnlineLoop = field(default_factory=OnlineLoop)
+
+    def __post_init__(self):
+        if self.algo not in ALGOS:
+            raise OffmarlError(f"online.algo = {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.backend not in BACKENDS:
+            raise OffmarlError(f"online.backend = {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.collect_steps < self.n_envs:
+            raise OffmarlError(f"online.collect_steps ({self.collect_steps}) must be >= online.n_envs ({self.n_envs})")
+        if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
+            raise OffmarlError(f"online.planner: l={self.planner.l}, h={self.planner.h}; need l >= 1 and h >= 2 "
+                               "when l > 1")
+
+    @property
+    def iteration_steps(self) -> int:
+        """Env steps per iteration (all copies)."""
+        per_copy = self.mappo_rollout if self.algo == "mappo" else self.collect_steps // self.n_envs
+        return per_copy * self.n_envs
+
+    @property
+    def iterations(self) -> int:
+        return -(-self.loop.env_steps // self.iteration_steps)
+
+
+def policy_spec(spec: EnvSpec) -> EnvSpec:
+    """The env spec as MA-PPO sees it here: the critic's "state" is all observations concatenated."""
+    return dataclasses.replace(spec, state_dim=spec.n_agents * spec.max_obs_dim)
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, eps=1e-5)  # DreamerV2 model optimiser eps
+
+
+class OnlineAlgorithm:
+    """One online run: env copies, replay, model, R_m and MA-PPO; ``update(step)`` = one iteration."""
+
+    def __init__(self, dataset, cfg: OnlineConfig, device, seed: int, log=print, build_env: bool = True):
+        self.cfg, self.device, self.seed, self.log = cfg, torch.device(device), int(seed), log
+        torch.manual_seed(seed)  # network initialisation
+        self.env: SmaxVecEnv | None = None
+        if build_env:
+            self.env = make_vec_smac(cfg.map, cfg.n_envs, backend=cfg.backend, seed=seed)
+            spec = self.env.spec
+        else:
+            spec = make_env(f"smac-{cfg.map}", backend=cfg.backend).spec
+        self.spec = spec
+        self.env_name = spec.name
+        self.mappo = MAPPO(policy_spec(spec), cfg.mappo, self.device)
+        self.generators = {name: torch.Generator().manual_seed(seed * 10 + i)
+                           for i, name in enumerate(("collect", "model", "imagine", "ppo"))}
+        n, o, k = spec.n_agents, spec.max_obs_dim, spec.n_actions
+        self.model = self.error_model = None
+        if cfg.algo != "mappo":
+            self.model = LatentWorldModel(n, o, k, cfg.model).to(self.device)
+            self.model_opt = _adam(self.model.parameters(), cfg.model.lr)
+            if cfg.algo == "mag":
+                self.error_model = ErrorPredictor(cfg.model.feat, k, cfg.model.error_hidden).to(self.device)
+                self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
+            if build_env:
+                self.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, n, o, k)
+        self.env_steps = 0
+        self.episodes = 0
+        self._obs: np.ndarray | None = None
+        self._recent: list[tuple[float, bool]] = []  # (return, won) of training episodes this iteration
+        self._planner_seconds = 0.0
+
+    @classmethod
+    def for_evaluation(cls, dataset, cfg: OnlineConfig, device, seed: int, log=print) -> OnlineAlgorithm:
+        """Only what evaluation needs: the policy (no env copies, no replay)."""
+        return cls(dataset, cfg, device, seed, log, build_env=False)
+
+    @property
+    def policy(self):
+        return self.mappo.policy
+
+    # -- collection ---------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        obs, _, avail = self.env.reset(seed=self.seed)
+        self._obs = obs
+        if self.model is not None:
+            self._add_rows(obs, avail, np.zeros(self.cfg.n_envs, np.float32), first=True, terminal=None)
+
+    def _add_rows(self, obs, avail, reward, first: bool, terminal, valid=None) -> None:
+        b, n = obs.shape[:2]
+        self.replay.add({"obs": obs, "avail": avail, "action": np.full((b, n), _STOP[self.cfg.backend]),
+                         "reward": reward, "first": np.full(b, first),
+                         "terminal": np.zeros(b, bool) if terminal is None else terminal,
+                         "alive": _alive(avail, self.cfg.backend)}, valid)
+
+    def _act(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        obs = torch.tensor(self._obs, device=self.device)  # a copy: JAX hands out read-only arrays
+        avail = self.env.avail_actions()
+        actions, logp = self.policy.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
+                                        generator=self.generators["collect"])
+        return actions, logp, avail
+
+    def _finish_episodes(self, done, info) -> None:
+        for b in np.flatnonzero(done):
+            self._recent.append((float(info["episode_return"][b]), bool(info["battle_won"][b])))
+        self.episodes += int(done.sum())
+
+    def _collect_into_replay(self) -> None:
+        for _ in range(self.cfg.collect_steps // self.cfg.n_envs):
+            actions, _, _ = self._act()
+            a = actions.cpu().numpy()
+            self.replay.set_last_action(a)
+            obs, _, reward, done, info = self.env.step(a)
+            # the row reached by this step: the final observation where an episode ended
+            self._add_rows(info["final_obs"], np.where(done[:, None, None], info["final_avail"], info["avail_actions"]),
+                           reward, first=False, terminal=info["terminated"])
+            if done.any():  # the next episode's first row, only for the copies that were reset
+                self._add_rows(obs, info["avail_actions"], np.zeros_like(reward), first=True, terminal=None, valid=done)
+            self._obs = obs
+            self.env_steps += self.cfg.n_envs
+            self._finish_episodes(done, info)
+
+    def _collect_rollout(self) -> dict[str, torch.Tensor]:
+        """--algo mappo: [T, B] on-policy rollout of the real env in MA-PPO's batch format."""
+        keys = ("obs", "avail", "actions", "logp", "rewards", "dones", "timeouts", "next_obs")
+        rec: dict[str, list] = {k: [] for k in keys}
+        for _ in range(self.cfg.mappo_rollout):
+            actions, logp, avail = self._act()
+            obs_before = self._obs
+            obs, _, reward, done, info = self.env.step(actions.cpu().numpy())
+            for k, v in (("obs", obs_before), ("avail", avail), ("actions", actions), ("logp", logp),
+                         ("rewards", reward), ("dones", info["terminated"]), ("timeouts", info["truncated"]),
+                         ("next_obs", info["final_obs"])):
+                rec[k].append(torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v.cpu()))
+            self._obs = obs
+            self.env_steps += self.cfg.n_envs
+            self._finish_episodes(done, info)
+        batch = {k: torch.stack(v).to(self.device) for k, v in rec.items()}
+        batch["states"], batch["next_states"] = batch["obs"].flatten(-2), batch["next_obs"].flatten(-2)
+        batch["valid"] = torch.ones_like(batch["dones"])
+        return batch
+
+    # -- training -----------------------------------------------------------------------------------
+    def _sample(self) -> dict[str, torch.Tensor]:
+        m = self.cfg.model
+        return self.replay.sample(m.batch, m.seq_len, self.generators["model"], self.device)
+
+    def _train_model(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        self.model.train()
+        for _ in range(self.cfg.model_updates):
+            batch = self._sample()
+            loss, terms, feat = self.model.loss(batch, self.generators["model"])
+            self.model_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            terms["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.model.grad_clip)
+            self.model_opt.step()
+            if self.error_model is not None:
+                labels, valid = error_labels(self.model, feat.detach(), batch, self.generators["model"])
+                pred = self.error_model(feat.detach()[:-1].flatten(0, 1), batch["action"][:-1].flatten(0, 1))
+                w = valid.flatten().float()[:, None]
+                err_loss = ((pred - labels.flatten(0, 1)).square() * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1)
+                self.error_opt.zero_grad(set_to_none=True)
+                err_loss.backward()
+                self.error_opt.step()
+                terms["error_model_loss"] = err_loss.detach()
+                terms["error_label_mean"] = (labels.flatten(0, 1) * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return {k: v / self.cfg.model_updates for k, v in sums.items()}
+
+    def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator):
+        t0 = time.perf_counter()
+        world = LatentLookahead(self.model, self.policy, self.error_model)
+        p = self.cfg.planner
+        out = plan(candidates, None, world, p.h, p.discount, plan_gen)
+        self._planner_seconds += time.perf_counter() - t0
+        return out
+
+    def imagine_batch(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Posterior states of a fresh replay batch (terminal rows left out) -> imagined MA-PPO batch."""
+        self.model.eval()  # no dropout while imagining
+        with torch.no_grad():
+            batch = self._sample()
+            feat = self.model.observe(batch["obs"], batch["action"], batch["first"], self.generators["imagine"])["feat"]
+            start = feat[~batch["terminal"]]
+        l = self.cfg.planner.l if self.cfg.algo == "mag" else 1
+        t0 = time.perf_counter()
+        out, info = imagine(self.model, self.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
+                            l=l, select=self._select)
+        info["imagine_seconds"] = time.perf_counter() - t0
+        return out, info
+
+    def update(self, step: int) -> dict[str, Any]:
+        """One iteration: collect, then (model, R_m, imagination +) MA-PPO."""
+        t0 = time.perf_counter()
+        if self._obs is None:
+            self._reset()
+        metrics: dict[str, Any] = {}
+        if self.cfg.algo == "mappo":
+            batch = self._collect_rollout()
+            t1 = time.perf_counter()
+            metrics.update(self.mappo.update(batch, self.generators["ppo"]))
+        else:
+            self._collect_into_replay()
+            t1 = time.perf_counter()
+            if self.env_steps >= self.cfg.prefill_steps and self.replay.can_sample(self.cfg.model.seq_len):
+                metrics.update(self._train_model())
+                t2 = time.perf_counter()
+                metrics["model_seconds"] = t2 - t1
+                plan_s, self._planner_seconds = 0.0, 0.0
+                for _ in range(self.cfg.ppo_rounds):
+                    batch, info = self.imagine_batch()
+                    plan_s += info.pop("imagine_seconds")
+                    metrics.update(info)
+                    metrics.update(self.mappo.update(batch, self.generators["ppo"]))
+                metrics["imagine_seconds"] = plan_s  # imagination, planner included
+                if self.cfg.algo == "mag":
+                    metrics["planner_seconds"] = self._planner_seconds
+        metrics["collect_seconds"] = t1 - t0
+        metrics["iteration_seconds"] = time.perf_counter() - t0
+        metrics["env_steps"] = self.env_steps
+        metrics["episodes"] = self.episodes
+        if self._recent:
+            metrics["train_return"] = float(np.mean([r for r, _ in self._recent]))
+            metrics["train_win_rate"] = float(np.mean([w for _, w in self._recent]))
+            self._recent = []
+        return metrics
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"mappo": self.mappo.state_dict(), "env_steps": self.env_steps, "episodes": self.episodes,
+                              "obs": self._obs, "recent": list(self._recent)}
+        if self.env is not None:
+            st["env"] = self.env.state_dict()
+        if self.model is not None:
+            st["model"], st["model_opt"] = self.model.state_dict(), self.model_opt.state_dict()
+            if self.env is not None:
+                st["replay"] = self.replay.state_dict()
+        if self.error_model is not None:
+            st["error_model"], st["error_opt"] = self.error_model.state_dict(), self.error_opt.state_dict()
+        return st
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        self.mappo.load_state_dict(st["mappo"])
+        if self.env is None:  # evaluation only needs the policy
+            return
+        self.env_steps, self.episodes = int(st["env_steps"]), int(st["episodes"])
+        self._obs, self._recent = st["obs"], list(st["recent"])
+        if self.env is not None and "env" in st:
+            self.env.load_state_dict(st["env"])
+        if self.model is not None and st.get("model") is not None:
+            self.model.load_state_dict(st["model"])
+            self.model_opt.load_state_dict(st["model_opt"])
+            if self.env is not None:
+                self.replay.load_state_dict(st["replay"])
+        if self.error_model is not None:
+            self.error_model.load_state_dict(st["error_model"])
+            self.error_opt.load_state_dict(st["error_opt"])
+
+
+Algorithm = OnlineAlgorithm
+Config = OnlineConfig
+
+__all__ = ["ALGOS", "Algorithm", "Config", "OnlineAlgorithm", "OnlineConfig", "OnlineLoop", "PlannerSettings",
+           "policy_spec"]
