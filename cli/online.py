@@ -5,22 +5,28 @@ import time
 from pathlib import Path
 
 import typer
-from offmarl.cli.common import console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from offmarl.driver import online_from_options
+from offmarl.cli.common import console
 
 
 class OnlineProgress:
-    """The loop's progress (iterations) shown as env steps, latest win rate and updates/s."""
+    """The loop's progress (iterations) shown as env steps, latest win rate and updates/s; a plain
+    line every 30 s when the output is not a terminal (a log file gets lines, not bar redraws)."""
 
     def __init__(self, steps_per_iteration: int, enabled: bool = True):
         self.k, self.enabled = steps_per_iteration, enabled
-        self.bar = None
+        self.bar, self.plain = None, False
 
     def start(self, name: str, total: int, completed: int) -> None:
+        self.t0, self.first, self.total, self.last_line = time.perf_counter(), completed, total, 0.0
         if not self.enabled:
             return
+        if not console.is_terminal:
+            self.plain = True
+            return
+        # lazy: rich.progress loads only when a run starts, so `offmarl --help` stays light (cli/main.py)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             TextColumn("{task.fields[env]} env steps"), TextColumn("win {task.fields[win]}"),
                             TextColumn("{task.fields[rate]} updates/s"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -28,12 +34,16 @@ class OnlineProgress:
         self.bar.start()
         self.task = self.bar.add_task(name, total=total, completed=completed, env=completed * self.k, win="-",
                                       rate="-")
-        self.t0, self.first = time.perf_counter(), completed
 
     def update(self, step: int, score: float | None) -> None:
+        now = time.perf_counter()
+        rate = (step - self.first) / max(now - self.t0, 1e-9)
+        if self.plain and (now - self.last_line >= 30 or step == self.total):
+            self.last_line = now
+            win = "-" if score is None else f"{score:.2f}"
+            console.print(f"env steps {step * self.k}/{self.total * self.k}  win {win}  {rate:.2f} updates/s")
         if self.bar is None:
             return
-        rate = (step - self.first) / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(self.task, completed=step, env=step * self.k, rate=f"{rate:.2f}",
                         win="-" if score is None else f"{score:.2f}")
 
@@ -69,6 +79,8 @@ def online(
     Example: offmarl online --map 3s_vs_4z --algo mamba --seed 1 --config mamba-reference --device cuda
     """
     map_name = map_name.removeprefix("smac-")
+    from offmarl.driver import online_from_options  # lazy: torch/jax load only when a command runs (cli/main.py)
+
     res = online_from_options(map_name, algo, backend, config, set_, steps, seed, device, str(out),
                               str(resume) if resume else None,
                               progress=(lambda cfg: OnlineProgress(cfg.iteration_steps)) if progress else None,

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import typer
-from offmarl.cli.common import console
 from rich.table import Table
+
+from offmarl.cli.common import console
 
 
 def train(
@@ -43,7 +44,6 @@ def train(
     Example: offmarl train --dataset coordination-unfavorable --algo ma-iql --seed 3
     """
     from offmarl.cli.progress import make_progress
-
     from offmarl.driver import train_from_options
 
     extra = {}

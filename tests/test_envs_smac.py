@@ -171,7 +171,7 @@ def test_episode_limit_truncates_without_recompile():
     env = SmaxEnv("3m", seed=0, max_steps=3)  # shares the compiled core with env3m
     assert env.spec.episode_limit == 3
     env.reset(seed=0)
-    for t in range(3):
+    for _ in range(3):
         _, _, _, terminated, truncated, info = env.step(np.full(3, 4))  # everybody stops
     assert (terminated, truncated) == (False, True)
     assert info["episode_limit"] is True and info["battle_won"] is False
