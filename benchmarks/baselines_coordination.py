@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from offmarl.algos import algo_module
-from offmarl.config import build_config, config_path
 from offmarl.data.generate import generate_coordination
+from offmarl.driver import algorithm_module as algo_module
+from offmarl.driver import resolve_config
 from offmarl.evaluation import evaluate_policy
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar", "moma-ppo"]
@@ -36,7 +36,7 @@ CACHE = tempfile.mkdtemp(prefix="offmarl-coord-wm-")
 
 def run_one(algo: str, kind: str, seed: int, steps: int | None) -> dict:
     mod = algo_module(algo)
-    cfg = build_config(mod.Config, [config_path(algo), config_path(f"{algo}-coordination")])
+    cfg, _ = resolve_config(algo, f"coordination-{kind}", None, None, [], None, {})  # the coordination block
     n_steps = steps or cfg.loop.steps
     ds = generate_coordination(P_RIGHT[kind], 10_000, seed, meta_fields={
         "name": f"coordination-{kind}", "ref_min_return": 0.0, "ref_max_return": 1.0})

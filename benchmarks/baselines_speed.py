@@ -19,8 +19,8 @@ import time
 import numpy as np
 import torch
 
-from offmarl.algos import algo_module
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.driver import algorithm_module as algo_module
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
 N_AGENTS, OBS_DIM, ACT_DIM, STATE_DIM = 4, 27, 2, 27

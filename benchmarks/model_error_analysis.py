@@ -11,7 +11,7 @@ of the planner. Terminations are switched off in these rollouts so every row has
     # no ant-medium here yet: a random-action ant-4x2 dataset made by the script
     python benchmarks/model_error_analysis.py --make-random 20000 --env ant-4x2 --out ...
 
-Policy: ``--run RUN_DIR`` loads a trained run's policy (offmarl.training.load_trained); without it,
+Policy: ``--run RUN_DIR`` loads a trained run's policy (offmarl.driver.load_trained); without it,
 a freshly initialised MA-PPO policy (observation normaliser fitted on the data), i.e. Gaussian
 actions around ~0: close to the random-action data's behaviour, far from a trained policy's.
 
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     algo = None
     if args.run:
-        from offmarl.training import load_trained
+        from offmarl.driver import load_trained
 
         algo, ds, _, _ = load_trained(args.run, device=args.device, log=lambda *a: None, policy_only=False)
         data_desc = f"{ds.meta.name} (from run {args.run})"

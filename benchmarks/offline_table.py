@@ -80,8 +80,8 @@ def main() -> None:
 
     import torch
 
+    from offmarl.driver import train_from_options
     from offmarl.errors import OffmarlError
-    from offmarl.training import train_from_options
 
     out = Path(args.out)
     results_path = out / "results.jsonl"
@@ -101,7 +101,7 @@ def main() -> None:
                     try:
                         res = train_from_options(args.dataset, algo=algo, obs=obs, overrides=args.overrides,
                                                  steps=args.steps, seed=seed, device=args.device,
-                                                 out=str(out / "runs"), progress=False, log=lambda *a, **k: None)
+                                                 out=str(out / "runs"), log=lambda *a, **k: None)
                     except OffmarlError as exc:  # finished runs stay in results.jsonl
                         raise SystemExit(f"offline_table: {algo} / {obs} / seed {seed}: {exc}") from None
                     row = {"dataset": args.dataset, "algo": algo, "obs": obs, "seed": seed, "steps": args.steps,

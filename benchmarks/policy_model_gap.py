@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    from offmarl.driver import load_trained
     from offmarl.errors import OffmarlError
-    from offmarl.training import load_trained
 
     try:
         algo, ds, _run, ckpt = load_trained(args.run_dir, policy_only=False, device="cpu", log=lambda *a: None)

@@ -8,15 +8,18 @@ import typer
 from rich.table import Table
 
 from offmarl.cli.common import console
+from offmarl.cli.progress import RichProgress
+from offmarl.driver import evaluate_runs, train_from_options
 
 
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (offmarl datasets list) or .hdf5 file."),
-    algo: str = typer.Option("moma-ppo", "--algo", help="moma-ppo | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
+    algo: str = typer.Option("moma-ppo", "--algo",
+                             help="moma-ppo | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
     obs: str = typer.Option(None, "--obs", help="Observation scheme (fo, po, local, po-independent, po-leader); "
                             "default: the dataset's."),
-    config: str = typer.Option(None, "--config", help="Extra YAML config file or a name in configs/ "
-                               "(e.g. moma-ppo-reference)."),
+    config: str = typer.Option(None, "--config", help="Override block of configs/<algo>.yaml (e.g. moma-ppo: "
+                               "reference, mag) or a YAML file of config keys."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set rollout.horizon=5 (repeatable)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps (baselines: gradient steps; "
                               "moma-ppo: iterations)."),
@@ -36,21 +39,21 @@ def train(
 
     Example: offmarl train --dataset coordination-unfavorable --algo ma-iql --seed 3
     """
-    from offmarl.training import train_from_options
-
     extra = {}
     if world_model is not None:
         extra["world_model_path"] = str(world_model)
     if planner is not None:
         extra["planner.kind"] = planner
     result = train_from_options(dataset, algo, obs, config, set_, steps, seed, device, str(out),
-                                str(resume) if resume else None, env=env, extra=extra, progress=progress,
+                                str(resume) if resume else None, env=env, extra=extra,
+                                progress=RichProgress() if progress else None,
                                 log=console.print)
     _print_result(result)
 
 
 def _print_result(res: dict) -> None:
-    line = f"final evaluation: return {res['return_mean']:.3f} ± {res['return_std']:.3f} over {res['episodes']} episodes"
+    line = (f"final evaluation: return {res['return_mean']:.3f} ± {res['return_std']:.3f} "
+            f"over {res['episodes']} episodes")
     if "normalised_mean" in res:
         line += f", normalised score {res['normalised_mean']:.3f} ± {res['normalised_std']:.3f}"
     if "win_rate" in res:
@@ -77,8 +80,6 @@ def evaluate(
 
     Example: offmarl evaluate runs/A runs/B --cross-play
     """
-    from offmarl.training import evaluate_runs
-
     res = evaluate_runs([str(r) for r in run_dirs], episodes, checkpoint, device, seed, cross_play, log=console.print)
     table = Table(title="evaluation")
     for col in ("run", "checkpoint", "return", "normalised"):

@@ -1,9 +1,11 @@
-"""Configuration: dataclass defaults, layered YAML files, dotted ``--set key=value`` overrides.
+"""Configuration: dataclass defaults, named override blocks, dotted ``--set key=value`` overrides.
 
-Layers, later wins: the dataclass defaults (each field's comment cites its source) <- the
-YAML files given (e.g. ``configs/moma-ppo.yaml`` then a preset or a user ``--config FILE``) <-
-``--set a.b=value`` overrides. Unknown keys are errors with a suggestion, never silently
-ignored. The fully resolved config is written to the run directory as ``config.yaml``.
+Layers, later wins: the dataclass defaults (what runs; each field's comment cites its source) <-
+override blocks (a block is a named mapping in a YAML file of configs/, e.g. ``ant`` in
+``configs/moma-ppo.yaml``, or a user's YAML file; offmarl/driver.py chooses them) <- ``--set
+a.b=value`` overrides. Unknown keys are errors with a suggestion, never silently ignored. The
+fully resolved config, with the names of the blocks applied, is written to the run directory as
+``config.yaml``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +21,19 @@ import yaml
 
 from offmarl.errors import OffmarlError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_HERE = Path(__file__).resolve().parent
+# configs/ of the source tree, or the copy installed with the package as offmarl.configs
+CONFIG_DIR = next((p for p in (_HERE.parent / "configs", _HERE / "configs") if p.is_dir()), _HERE.parent / "configs")
 
 
 class ConfigError(OffmarlError):
     pass
 
 
-def config_path(name: str) -> Path:
-    """A named config shipped in configs/ (``moma-ppo``, ``moma-ppo-reference``) or a file path."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    for root in _config_roots():
-        cand = root / f"{name}.yaml"
-        if cand.exists():
-            return cand
-    known = sorted({f.stem for root in _config_roots() for f in root.glob("*.yaml")})
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(f"config {name!r} not found (neither a .yaml file nor one of configs/: {', '.join(known)}).{hint}")
-
-
-def _config_roots() -> list[Path]:
-    roots = [CONFIG_DIR]
-    try:
-        from importlib import resources
-
-        roots.append(Path(str(resources.files("offmarl.configs"))))
-    except Exception:
-        pass
-    return [r for r in roots if r.exists()]
+def shipped_config(name: str) -> Path | None:
+    """configs/<name>.yaml, or None when not shipped."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    return path if path.exists() else None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -141,11 +126,29 @@ def merge_into(obj, data: dict[str, Any], prefix: str = ""):
     return dataclasses.replace(obj, **changes)
 
 
-def build_config(cls, files: list[str | Path] = (), overrides: dict[str, Any] | None = None):
-    """Defaults of ``cls`` <- each YAML file in order <- overrides."""
+def read_blocks(path: Path) -> dict[str, dict[str, Any]]:
+    """A file of named override blocks: a mapping of block name -> mapping of config keys."""
+    data = read_yaml(path)
+    for name, block in data.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f"config file {path}: block {name!r} must be a mapping of config keys")
+    return data
+
+
+def build_config(cls, layers: Sequence[str | Path | tuple[str, dict[str, Any]]] = (),
+                 overrides: dict[str, Any] | None = None):
+    """Defaults of ``cls`` <- each layer in order <- overrides. A layer is a YAML file of config
+    keys or a ``(name, mapping)`` pair (an override block; its name prefixes any error)."""
     cfg = cls()
-    for f in files:
-        cfg = merge_into(cfg, read_yaml(config_path(str(f)) if not Path(f).exists() else Path(f)))
+    for layer in layers:
+        if isinstance(layer, tuple):
+            name, data = layer
+            try:
+                cfg = merge_into(cfg, data)
+            except ConfigError as e:
+                raise ConfigError(f"{name}: {e}") from None
+        else:
+            cfg = merge_into(cfg, read_yaml(Path(layer)))
     if overrides:
         cfg = merge_into(cfg, overrides)
     return cfg

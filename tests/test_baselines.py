@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from offmarl.algos import algo_module
-from offmarl.config import build_config, config_path
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.data.generate import generate_coordination
+from offmarl.driver import algorithm_module as algo_module
+from offmarl.driver import real_env_evaluator, resolve_config
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import evaluate_policy
+from offmarl.loop import LoopConfig, train
 from offmarl.nn.agents import JointActionCode
 from offmarl.runs import RunDir
-from offmarl.training import LoopConfig, train
 
 ALGOS = ["iql", "ma-iql", "ibc", "itd3bc", "matd3bc", "icql", "omar"]
 LOSS_KEY = {"ibc": "bc_loss"}  # the others: critic_loss
@@ -183,7 +183,7 @@ def test_end_to_end_training_writes_eval(name, which, datasets, tmp_path):
     algo = algo_module(name).Algorithm(ds, small_config(name, loop=loop), "cpu", 0)
     run = RunDir.create(tmp_path, name, ds.meta.name, 0, {"algo": name})
     try:
-        result = train(algo, run, loop, ds.meta, ds.meta.env, ds.meta.obs_scheme, 0, "cpu", progress=False)
+        result = train(algo, run, loop, real_env_evaluator(algo, ds.meta, 0, loop.eval_envs, "cpu"), "cpu")
     finally:
         run.close()
     saved = json.loads((run.path / "eval.json").read_text())
@@ -196,21 +196,11 @@ def test_end_to_end_training_writes_eval(name, which, datasets, tmp_path):
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_shipped_yaml_mirrors_the_defaults(name):
-    mod = algo_module(name)
-    assert build_config(mod.Config, [config_path(name)]) == mod.Config()
-    # the coordination preset only changes what it says it changes
-    coord = build_config(mod.Config, [config_path(name), config_path(f"{name}-coordination")])
-    assert coord.hidden == (64, 64) and coord.loop.steps == 3000
-
-
-def test_omar_dataset_table():
-    mod = algo_module("omar")
-    table = {"random": (1.0, 1.0), "medium-replay": (0.9, 5.0), "medium": (0.7, 1.0), "expert": (0.5, 5.0)}
-    for kind, (coe, alpha) in table.items():
-        cfg = build_config(mod.Config, [config_path("omar"), config_path(f"omar-{kind}")])
-        assert (cfg.omar_coe, cfg.cql_alpha) == (coe, alpha), kind
-        assert cfg.gamma == 0.99  # not the release's silent 0.95
+def test_coordination_datasets_select_the_small_budget(name):
+    cfg, applied = resolve_config(name, "coordination-unfavorable", None, None, [], None, {})
+    assert applied == [f"coordination.yaml:{name}"]
+    assert cfg.hidden == (64, 64) and cfg.loop.steps == 3000
+    assert algo_module(name).Config().loop.steps == 1_000_000
 
 
 # ----------------------------------------------------------------------------- specifics

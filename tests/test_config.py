@@ -1,10 +1,11 @@
-"""Config layering: dataclass defaults <- YAML files <- --set overrides; clear errors."""
+"""Config layering: dataclass defaults <- override blocks <- --set overrides; clear errors."""
 from dataclasses import dataclass, field
 
 import pytest
 
-from offmarl.config import ConfigError, build_config, parse_overrides, to_dict
-from offmarl.training import algo_config_files
+from offmarl.config import CONFIG_DIR, ConfigError, build_config, parse_overrides, read_blocks, to_dict
+from offmarl.data.registry import RECIPES
+from offmarl.driver import ALGORITHMS, OBS_CONFIG_TAGS, override_blocks, resolve_config
 
 
 @dataclass
@@ -49,29 +50,68 @@ def test_unknown_key_suggests(tmp_path):
         build_config(Outer, [], parse_overrides(["inner.horizon=abc"]))
 
 
-def test_algo_config_files_pick_task_and_po_files():
-    names = lambda files: [p.name for p in files]  # noqa: E731
-    assert names(algo_config_files("moma-ppo", "coordination-unfavorable", None)) == [
-        "moma-ppo.yaml", "moma-ppo-coordination.yaml"]
-    assert names(algo_config_files("moma-ppo", "reacher-expert-mix", None, "po-leader")) == [
-        "moma-ppo.yaml", "moma-ppo-po.yaml"]
-    # the most specific task file is applied last
-    assert names(algo_config_files("omar", "ant-medium-replay", None)) == [
-        "omar.yaml", "omar-medium.yaml", "omar-medium-replay.yaml"]
+def test_override_blocks_come_from_recipe_tags_obs_and_config():
+    names = lambda *args: [n for n, _ in override_blocks(*args)]  # noqa: E731
+    assert names("moma-ppo", "coordination-unfavorable", None, None) == ["coordination.yaml:moma-ppo"]
+    assert names("moma-ppo", "reacher-expert-mix", "po-leader", None) == ["moma-ppo.yaml:po"]
+    assert names("moma-ppo", "ant-medium", "po", "reference") == [
+        "moma-ppo.yaml:ant", "moma-ppo.yaml:po", "moma-ppo.yaml:reference"]
+    assert names("omar", "ant-full-replay", "fo", None) == ["omar.yaml:full-replay"]
+    assert names("iql", "ant-medium", None, None) == []
+    # a dataset file selects nothing, whatever its name says
+    assert names("moma-ppo", "/tmp/ant-medium-coordination-po.hdf5", None, None) == []
 
 
-def test_every_shipped_config_builds_against_its_algorithm():
-    """configs/<algo>[-variant].yaml must only use keys the algorithm's Config has."""
-    from pathlib import Path
+def test_config_option_takes_a_block_or_a_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("rollout_batch: 7\n")
+    cfg, applied = resolve_config("moma-ppo", "ant-medium", None, str(f), ["loop.steps=3"], None, {})
+    assert cfg.rollout_batch == 7 and cfg.loop.steps == 3 and applied == ["moma-ppo.yaml:ant", str(f)]
+    cfg, applied = resolve_config("moma-ppo", "ant-medium", None, "mag", [], 5, {"world_model_path": "/x.pt"})
+    assert cfg.planner.kind == "mag" and cfg.loop.steps == 5 and cfg.world_model_path == "/x.pt"
+    with pytest.raises(ConfigError, match="block of configs/moma-ppo.yaml.*Did you mean: reference"):
+        resolve_config("moma-ppo", "ant-medium", None, "moma-ppo-reference", [], None, {})
 
-    from offmarl.algos import ALGOS, algo_module
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+def test_blocks_apply_over_the_defaults_in_order():
+    default = ALGORITHMS["moma-ppo"].Config()
+    ant, _ = resolve_config("moma-ppo", "ant-medium", None, None, [], None, {})
+    ref, _ = resolve_config("moma-ppo", "ant-medium", None, "reference", [], None, {})
+    assert (default.rollout.horizon, ant.rollout.horizon, ref.rollout.horizon) == (10, 25, 10)
+    assert ant.ppo.lr == 1e-4 and ref.ppo.lr == 5e-5 and ref.world_model.hidden == (1024,) * 4
+    omar = {kind: resolve_config("omar", f"ant-{kind}", None, None, [], None, {})[0]
+            for kind in ("random", "medium", "expert", "full-replay")}
+    table = {"random": (1.0, 1.0), "medium": (0.7, 1.0), "expert": (0.5, 5.0), "full-replay": (0.9, 5.0)}
+    assert {k: (c.omar_coe, c.cql_alpha) for k, c in omar.items()} == table
+    coord, _ = resolve_config("iql", "coordination-neutral", None, None, [], None, {})
+    assert coord.hidden == (64, 64) and coord.loop.steps == 3000 and coord.normalize_reward is False
+
+
+def test_every_shipped_block_builds_and_every_tag_is_used():
+    """Every block of configs/<algo>.yaml and every <algo> block of a task file only uses keys the
+    algorithm's Config has; every recipe tag selects a block for some algorithm."""
+    used = set()
     checked = 0
-    for f in sorted(root.glob("*.yaml")):
-        algo = max((a for a in ALGOS if f.stem == a or f.stem.startswith(a + "-")), key=len, default=None)
-        if algo is None:  # mappo*.yaml (MAPPOConfig, tests/test_mappo.py), mag-smac.yaml (online loop)
-            continue
-        build_config(algo_module(algo).Config, [algo_config_files(algo, "x", None)[0], f])
-        checked += 1
-    assert checked >= 20
+    for algo, mod in ALGORITHMS.items():
+        own = read_blocks(CONFIG_DIR / f"{algo}.yaml") if (CONFIG_DIR / f"{algo}.yaml").exists() else {}
+        for name, block in own.items():
+            build_config(mod.Config, [(name, block)])
+            used.add(name)
+            checked += 1
+        for task in CONFIG_DIR.glob("*.yaml"):
+            if task.stem in ALGORITHMS or task.stem == "mag-smac":  # mag-smac: the online loop's table
+                continue
+            blocks = read_blocks(task)
+            assert set(blocks) <= set(ALGORITHMS), f"{task.name}: blocks must be algorithm names"
+            if algo in blocks:
+                build_config(mod.Config, [(task.name, blocks[algo])])
+                used.add(task.stem)
+                checked += 1
+    assert checked >= 15
+    tags = {t for rec in RECIPES.values() for t in rec.config} | {t for ts in OBS_CONFIG_TAGS.values() for t in ts}
+    assert tags <= used, f"tags that select nothing: {tags - used}"
+
+
+def test_a_bad_block_names_itself():
+    with pytest.raises(ConfigError, match="coordination.yaml:x: unknown config key 'hiden'"):
+        build_config(Outer, [("coordination.yaml:x", {"hiden": 3})])

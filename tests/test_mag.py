@@ -14,7 +14,7 @@ from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
 from offmarl.errors import OffmarlError
 from offmarl.planners.mag import MAGPlanner, PlannerConfig, plan, select_candidates
-from offmarl.training import train_from_options
+from offmarl.driver import train_from_options
 from offmarl.worldmodel import (
     EnsembleConfig,
     EnsembleLookahead,
@@ -235,7 +235,7 @@ def test_moma_ppo_with_mag_planner_end_to_end_and_resume(tmp_path):
 
     def train(out, steps, resume=None):
         return train_from_options(str(path), "moma-ppo", steps=steps, seed=0, device="cpu", out=str(out),
-                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, progress=False, log=lambda *a, **k: None)
+                                  overrides=over + [f"cache_dir={out / 'cache'}"], resume=resume, log=lambda *a, **k: None)
 
     def rows(run_dir):
         drop = {"time", "steps_per_s", "planner_seconds", "planner_rollout_seconds"}

@@ -12,8 +12,8 @@ from offmarl.algos.moma_ppo import Algorithm, Config, migrate_saved_config
 from offmarl.config import from_dict
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
+from offmarl.driver import evaluate_runs, train_from_options
 from offmarl.errors import OffmarlError
-from offmarl.training import evaluate_runs, train_from_options
 
 TINY = [
     "world_model.hidden=[32,32]", "world_model.max_steps=300", "world_model.eval_every=100",
@@ -41,7 +41,7 @@ def coord_file(tmp_path):
 def _train(coord_file, tmp_path, steps, resume=None, seed=0, extra=()):
     return train_from_options(coord_file, "moma-ppo", steps=steps, seed=seed, device="cpu", out=str(tmp_path / "runs"),
                               overrides=TINY + [f"cache_dir={tmp_path / 'cache'}", *extra], resume=resume,
-                              progress=False, log=lambda *a, **k: None)
+                              log=lambda *a, **k: None)
 
 
 def _train_rows(run_dir):
@@ -93,29 +93,29 @@ def test_resume_gives_identical_metrics(coord_file, tmp_path):
 
 def test_bad_options_are_clear(coord_file, tmp_path):
     with pytest.raises(OffmarlError, match="unknown algorithm 'moma-pp'.*Did you mean: moma-ppo"):
-        train_from_options(coord_file, "moma-pp", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-pp", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="not available for coordination"):
-        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options(coord_file, "moma-ppo", obs="po", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown config key 'rollout.horizn'.*rollout.horizon"):
-        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path), progress=False,
+        train_from_options(coord_file, "moma-ppo", overrides=["rollout.horizn=3"], out=str(tmp_path),
                            log=lambda *a: None)
     # derived keys cannot be set (they come from ppo.history_len / ppo.gamma), and a fixed threshold
     # together with the calibration is a contradiction, not a silently ignored --set
     for key in ("rollout.history=5", "rollout.gamma=0.9"):
         with pytest.raises(OffmarlError, match=f"unknown config key '{key.split('=')[0]}'"):
-            train_from_options(coord_file, "moma-ppo", overrides=[key], out=str(tmp_path), progress=False,
+            train_from_options(coord_file, "moma-ppo", overrides=[key], out=str(tmp_path),
                                log=lambda *a: None)
     with pytest.raises(OffmarlError, match="calibrate_eps_g=null"):
         train_from_options(coord_file, "moma-ppo", overrides=["rollout.eps_g_threshold=2"], out=str(tmp_path),
-                           progress=False, log=lambda *a: None)
+                           log=lambda *a: None)
     with pytest.raises(OffmarlError, match="no eps_g termination threshold"):
         train_from_options(coord_file, "moma-ppo", overrides=["calibrate_eps_g=null"], out=str(tmp_path),
-                           progress=False, log=lambda *a: None)
+                           log=lambda *a: None)
     with pytest.raises(OffmarlError, match="unknown dataset"):
-        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), progress=False, log=lambda *a: None)
+        train_from_options("ant-medum", "moma-ppo", out=str(tmp_path), log=lambda *a: None)
     with pytest.raises(OffmarlError, match="world model file"):
         train_from_options(coord_file, "moma-ppo", extra={"world_model_path": str(tmp_path / "nope.pt")},
-                           out=str(tmp_path), progress=False, log=lambda *a: None)
+                           out=str(tmp_path), log=lambda *a: None)
 
 
 def test_dataset_env_mismatch_is_clear(tmp_path):

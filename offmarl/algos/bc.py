@@ -18,7 +18,7 @@ import torch
 
 from offmarl.nn.agents import (AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts, GaussianActors,
                                check_action_box, fit_standardiser, seeded_init, standardise)
-from offmarl.training import LoopConfig
+from offmarl.loop import BuildsWhole, LoopConfig
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True
@@ -39,8 +39,8 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "ibc")
 
 
-class Algorithm(CheckpointParts):
-    def __init__(self, dataset, cfg: Config, device, seed: int):
+class Algorithm(CheckpointParts, BuildsWhole):
+    def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
         check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)

@@ -33,7 +33,7 @@ from offmarl.nn.agents import (AgentLayout, CategoricalActors, CentralisedPolicy
                                JointActionCode, JointCritics, check_action_box, fit_standardiser, return_range_scale,
                                seeded_init, soft_update_)
 from offmarl.nn.layers import mlp
-from offmarl.training import LoopConfig
+from offmarl.loop import BuildsWhole, LoopConfig
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True
@@ -123,8 +123,8 @@ def check_dataset(dataset, cfg: Config) -> None:
         JointActionCode(meta.n_agents, max(meta.action_dims), cfg.max_joint_actions, "iql")
 
 
-class Algorithm(CheckpointParts):
-    def __init__(self, dataset, cfg: Config, device, seed: int):
+class Algorithm(CheckpointParts, BuildsWhole):
+    def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
         check_dataset(dataset, cfg)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)

@@ -3,7 +3,7 @@
 The one MA-PPO of offmarl. MOMA-PPO trains it on world-model rollouts (offline); the online
 SMAC loop trains it on imagined trajectories (REFERENCE §2, §4). It reads top to bottom:
 
-    MAPPOConfig        every hyper-parameter with its source (presets in configs/mappo*.yaml)
+    MAPPOConfig        every hyper-parameter with its source (reference preset: MAPPOConfig.reference())
     RunningNorm        running mean/var of observations, states and returns
     MAPPOPolicy        per-agent Gaussian (continuous) or masked categorical (discrete) actors,
                        optional self-attention memory over the last K (obs, action) pairs

@@ -11,7 +11,7 @@ towards the best action a global search over Q finds:
               + 1e-3 * pi_i(o_i)^2                                       (OMAR release)
 
 omar_coe and cql_alpha depend on the dataset in the release's MaMuJoCo table (REFERENCE §5):
-random 1.0/1.0, medium-replay 0.9/5.0, medium 0.7/1.0, expert 0.5/5.0 — configs/omar-<kind>.yaml.
+random 1.0/1.0, medium-replay 0.9/5.0, medium 0.7/1.0, expert 0.5/5.0 — blocks of configs/omar.yaml.
 The release silently trains with gamma 0.95 (main.py sets 0.99 but never passes it); we use 0.99.
 
 Discrete form: the search is exhaustive (K own actions instead of CEM samples), so
@@ -35,7 +35,7 @@ NEEDS_FULL_OBS = False
 
 @dataclass
 class Config(cql.Config):
-    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar-<kind>.yaml per dataset)
+    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar.yaml blocks per dataset)
     cql_alpha: float = 1.0                # OMAR release MaMuJoCo table, "medium"
     omar_iters: int = 2                   # OMAR release, MaMuJoCo (argparse default 3)
     omar_num_samples: int = 20            # OMAR release, MaMuJoCo

@@ -26,7 +26,7 @@ import torch
 from offmarl.nn.agents import (AgentCritics, AgentLayout, AgentPolicy, CategoricalActors, CheckpointParts,
                                DeterministicActors, check_action_box, fit_standardiser, seeded_init, soft_update_,
                                standardise)
-from offmarl.training import LoopConfig
+from offmarl.loop import BuildsWhole, LoopConfig
 
 DISCRETE_OK = True
 CONTINUOUS_OK = True
@@ -79,7 +79,7 @@ def check_dataset(dataset, cfg: Config) -> None:
     check_action_box(dataset, "itd3bc")
 
 
-class ActorCriticBase(CheckpointParts):
+class ActorCriticBase(CheckpointParts, BuildsWhole):
     """What ITD3+BC, MATD3+BC and ICQL/OMAR share, written once: the observation standardiser
     (and the state's, for a critic on the state), the actor (categorical for discrete actions,
     deterministic otherwise), twin critics of class ``critic_cls``, their Polyak targets, the Adam
@@ -89,7 +89,7 @@ class ActorCriticBase(CheckpointParts):
     critic_cls = AgentCritics
     uses_state = False  # True: also standardise the global state (a joint critic's input)
 
-    def __init__(self, dataset, cfg, device, seed: int):
+    def __init__(self, dataset, cfg, device, seed: int, log=print):
         check_action_box(dataset, self.name)
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.layout = lay = AgentLayout(dataset.meta)

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from offmarl.data.dataset import DatasetError, MultiAgentDataset
+from offmarl.data.sources.d4rl import read_d4rl
+from offmarl.data.sources.minari import read_minari
+from offmarl.data.storage import load_dataset_file, save_dataset
 from offmarl.envs import suggest
 
 # D4RL reference returns (REFERENCE.md §1.1) and the MOMA-PPO reacher references.
@@ -35,28 +38,32 @@ class Recipe:
     minari_ids: tuple[str, ...] = ()
     d4rl_files: tuple[str, ...] = ()
     params: dict = field(default_factory=dict)
+    # override blocks this dataset selects (offmarl/driver.py: a block of configs/<algo>.yaml or
+    # the <algo> block of configs/<tag>.yaml); chosen explicitly here, never from the name
+    config: tuple[str, ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("ant-random", "ant-4x2", "Ant-v5, the randomly initialised SAC actor", 1_000_000, ANT_REF,
-           d4rl_files=("ant_random-v2.hdf5", "ant_random.hdf5"), params={"policy": "random"}),
+           d4rl_files=("ant_random-v2.hdf5", "ant_random.hdf5"), params={"policy": "random"},
+           config=("ant", "random")),
     Recipe("ant-medium", "ant-4x2", "Ant-v5, a SAC actor stopped at about half the expert's return", 1_000_000, ANT_REF,
            minari_ids=("mujoco/ant/medium-v0",), d4rl_files=("ant_medium-v2.hdf5", "ant_medium.hdf5"),
-           params={"policy": "medium"}),
+           params={"policy": "medium"}, config=("ant", "medium")),
     Recipe("ant-expert", "ant-4x2", "Ant-v5, the fully trained SAC actor", 1_000_000, ANT_REF,
            minari_ids=("mujoco/ant/expert-v0",), d4rl_files=("ant_expert-v2.hdf5", "ant_expert.hdf5"),
-           params={"policy": "expert"}),
+           params={"policy": "expert"}, config=("ant", "expert")),
     Recipe("ant-full-replay", "ant-4x2", "Ant-v5, every SAC checkpoint from random to expert (emulated replay)",
            1_000_000, ANT_REF, d4rl_files=("ant_full_replay-v2.hdf5", "ant_full-replay-v2.hdf5"),
-           params={"policy": "full_replay"}),
+           params={"policy": "full_replay"}, config=("ant", "full-replay")),
     Recipe("reacher-expert-mix", "reacher-2x1", "Reacher 2x1, half clockwise and half counter-clockwise experts",
-           1_000_000, REACHER_REF),
+           1_000_000, REACHER_REF, config=("expert",)),  # OMAR's "expert" table entry: expert data
     Recipe("coordination-favorable", "coordination", "both agents mostly right (p=0.8)", 10_000, COORD_REF,
-           params={"p_right": (0.8, 0.8)}),
+           params={"p_right": (0.8, 0.8)}, config=("coordination",)),
     Recipe("coordination-neutral", "coordination", "both agents uniform (p=0.5)", 10_000, COORD_REF,
-           params={"p_right": (0.5, 0.5)}),
+           params={"p_right": (0.5, 0.5)}, config=("coordination",)),
     Recipe("coordination-unfavorable", "coordination", "agent 0 mostly right (p=0.8), agent 1 mostly left (p=0.2)",
-           10_000, COORD_REF, params={"p_right": (0.8, 0.2)}),
+           10_000, COORD_REF, params={"p_right": (0.8, 0.2)}, config=("coordination",)),
 ]}
 
 
@@ -88,8 +95,6 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
         rec = recipe(name_or_path)
         path = native_path(rec.name)
         if path.exists():
-            from offmarl.data.storage import load_dataset_file
-
             ds = load_dataset_file(path)
         else:
             ds = _import_local(rec, log)
@@ -99,8 +104,6 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
                 log(f"{rec.name}: no local copy in {data_dir()} and no local Minari/D4RL file; "
                     f"generating it from the shipped behaviour policies ({rec.default_size:,} transitions)")
                 ds = build(rec.name, rec.default_size, seed=0)
-            from offmarl.data.storage import save_dataset
-
             save_dataset(ds, path)
             log(f"saved {path}")
     if obs is not None and obs != ds.meta.obs_scheme:
@@ -109,16 +112,12 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
 
 
 def _load_file(path: Path, env: str | None) -> MultiAgentDataset:
-    from offmarl.data.storage import load_dataset_file
-
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     try:
         return load_dataset_file(path)
     except DatasetError as e:
         if "d4rl" in str(e).lower() and env:
-            from offmarl.data.sources.d4rl import read_d4rl
-
             return read_d4rl(path, env=env)
         raise
 
@@ -127,16 +126,12 @@ def _import_local(rec: Recipe, log) -> MultiAgentDataset | None:
     d4rl_root = Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
     for fname in rec.d4rl_files:
         if (d4rl_root / fname).exists():
-            from offmarl.data.sources.d4rl import read_d4rl
-
             log(f"{rec.name}: importing the local D4RL file {d4rl_root / fname}")
             ds = read_d4rl(d4rl_root / fname, env=rec.env)
             return _with_name(ds, rec)
     minari_root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets")).expanduser()
     for mid in rec.minari_ids:
         if (minari_root / mid).exists():
-            from offmarl.data.sources.minari import read_minari
-
             log(f"{rec.name}: importing the local Minari dataset {mid}")
             return _with_name(read_minari(mid, env=rec.env), rec)
     return None
@@ -153,7 +148,7 @@ def _with_name(ds: MultiAgentDataset, rec: Recipe) -> MultiAgentDataset:
 def ant_policy_selection() -> dict:
     """Which shipped SAC checkpoints play random / medium / expert / full-replay
     (written by datasets/recipes/select_ant_policies.py from the training's progress.csv)."""
-    from offmarl.data.behaviour import policy_dir
+    from offmarl.data.behaviour import policy_dir  # lazy: torch; `offmarl datasets list` stays light
 
     path = policy_dir("ant") / "selection.json"
     if not path.exists():
@@ -166,7 +161,7 @@ def ant_policy_selection() -> dict:
 def build(name: str, size: int | None = None, seed: int = 0, progress: Callable[[int], None] | None = None,
           n_envs: int = 16) -> MultiAgentDataset:
     """Generate the named dataset (``size`` transitions; default: the recipe's)."""
-    from offmarl.data import generate as g
+    from offmarl.data import generate as g  # lazy: torch and the simulators, only when generating
 
     rec = recipe(name)
     size = int(size or rec.default_size)
@@ -177,7 +172,7 @@ def build(name: str, size: int | None = None, seed: int = 0, progress: Callable[
         meta["generator"] = f"independent per-agent choice, P(right) = {rec.params['p_right']}"
         return g.generate_coordination(rec.params["p_right"], size, seed, meta_fields=meta)
 
-    from offmarl.data.behaviour import load_actor, policy_dir
+    from offmarl.data.behaviour import load_actor, policy_dir  # lazy: torch
 
     if rec.env == "reacher-2x1":
         d = policy_dir("reacher")

@@ -1,0 +1,34 @@
+"""Imports run one way: cli -> driver -> algos -> (loop, worldmodel, planners, data, envs, nn)."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_only_the_cli_imports_the_driver():
+    for path in sorted((ROOT / "offmarl").rglob("*.py")):
+        if path.name == "driver.py" and path.parent.name == "offmarl":
+            continue
+        mods = _imported_modules(path)
+        assert "offmarl.driver" not in mods, f"{path.relative_to(ROOT)} imports offmarl.driver"
+        assert not any(m == "rich" or m.startswith("rich.") for m in mods), f"{path.relative_to(ROOT)} imports rich"
+
+
+def test_an_algorithm_imports_neither_driver_nor_rich():
+    code = ("import sys, offmarl.algos.moma_ppo; "
+            "print(sorted(m for m in sys.modules if m == 'offmarl.driver' or m.split('.')[0] == 'rich'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
