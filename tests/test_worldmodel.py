@@ -11,6 +11,7 @@ import torch
 
 from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel import (
     EnsembleConfig,
@@ -28,7 +29,6 @@ from offmarl.worldmodel import (
     model_rollout,
     penalised_reward,
 )
-from offmarl.envs import make_env
 from offmarl.worldmodel.ensemble import FORMAT
 from offmarl.worldmodel.termination import (
     calibrate_termination,
