@@ -73,7 +73,7 @@ class StateActor:
 def fmt_row(k, s0, s1) -> str:
     return (f"| {k} | {s0['real_rate']:.3f} | {s0['model_rate']:.3f} / {s1['model_rate']:.3f} | "
             f"{s0['recall']:.2f} / {s1['recall']:.2f} | {s0['false_positive_rate']:.3f} / "
-            f"{s1['false_positive_rate']:.3f} | {s0['windows']} |")
+            f"{s1['false_positive_rate']:.3f} | {s0['windows']} ({s0['positives']}) |")
 
 
 def main(argv=None) -> dict:
@@ -117,26 +117,27 @@ def main(argv=None) -> dict:
              f"**{fitted.margin:.3f} std** of torso z (std {float(rule0.scale[0]):.3f})."), "",
              (f"Held-out: {len(hold):,} rows ({hold.origin}), real actions replayed from real states; "
              "cells are margin 0 (env rule) / fitted margin."), "",
-             "| k | real rate | model rate | recall | false-positive rate | windows |", "|---|---|---|---|---|---|"]
+             "| k | real rate | model rate | recall | false-positive rate | windows (ending) |", "|---|---|---|---|---|---|"]
     for k in a.ks:
-        starts = window_starts(hold, k, a.windows, torch.Generator().manual_seed(a.seed + k))
+        starts, w = window_starts(hold, k, a.windows, torch.Generator().manual_seed(a.seed + k))
         rep = replay_windows(model, hold, starts, k, box, torch.Generator().manual_seed(a.seed + 100 + k), rule0)
-        s0 = termination_scores(rep["slack"], rep["valid"], rep["real_done"], 0.0)
-        s1 = termination_scores(rep["slack"], rep["valid"], rep["real_done"], fitted.margin)
+        s0 = termination_scores(rep["slack"], rep["valid"], rep["real_done"], 0.0, w)
+        s1 = termination_scores(rep["slack"], rep["valid"], rep["real_done"], fitted.margin, w)
         res["termination"][k] = {"env_rule": s0, "calibrated": s1}
         lines.append(fmt_row(k, s0, s1))
         if k == a.fit_k:
-            fit_rep = rep
+            fit_rep, fit_w = rep, w
     if a.fit_k not in a.ks:
-        starts = window_starts(hold, a.fit_k, a.windows, torch.Generator().manual_seed(a.seed + a.fit_k))
+        starts, fit_w = window_starts(hold, a.fit_k, a.windows, torch.Generator().manual_seed(a.seed + a.fit_k))
         fit_rep = replay_windows(model, hold, starts, a.fit_k, box, torch.Generator().manual_seed(a.seed + 1), rule0)
 
     # HALT of the behaviour: replayed dataset actions, and (optionally) the behaviour actor in the model
     v = fit_rep["valid"]
     end = first_model_end(fit_rep["slack"], v, fitted.margin)  # steps after this are not taken
     alive = v & (torch.arange(v.shape[0])[:, None] <= end[None])
-    mr = float((fit_rep["model_reward"] * v).sum() / v.sum())
-    rr = float((fit_rep["real_reward"] * v).sum() / v.sum())
+    wv = fit_w.float()[None] * v  # stratified windows: weight each by its class's share
+    mr = float((fit_rep["model_reward"] * wv).sum() / wv.sum())
+    rr = float((fit_rep["real_reward"] * wv).sum() / wv.sum())
     res["reward_replay"] = {"model_per_step": mr, "real_per_step": rr, "ratio": mr / rr if rr else None}
     rewards = torch.as_tensor(train.rewards)
     halt_values = {q: float((torch.quantile(rewards, q) if q > 0 else rewards.min()).clamp(max=0.0))
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
         actor = StateActor(load_actor(policy_dir("ant") / ant_policy_selection()[a.behaviour]), env)
     for q in a.trigger_quantiles:
         thr = calibrate_eps_g_threshold(model, train, q, 10_000, torch.Generator().manual_seed(a.seed + 2))
-        frac = float(((fit_rep["eps_g"] > thr) & alive).any(0).float().mean())
+        frac = float((((fit_rep["eps_g"] > thr) & alive).any(0).float() * fit_w.float()).sum())
         res["halt_replay"][str(q)] = {"threshold": thr, "frac_halted": frac}
         cell = "-"
         if actor is not None:
