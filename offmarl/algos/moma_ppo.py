@@ -225,10 +225,11 @@ class Algorithm:
     def state_dict(self) -> dict:
         margin = None if self.done_rule is None else self.done_rule.margin
         return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold,
-                "termination_margin": margin}
+                "termination_margin": margin, "since_eval": list(self._since_eval)}
 
     def load_state_dict(self, d: dict) -> None:
         self.mappo.load_state_dict(d["mappo"])
         self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(d["eps_g_threshold"]))
+        self._since_eval = [tuple(r) for r in d.get("since_eval", [])]  # a resumed run logs the same gap
         if self.done_rule is not None and d.get("termination_margin") is not None:  # older checkpoints: none saved
             self.done_rule = self.done_rule.with_margin(d["termination_margin"])
