@@ -143,6 +143,9 @@ def real_env_evaluator(algo, meta, seed: int, n_envs: int, device) -> Callable[[
         res = evaluate_policy(algo.policy, meta.env, meta.obs_scheme, episodes=episodes, seed=seed * 1000 + 10_000,
                               n_envs=n_envs, device=device, ref_min=meta.ref_min_return, ref_max=meta.ref_max_return)
         res["score"] = res.get("normalised_mean", res["return_mean"])
+        gap = getattr(algo, "evaluation_extras", None)  # optional hook (MOMA-PPO: model vs real reward per step)
+        if gap is not None:
+            res.update(gap(res))
         return res
 
     return evaluate
@@ -359,7 +362,7 @@ def _load_online(run: RunDir, saved: dict, checkpoint: str, dev, log):
     return algo, SimpleNamespace(meta=meta), run, name
 
 
-def load_trained(run_dir: str, checkpoint: str = "best", device: str = "auto", log: Callable[[str], None] = print,
+def load_trained(run_dir: str, checkpoint: str = "latest", device: str = "auto", log: Callable[[str], None] = print,
                  policy_only: bool = True):
     """Rebuild the algorithm of a run directory and load a checkpoint; returns (algo, dataset, run, name).
     ``policy_only``: build only what acting needs (``Algorithm.for_evaluation``; MOMA-PPO skips its
@@ -407,7 +410,7 @@ def _check_cross_play(run_dirs: list[str]) -> None:
                                f"is {first[1][0]} ({first[1][1]}), {r} is {key[0]} ({key[1]})")
 
 
-def evaluate_runs(run_dirs: list[str], episodes: int = 10, checkpoint: str = "best", device: str = "auto",
+def evaluate_runs(run_dirs: list[str], episodes: int = 50, checkpoint: str = "latest", device: str = "auto",
                   seed: int = 12345, cross_play: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate each run's policy; with ``cross_play`` also every assignment of agents to runs
     that mixes runs (agent i plays the policy of run assignment[i])."""

@@ -65,7 +65,7 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
     spec = envs[0].spec
     k = int(getattr(policy, "history_len", 0) or 0)
     gen = torch.Generator(device=device).manual_seed(seed)
-    returns, lengths, wins = [], [], []
+    returns, lengths, wins, terms = [], [], [], []
     t0, steps = time.perf_counter(), 0
     next_ep = 0
     try:
@@ -79,6 +79,7 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
             ret = np.zeros(wave)
             length = np.zeros(wave, dtype=np.int64)
             won = np.zeros(wave, dtype=bool)
+            ended = np.zeros(wave, dtype=bool)  # by the env's termination (ant: a fall), not the time-out
             act_shape = (spec.n_agents,) if spec.discrete else (spec.n_agents, spec.max_action_dim)
             hist = None
             if k > 0:
@@ -119,10 +120,12 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                     steps += 1
                     if term or trunc:
                         alive[b] = False
+                        ended[b] = bool(term)
                         won[b] = bool(info.get("battle_won", False))
             returns += ret.tolist()
             lengths += length.tolist()
             wins += won.tolist()
+            terms += ended.tolist()
     finally:
         for e in envs:
             e.close()
@@ -132,6 +135,8 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
         "returns": returns, "lengths": lengths,
         "return_mean": float(returns_a.mean()), "return_std": float(returns_a.std()),
         "length_mean": float(np.mean(lengths)),  # logged with every evaluation (ant: early falls)
+        "frac_terminated": float(np.mean(terms)),  # episodes ended by the env's rule (ant: the torso left [0.2, 1])
+        "reward_per_step": float(returns_a.sum() / max(int(np.sum(lengths)), 1)),  # vs the model's (MOMA-PPO)
         "steps_per_s": steps / max(time.perf_counter() - t0, 1e-9),
     }
     if env_name.startswith("smac-"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from offmarl.algos.moma_ppo import Algorithm, Config, migrate_saved_config
+from offmarl.algos.moma_ppo import Algorithm, Config, check_config, migrate_saved_config
 from offmarl.config import from_dict
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset
@@ -138,3 +138,9 @@ def test_configs_saved_before_the_derived_keys_still_load():
     assert cfg.rollout.horizon == 5 and cfg.rollout.eps_g_threshold is None
     fixed = {"rollout": {"history": 10, "eps_g_threshold": 2.0}, "calibrate_eps_g": None}
     assert from_dict(Config, migrate_saved_config(fixed)).rollout.eps_g_threshold == 2.0
+
+
+def test_termination_margin_and_calibration_conflict_is_an_error():
+    with pytest.raises(OffmarlError, match="termination_margin"):
+        check_config(Config(termination_margin=0.2, calibrate_termination=True))
+    check_config(Config(termination_margin=0.2))  # calibration is off by default: the fixed margin applies

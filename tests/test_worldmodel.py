@@ -11,6 +11,7 @@ import torch
 
 from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.worldmodel import (
     EnsembleConfig,
@@ -29,6 +30,13 @@ from offmarl.worldmodel import (
     penalised_reward,
 )
 from offmarl.worldmodel.ensemble import FORMAT
+from offmarl.worldmodel.termination import (
+    calibrate_termination,
+    replay_windows,
+    termination_rule,
+    termination_scores,
+    window_starts,
+)
 
 S, N, A = 4, 2, 1  # tiny widths: state 4, two agents with one action each
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_every": 50, "patience": 3,
@@ -460,3 +468,101 @@ def test_atomic_writes_leave_nothing_behind(tmp_path):
         "x.txt"]
     atomic_torch_save({"w": torch.ones(2)}, tmp_path / "a" / "w.pt")
     assert torch.equal(torch.load(tmp_path / "a" / "w.pt")["w"], torch.ones(2))
+
+
+# ---------------------------------------------------------------- HALT value, calibrated termination
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.3])
+def test_halt_value_follows_its_configured_statistic(q):
+    ds = linear_dataset(t=400)
+    r = torch.as_tensor(ds.rewards)
+    expected = (torch.quantile(r, q) if q > 0 else r.min()).clamp(max=0.0)
+    box = dataset_box(ds, halt_quantile=q)
+    torch.testing.assert_close(box["halt_reward"], expected)
+    box = {**box, "state_low": torch.full((S,), -1e3), "state_high": torch.full((S,), 1e3),
+           "reward_low": torch.tensor(-1e3), "reward_high": torch.tensor(1e3)}  # no clipping in this test
+    model = constant_model([[i * 3.0] + [0.0] * S for i in range(3)])  # eps_g = 9 > 2: every row HALTs at step 0
+    cfg = RolloutConfig(horizon=4, uncertain_end="halt", eps_g_threshold=2.0, halt_quantile=q)
+    batch, info = model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe, cfg, box,
+                                torch.Generator().manual_seed(0), gamma=0.9)
+    plain = batch["raw_rewards"][0] - cfg.lambda_g * 9.0 - cfg.lambda_r * batch["eps_r"][0]
+    torch.testing.assert_close(batch["rewards"][0], plain + 0.9 * expected / (1 - 0.9))
+    assert info["frac_halted"] == 1.0
+    with pytest.raises(OffmarlError, match="halt_quantile"):
+        model_rollout(model, LinearGaussianPolicy(), {"states": torch.zeros(8, S)}, observe,
+                      RolloutConfig(horizon=4, eps_g_threshold=2.0, halt_quantile=0.5), box, gamma=0.9)
+    with pytest.raises(OffmarlError, match="halt_quantile"):
+        RolloutConfig(halt_quantile=1.0)
+
+
+def rising_dataset(episodes: int = 120, seed: int = 0) -> MultiAgentDataset:
+    """State dim 0 ("height") starts in [0, 0.5] and rises 0.1 per step; the episode terminates on the
+    transition whose next height exceeds 1 (the test env's rule: height <= 1)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(episodes):
+        z = rng.uniform(0.0, 0.5)
+        while True:
+            s = np.r_[z, rng.normal(size=S - 1)]
+            rows.append((s, np.r_[z + 0.1, s[1:]], z + 0.1 > 1.0))
+            z += 0.1
+            if rows[-1][2]:
+                break
+    states = np.array([r[0] for r in rows], np.float32)
+    next_states = np.array([r[1] for r in rows], np.float32)
+    terminals = np.array([r[2] for r in rows])
+    t = len(rows)
+    actions = rng.uniform(-1, 1, size=(t, N, A)).astype(np.float32)
+    meta = DatasetMeta(env="rising-test", obs_scheme="fo", n_agents=N, obs_dims=(S,) * N, action_dims=(A,) * N,
+                       state_dim=S, discrete=False, name="rising-test")
+    obs, next_obs = np.repeat(states[:, None], N, axis=1), np.repeat(next_states[:, None], N, axis=1)
+    return MultiAgentDataset(states, next_states, obs, next_obs, actions, np.ones(t, np.float32), terminals,
+                             np.zeros(t, bool), meta)
+
+
+class HeightRuleEnv:
+    termination_conditions = ((0, float("-inf"), 1.0, False),)  # healthy while height <= 1
+
+
+def test_calibrated_termination_fires_at_the_fitted_threshold():
+    ds = rising_dataset()
+    # every member under-predicts the rise (0.05 instead of 0.1 per step): with the env's plain rule
+    # the model terminates too rarely within k steps, as the mean predictions do on ant-medium
+    model = constant_model([[0.05] + [0.0] * (S - 1) + [1.0] for _ in range(3)])
+    rule = termination_rule(HeightRuleEnv(), ds)
+    torch.testing.assert_close(rule.scale, torch.tensor([float(ds.states[:, 0].std())]))
+    k = 5
+    fitted, cal = calibrate_termination(model, ds, rule, k, n=10_000, generator=torch.Generator().manual_seed(0))
+    before, after = cal["before"], cal["after"]
+    assert before["model_rate"] < before["real_rate"] - 0.1 and fitted.margin > 0
+    assert abs(after["model_rate"] - after["real_rate"]) <= 0.5 / after["positives"]  # matched up to one window
+    assert after["recall"] > before["recall"] + 0.2
+    # the calibrated rule fires exactly where the slack crosses the fitted margin
+    edge = 1.0 - fitted.margin * float(rule.scale[0])
+    below, above = torch.zeros(2, S), torch.zeros(2, S)
+    below[:, 0], above[:, 0] = edge - 1e-4, edge + 1e-4
+    assert not fitted(below).any() and fitted(above).all()
+    assert not rule(above).any()  # the plain rule (margin 0) does not fire there
+    assert fitted(torch.full((1, S), float("nan"))).all()
+    # windows cut by nothing here (every episode terminates); the scores agree with a hand count
+    starts, w = window_starts(ds, k, 10_000, torch.Generator().manual_seed(0))
+    assert w.sum().item() == pytest.approx(1.0)
+    rep = replay_windows(model, ds, starts, k, None, torch.Generator().manual_seed(1), rule)
+    z0 = torch.as_tensor(ds.states[:, 0])[starts]
+    pred = z0 + 0.05 * rep["steps"] > edge
+    sc = termination_scores(rep["slack"], rep["valid"], rep["real_done"], fitted.margin, w)
+    assert sc["model_rate"] == pytest.approx(float((w * pred).sum()), abs=1e-6)
+    # the real rate is the share of ALL eligible windows that end within k, whatever the stratification
+    ends = np.flatnonzero(ds.episode_ends)
+    left = ends[np.searchsorted(ends, np.arange(len(ds)))] - np.arange(len(ds)) + 1
+    assert sc["real_rate"] == pytest.approx(float((left <= k).mean()), abs=1e-6)
+
+
+def test_margin_zero_is_the_ant_rule():
+    env = make_env("ant-4x2")
+    ds = rising_dataset()  # only its state std is used (the rule's scale)
+    rule = termination_rule(env, ds)
+    z = torch.linspace(0.0, 1.3, 27)
+    states = torch.zeros(27, 27)
+    states[:, 0] = z
+    assert torch.equal(rule(states), torch.as_tensor(env.terminated(states)))
+    assert termination_rule(make_env("reacher-2x1"), ds) is None  # no bounds on states: the caller keeps its rule

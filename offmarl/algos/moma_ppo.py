@@ -32,6 +32,7 @@ from offmarl.planners.mag import PlannerConfig
 from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
 from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
 from offmarl.worldmodel.scorers import make_planner
+from offmarl.worldmodel.termination import calibrate_termination, termination_rule
 
 
 @dataclass
@@ -50,12 +51,19 @@ class Config:
     rollout_batch: int = 1_000       # ours: 1000 start states x 10 steps = 10k synthetic transitions (ref ~2k)
     calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold (ours); None = use
     #                                      rollout.eps_g_threshold (the reference's fixed value is 2)
+    calibrate_termination: bool = False  # ours: fit a margin on the env's termination rule so the model's
+    #                                      horizon-step termination rate matches the data's (worldmodel/
+    #                                      termination.py; docs/ant.md); opt-in (configs/moma-ppo.yaml
+    #                                      `ant-calibrated`) until measured at budget; no-op without a rule
+    termination_margin: float = 0.0       # fixed margin (std units) when calibrate_termination is false; 0 = env rule
+    termination_windows: int = 5_000      # dataset windows the margin is fitted on (ours; ~1 s on CPU)
     world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
     cache_dir: str | None = None          # world-model cache (default: default_cache_dir())
     # ours: 600 iterations fit `offmarl train --dataset ant-medium` in < 1 h on 2 CPU cores; evaluation:
     # ref 10 deterministic episodes
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
-        steps=600, eval_every=100, eval_episodes=10, final_eval_episodes=10, log_every=10, checkpoint_every=50))
+        steps=600, eval_every=100, eval_episodes=10, final_eval_episodes=50, log_every=10, checkpoint_every=50))
+    # final_eval_episodes 50 (issue 13): 10 ant episodes have a standard error of ~0.09 normalised
 
 
 def default_cache_dir() -> Path:
@@ -81,6 +89,9 @@ def check_config(cfg: Config) -> None:
         raise OffmarlError(f"rollout.eps_g_threshold={thr} is set but calibrate_eps_g={q} would replace it with the "
                            f"data's eps_g quantile; set calibrate_eps_g=null to use the fixed threshold, or drop "
                            f"rollout.eps_g_threshold to calibrate")
+    if cfg.calibrate_termination and cfg.termination_margin != 0.0:
+        raise OffmarlError(f"termination_margin={cfg.termination_margin} is set but calibrate_termination=true would "
+                           f"replace it; set calibrate_termination=false to use the fixed margin, or drop it")
     if thr is None and q is None:
         raise OffmarlError("no eps_g termination threshold: set calibrate_eps_g (a quantile, default 0.99) or "
                            "rollout.eps_g_threshold (a fixed value; the reference's is 2)")
@@ -108,7 +119,8 @@ class Algorithm:
         self.rollout_cfg = cfg.rollout
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.generators = {"moma": self.gen}
-        self.model, self.planner, self.model_info = None, None, {}
+        self.model, self.planner, self.model_info, self.done_rule = None, None, {}, None
+        self._since_eval: list[tuple[float, float, float]] = []  # (raw reward, length, terminated) per iteration
 
     def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
         check_config(cfg)
@@ -142,13 +154,24 @@ class Algorithm:
         log(("loaded" if self.model_info.get("cached") else "fitted") + f" world model {self.model_info.get('path')}")
         self.model.eval()
 
-        self.box = dataset_box(dataset, self.device)
+        self.box = dataset_box(dataset, self.device, halt_quantile=cfg.rollout.halt_quantile)
         if cfg.calibrate_eps_g is not None:
             g = torch.Generator(device=self.device).manual_seed(seed + 1)
             thr = calibrate_eps_g_threshold(self.model, dataset, quantile=cfg.calibrate_eps_g, generator=g,
                                             device=self.device)
             self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(thr))
-        log(f"eps_g termination threshold {self.rollout_cfg.eps_g_threshold:.4g}")
+        log(f"eps_g termination threshold {self.rollout_cfg.eps_g_threshold:.4g}; HALT reward/step "
+            f"{float(self.box['halt_reward']):.4g} (quantile {cfg.rollout.halt_quantile} of the data's rewards)")
+        self.done_rule = termination_rule(self.env, dataset, cfg.termination_margin, self.device)
+        if self.done_rule is not None and cfg.calibrate_termination:
+            g = torch.Generator().manual_seed(seed + 2)
+            self.done_rule, cal = calibrate_termination(self.model, dataset, self.done_rule, self.rollout_cfg.horizon,
+                                                        cfg.termination_windows, self.box, g)
+            b, a = cal["before"], cal["after"]
+            log(f"termination margin {cal['margin']:.4g} std: {self.rollout_cfg.horizon}-step termination rate "
+                f"real {b['real_rate']:.3f}, model {b['model_rate']:.3f} -> {a['model_rate']:.3f} "
+                f"(recall {b['recall']:.2f} -> {a['recall']:.2f}, false positives {b['false_positive_rate']:.3f} "
+                f"-> {a['false_positive_rate']:.3f}, {a['windows']} windows)")
 
         self.mappo = MAPPO.from_spec(spec, cfg.ppo, self.device)
         t = dataset.tensors(self.device)
@@ -159,7 +182,7 @@ class Algorithm:
                                         log=log)
 
     @classmethod
-    def for_evaluation(cls, dataset, cfg: Config, device, seed: int, log=print) -> "Algorithm":
+    def for_evaluation(cls, dataset, cfg: Config, device, seed: int, log=print) -> Algorithm:
         """Only what acting needs (the MA-PPO agents): no world model, no planner, no fitting.
         ``offmarl evaluate`` uses this, then ``load_state_dict`` restores the agents."""
         self = cls.__new__(cls)
@@ -181,17 +204,41 @@ class Algorithm:
 
     def update(self, step: int) -> dict:
         start = self._start_states()
-        done_fn = self.env.terminated if self.env.has_termination_rule else None
+        # the env's rule with its (calibrated) margin; envs whose rule is only "state finite" (reacher):
+        # that rule; envs without one: None = the model's head
+        done_fn = self.done_rule or (self.env.terminated if self.env.has_termination_rule else None)
         batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
                                     self.box, self.gen, done_fn=done_fn, gamma=self.gamma, history=self.k,
                                     planner=self.planner)
         metrics = self.mappo.update(batch, self.gen)
         metrics.update({k: float(v) for k, v in info.items()})
+        self._since_eval.append((info["mean_raw_reward"], info["mean_length"], info["frac_model_terminated"]))
         return metrics
 
+    def evaluation_extras(self, real: dict) -> dict:
+        """The model-vs-real gap logged with every evaluation (the driver's hook): the model's raw
+        reward per step, rollout length and termination share under the policy since the last
+        evaluation, next to the real reward per step (``real`` = evaluate_policy's result)."""
+        rows, self._since_eval = self._since_eval, []
+        if not rows:
+            return {}
+        n = len(rows)
+        model_r = sum(r[0] for r in rows) / n
+        real_r = real.get("reward_per_step")
+        out = {"model_reward_per_step": model_r, "model_rollout_length": sum(r[1] for r in rows) / n,
+               "model_frac_terminated": sum(r[2] for r in rows) / n}
+        if real_r:
+            out["model_over_real_reward"] = model_r / real_r
+        return out
+
     def state_dict(self) -> dict:
-        return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold}
+        margin = None if self.done_rule is None else self.done_rule.margin
+        return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold,
+                "termination_margin": margin, "since_eval": list(self._since_eval)}
 
     def load_state_dict(self, d: dict) -> None:
         self.mappo.load_state_dict(d["mappo"])
         self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(d["eps_g_threshold"]))
+        self._since_eval = [tuple(r) for r in d.get("since_eval", [])]  # a resumed run logs the same gap
+        if self.done_rule is not None and d.get("termination_margin") is not None:  # older checkpoints: none saved
+            self.done_rule = self.done_rule.with_margin(d["termination_margin"])

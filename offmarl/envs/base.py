@@ -114,6 +114,10 @@ class MultiAgentEnv(abc.ABC):
     #: True when ``terminated(states)`` implements the environment's own termination rule
     has_termination_rule = False
 
+    #: The rule as bounds on state dimensions: [(index, low, high, strict), ...] (healthy = every
+    #: state[index] inside its bounds); worldmodel/termination.py calibrates a margin on them
+    termination_conditions: tuple[tuple[int, float, float, bool], ...] = ()
+
     def terminated(self, states):
         """states [B, S] -> bool [B]: would the episode end on reaching these states?"""
         raise EnvError(f"{self.spec.name}: no termination rule on states (use the world model's head)")

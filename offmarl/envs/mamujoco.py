@@ -199,6 +199,10 @@ class MaMuJoCoEnv(MultiAgentEnv):
 
     has_termination_rule = True
 
+    @property
+    def termination_conditions(self) -> list[tuple[int, float, float, bool]]:
+        return list(_HEALTHY.get(self.scenario.scenario, []))
+
     def terminated(self, states):
         """The environment's own termination rule applied to states [B, S] (numpy or torch)
         -> bool [B] (True = the episode would end on reaching this state). Used by model

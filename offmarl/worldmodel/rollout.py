@@ -18,9 +18,11 @@ steps (never over rollouts, agents or members). Each step:
                                                              the UNCLIPPED predicted state when the env has one
                                                              (MBPO/MOPO), else the model's learned head
     eps_g > threshold (RAW eps_g) ends the rollout as ``uncertain_end`` says:
-        halt     (default) terminal, and the step's reward gets gamma * r_min / (1 - gamma):
-                 the pessimistic value of an absorbing HALT state (MOReL), r_min = the
-                 dataset's lowest reward (0 if none is negative)
+        halt     (default) terminal, and the step's reward gets gamma * r_halt / (1 - gamma):
+                 the pessimistic value of an absorbing HALT state (MOReL), r_halt = the
+                 ``halt_quantile`` quantile of the dataset's rewards (0: the lowest, MOReL's
+                 r_min), 0 if it is not negative. The minimum can be one outlier worth ~140
+                 steps of reward (ant-medium: -470), which drowns the PPO signal.
         timeout  bootstrap from V(next_state) (MBPO-style truncation)
         terminal no bootstrap, value 0 — exploitable when rewards are negative (reacher): ending
                  early is then better than continuing, so the policy seeks uncertainty
@@ -65,12 +67,16 @@ class RolloutConfig:
     uncertain_end: str = "halt"     # halt | timeout | terminal: how eps_g > threshold ends a rollout (module doc)
     termination: str = "env"        # env: the env's rule on predicted states when it has one (MBPO/MOPO), else
                                     # the model's head; model: always the learned head (MOMA-PPO reference)
+    halt_quantile: float = 0.0      # HALT value from this quantile of the data's rewards; 0 = the minimum
+    #                                 (MOReL's r_min); ``dataset_box(..., halt_quantile=)`` computes it
 
     def __post_init__(self):
         if self.uncertain_end not in ("halt", "timeout", "terminal"):
             raise OffmarlError(f"rollout.uncertain_end must be halt, timeout or terminal, got {self.uncertain_end!r}")
         if self.termination not in ("env", "model"):
             raise OffmarlError(f"rollout.termination must be env or model, got {self.termination!r}")
+        if not 0.0 <= self.halt_quantile < 1.0:
+            raise OffmarlError(f"rollout.halt_quantile must be in [0, 1), got {self.halt_quantile}")
 
 
 class Policy(Protocol):
@@ -80,16 +86,20 @@ class Policy(Protocol):
         ...
 
 
-def dataset_box(dataset, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Per-dimension min/max of the dataset's states (and next states) and of its rewards.
+def dataset_box(dataset, device: str | torch.device = "cpu", halt_quantile: float = 0.0) -> dict[str, torch.Tensor]:
+    """Per-dimension min/max of the dataset's states (and next states) and of its rewards, and the
+    reward that values the HALT state (RolloutConfig.halt_quantile).
 
-    returns state_low [S], state_high [S], reward_low [], reward_high []
+    returns state_low [S], state_high [S], reward_low [], reward_high [], halt_reward [] (the
+    ``halt_quantile`` quantile of the rewards, capped at 0), halt_quantile []
     """
     t = dataset.tensors(device)
     s = torch.cat([t["states"], t["next_states"]], dim=0)
+    r = t["rewards"]
+    q = torch.quantile(r, halt_quantile) if halt_quantile > 0 else r.amin()
     return {
-        "state_low": s.amin(0), "state_high": s.amax(0),
-        "reward_low": t["rewards"].amin(), "reward_high": t["rewards"].amax(),
+        "state_low": s.amin(0), "state_high": s.amax(0), "reward_low": r.amin(), "reward_high": r.amax(),
+        "halt_reward": q.clamp(max=0.0), "halt_quantile": torch.tensor(float(halt_quantile), device=r.device),
     }
 
 
@@ -181,6 +191,18 @@ class EnsembleLookahead:
         return clip_states(out["next_states"], self.box), memory, score
 
 
+def halt_reward(cfg: RolloutConfig, box: dict[str, torch.Tensor] | None, like: torch.Tensor) -> torch.Tensor:
+    """The per-step reward of the absorbing HALT state: box["halt_reward"] (0 without a box)."""
+    if box is None:
+        return like.new_zeros(())
+    if "halt_reward" not in box:  # a box made by hand: the minimum, as before halt_quantile existed
+        return box["reward_low"].clamp(max=0.0)
+    if abs(float(box["halt_quantile"]) - cfg.halt_quantile) > 1e-6:
+        raise OffmarlError(f"rollout.halt_quantile={cfg.halt_quantile} but the box was made with "
+                           f"halt_quantile={float(box['halt_quantile'])}; pass the same value to dataset_box")
+    return box["halt_reward"]
+
+
 def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch.Tensor, g: torch.Tensor,
              box: dict[str, torch.Tensor] | None, gamma: float, next_states: torch.Tensor | None = None,
              done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -204,8 +226,8 @@ def end_step(cfg: RolloutConfig, h: int, rewards: torch.Tensor, done_prob: torch
         done = model_done | unc_done
         timeout = ~done if last else torch.zeros_like(done)
         if cfg.uncertain_end == "halt":
-            r_min = box["reward_low"].clamp(max=0.0) if box is not None else rewards.new_zeros(())
-            halt = gamma * r_min / (1.0 - gamma)
+            r_halt = halt_reward(cfg, box, rewards)
+            halt = gamma * r_halt / (1.0 - gamma)
             rewards = torch.where(unc_done & ~model_done, rewards + halt, rewards)
     return {"rewards": rewards, "dones": done, "timeouts": timeout, "ended": done | unc_done,
             "model_done": model_done, "unc_done": unc_done}
@@ -234,10 +256,12 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
     hist_mask, next_hist_obs, next_hist_actions, next_hist_mask when K > 0], actions, logp [H, B, N],
     rewards (penalised), raw_rewards, eps_g, eps_r, done_prob, dones (terminal: no bootstrap),
     timeouts (bootstrap), valid, next_states, next_obs.
-    info: frac_uncertainty_terminated, frac_model_terminated, mean_length, mean_eps_g, mean_raw_reward,
-    mean_penalty (means over valid steps); with a planner also planner_seconds (sampling the
-    candidates and looking ahead; host time: on CUDA, where nothing in the loop waits for the device,
-    it counts the kernel launches), planner_rollout_seconds (the whole rollout), planner_frac_replaced
+    info: frac_uncertainty_terminated, frac_model_terminated, frac_halted (rows ended by uncertainty
+    alone: the HALT fraction), mean_length, mean_eps_g, mean_raw_reward, mean_penalty (means over
+    valid steps), penalty_over_raw (mean_penalty / |mean_raw_reward|); with a planner also
+    planner_seconds (sampling the candidates and looking ahead; host time: on CUDA, where nothing in
+    the loop waits for the device, it counts the kernel launches), planner_rollout_seconds (the whole
+    rollout), planner_frac_replaced
     (valid steps where a candidate other than 0 won), planner_score_gain (mean score of candidate 0
     minus the chosen one's, over valid steps).
     """
@@ -258,7 +282,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
 
     steps: list[dict[str, torch.Tensor]] = []
     alive = torch.ones(b, dtype=torch.bool, device=dev)
-    by_uncertainty, by_model = torch.zeros_like(alive), torch.zeros_like(alive)
+    by_uncertainty, by_model, halted = torch.zeros_like(alive), torch.zeros_like(alive), torch.zeros_like(alive)
     rows = torch.arange(b, device=dev)
     plan_seconds = 0.0
     replaced, gain, n_valid = (states.new_zeros(()) for _ in range(3))  # summed on the device: no sync per step
@@ -304,6 +328,7 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         steps.append(rec)
         by_uncertainty |= alive & end["unc_done"]
         by_model |= alive & end["model_done"]
+        halted |= alive & end["unc_done"] & ~end["model_done"]
         alive = alive & ~end["ended"]
         states, obs, hist = next_states, rec["next_obs"], nxt
 
@@ -317,7 +342,10 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         "mean_eps_g": float((batch["eps_g"] * v).sum() / nv),
         "mean_raw_reward": float((batch["raw_rewards"] * v).sum() / nv),
         "mean_penalty": float(((batch["raw_rewards"] - batch["rewards"]) * v).sum() / nv),
+        "frac_halted": float(halted.float().mean()),
     }
+    # the penalty (eps terms + HALT values) against the raw model reward it competes with
+    info["penalty_over_raw"] = info["mean_penalty"] / max(abs(info["mean_raw_reward"]), 1e-8)
     if planner is not None:
         info.update({"planner_seconds": plan_seconds, "planner_rollout_seconds": time.perf_counter() - t_start,
                      "planner_frac_replaced": float(replaced / n_valid.clamp_min(1.0)),
