@@ -88,7 +88,7 @@ def render(rows: list[dict], source: str) -> str:
 
     it, ppo = by(rows, "moma_ppo_iteration"), by(rows, "mappo_update")
     if it or ppo:
-        out += ["MOMA-PPO, ant config (configs/moma-ppo.yaml + moma-ppo-ant.yaml; planner from moma-ppo-mag.yaml):", ""]
+        out += ["MOMA-PPO, ant config (configs/moma-ppo.yaml blocks `ant`, planner from `mag`):", ""]
         body = [[f"iteration ({r['starts']} starts x {r['horizon']} + MA-PPO update), "
                  + ("plain" if r["planner"] == "plain" else "MAG planner"), cell(r, "s_per_iteration"), "–"]
                 for r in it]

@@ -27,7 +27,8 @@ def endings(ds) -> dict:
     r = ds.rewards
     return {"rows": len(ds), "episodes": len(ends), "mean_length": float(lengths.mean()),
             "median_length": float(np.median(lengths)), "terminated": float(term.mean()),
-            "jump_z_above_1": float((term & (z > 1.0)).mean()), "collapse_z_below_0.2": float((term & (z < 0.2)).mean()),
+            "jump_z_above_1": float((term & (z > 1.0)).mean()),
+            "collapse_z_below_0.2": float((term & (z < 0.2)).mean()),
             "timeout": float((~term).mean()), "rows_flipped": float(flipped.mean()),
             "reward_flipped": float(r[flipped].mean()) if flipped.any() else float("nan"),
             "reward_upright": float(r[~flipped].mean())}

@@ -80,7 +80,8 @@ def main() -> None:
     p.add_argument("--scan-only", action="store_true", help="only the collector_scan rows")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
-    emit(bench="machine", cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2), torch_threads=torch.get_num_threads())
+    emit(bench="machine", cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2),
+         torch_threads=torch.get_num_threads())
     for n in (int(x) for x in args.scan_envs.split(",")):
         collector_scan(args.map, n, 200)
     if args.scan_only:

@@ -117,7 +117,8 @@ def main(argv=None) -> dict:
              f"**{fitted.margin:.3f} std** of torso z (std {float(rule0.scale[0]):.3f})."), "",
              (f"Held-out: {len(hold):,} rows ({hold.origin}), real actions replayed from real states; "
              "cells are margin 0 (env rule) / fitted margin."), "",
-             "| k | real rate | model rate | recall | false-positive rate | windows (ending) |", "|---|---|---|---|---|---|"]
+             "| k | real rate | model rate | recall | false-positive rate | windows (ending) |",
+             "|---|---|---|---|---|---|"]
     for k in a.ks:
         starts, w = window_starts(hold, k, a.windows, torch.Generator().manual_seed(a.seed + k))
         rep = replay_windows(model, hold, starts, k, box, torch.Generator().manual_seed(a.seed + 100 + k), rule0)

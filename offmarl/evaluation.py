@@ -94,7 +94,8 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                 avail = None
                 if spec.discrete:
                     avail = torch.as_tensor(
-                        np.stack([envs[b].avail_actions() if alive[b] else np.ones((spec.n_agents, spec.n_actions), bool)
+                        np.stack([envs[b].avail_actions() if alive[b]
+                                  else np.ones((spec.n_agents, spec.n_actions), bool)
                                   for b in range(wave)]), device=device)
                 actions, _ = policy.act(obs_t, hist, avail, deterministic, gen)
                 if not spec.discrete:  # the env and the memory get what is executed (as in the dataset)
@@ -102,8 +103,10 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
                 if hist is not None:
                     hist = {
                         "hist_obs": torch.cat([hist["hist_obs"][:, 1:], obs_t[:, None]], 1),
-                        "hist_actions": torch.cat([hist["hist_actions"][:, 1:], actions[:, None].to(hist["hist_actions"].dtype)], 1),
-                        "hist_mask": torch.cat([hist["hist_mask"][:, 1:], torch.ones(wave, 1, dtype=torch.bool, device=device)], 1),
+                        "hist_actions": torch.cat([hist["hist_actions"][:, 1:],
+                                                   actions[:, None].to(hist["hist_actions"].dtype)], 1),
+                        "hist_mask": torch.cat([hist["hist_mask"][:, 1:],
+                                                torch.ones(wave, 1, dtype=torch.bool, device=device)], 1),
                     }
                 a = actions.cpu().numpy()
                 if a.dtype.kind == "f" and not np.isfinite(a).all():

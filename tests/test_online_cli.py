@@ -18,7 +18,8 @@ ENV = {**os.environ, "OFFMARL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def offmarl(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "offmarl.cli.main", *args], check=False, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "offmarl.cli.main", *args], check=False, capture_output=True,
+                          text=True,
                           env=ENV, timeout=timeout)
 
 

@@ -322,7 +322,8 @@ def test_rollout_shapes_masks_and_determinism():
     box = dataset_box(ds)
 
     def run(seed):
-        return model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box, torch.Generator().manual_seed(seed),
+        gen = torch.Generator().manual_seed(seed)
+        return model_rollout(model, LinearGaussianPolicy(), start, observe, cfg, box, gen,
                              gamma=0.99, history=k)
 
     batch, info = run(0)
@@ -410,7 +411,7 @@ def test_epoch_early_stopping_stops_on_patience_and_only_there(patience):
     assert stats["stopped_early"] and stats["steps"] == seen[-1]["step"] < 400 * epoch_len
     # replay the rule on the reported numbers: count evaluations without improvement
     best, run, stops = list(stats["initial_holdout_mse"]), 0, []
-    for i, p in enumerate(seen):
+    for p in seen:
         if _improved_any(best, p["holdout_mse"], cfg.min_improvement):
             run = 0
         else:

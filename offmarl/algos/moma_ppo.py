@@ -47,7 +47,7 @@ class Config:
     #     hypernetwork, `critic: mixer`, 2.2x the cost)
     ppo: MAPPOConfig = field(default_factory=lambda: MAPPOConfig(
         actor_hidden=(128, 128), critic_hidden=(128, 128), minibatch_size=2048, critic="state"))
-    planner: PlannerConfig = field(default_factory=PlannerConfig)          # off; configs/moma-ppo.yaml `mag`, docs/mag.md
+    planner: PlannerConfig = field(default_factory=PlannerConfig)  # off; configs/moma-ppo.yaml `mag`, docs/mag.md
     rollout_batch: int = 1_000       # ours: 1000 start states x 10 steps = 10k synthetic transitions (ref ~2k)
     calibrate_eps_g: float | None = 0.99  # quantile of eps_g on the data used as threshold (ours); None = use
     #                                      rollout.eps_g_threshold (the reference's fixed value is 2)

@@ -78,7 +78,7 @@ def _online_mappo() -> MAPPOConfig:
 
 @dataclass
 class PlannerSettings:
-    l: int = 5  # MAG 2s3z (REFERENCE §1.2); per-map values in configs/online.yaml
+    l: int = 5  # noqa: E741 (MAG's L) MAG 2s3z (REFERENCE §1.2); per-map values in configs/online.yaml
     h: int = 10  # MAG 2s3z
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
 
@@ -289,10 +289,10 @@ class OnlineAlgorithm:
             batch = self._sample()
             feat = self.model.observe(batch["obs"], batch["action"], batch["first"], self.generators["imagine"])["feat"]
             start = feat[~batch["terminal"]]
-        l = self.cfg.planner.l if self.cfg.algo == "mag" else 1
+        n_cand = self.cfg.planner.l if self.cfg.algo == "mag" else 1
         t0 = time.perf_counter()
         out, info = imagine(self.model, self.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
-                            l=l, select=self._select)
+                            l=n_cand, select=self._select)
         info["imagine_seconds"] = time.perf_counter() - t0
         return out, info
 

@@ -108,7 +108,8 @@ class SequenceReplay:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in KEYS:
             saved = state["data"][k]
-            if state["cap"] != self.cap or saved.shape[2:] != self.data[k].shape[2:] or saved.shape[0] != self.n_streams:
+            if (state["cap"] != self.cap or saved.shape[2:] != self.data[k].shape[2:]
+                    or saved.shape[0] != self.n_streams):
                 raise OffmarlError(f"replay checkpoint: '{k}' has shape {saved.shape} (capacity {state['cap']}), this "
                                    f"run's replay {self.data[k].shape}; resume with the run's own config")
             self.data[k][:, :saved.shape[1]] = saved

@@ -46,7 +46,7 @@ SCORES = ("error_model", "uncertainty")
 @dataclass
 class PlannerConfig:
     kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md)
-    l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo-mag.yaml)
+    l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo.yaml `mag`)
     h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
     score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network)
     discount: float = 1.0       # discount^(j-1) on the continuation's scores (MAG Algorithm 1: plain sum)

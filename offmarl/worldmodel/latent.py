@@ -191,10 +191,12 @@ class LatentWorldModel(nn.Module):
         # KL balancing: train the prior towards the posterior faster than the reverse
         kl_prior = _kl(out["post"].detach(), out["prior"]).mean()
         kl_post = _kl(out["post"], out["prior"].detach()).mean()
-        kl = cfg.kl_balance * kl_prior.clamp_min(cfg.free_nats) + (1 - cfg.kl_balance) * kl_post.clamp_min(cfg.free_nats)
+        kl = (cfg.kl_balance * kl_prior.clamp_min(cfg.free_nats)
+              + (1 - cfg.kl_balance) * kl_post.clamp_min(cfg.free_nats))
         total = obs_loss + reward_loss + cont_loss + avail_loss + prev_loss + cfg.kl_scale * kl
         terms = {"model_loss": total.detach(), "obs_loss": obs_loss.detach(), "reward_loss": reward_loss.detach(),
-                 "cont_loss": cont_loss.detach(), "avail_loss": avail_loss.detach(), "prev_action_loss": prev_loss.detach(),
+                 "cont_loss": cont_loss.detach(), "avail_loss": avail_loss.detach(),
+                 "prev_action_loss": prev_loss.detach(),
                  "kl": kl_prior.detach()}
         return total, terms, feat
 

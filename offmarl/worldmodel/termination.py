@@ -14,7 +14,8 @@ dataset's std):
 are replayed in the model (one random elite's mean per step, clipped as rollouts are) and the
 margin is chosen so that the share of windows the model terminates within k steps equals the
 share that really terminated within k steps (a weighted quantile of the windows' min slack; the
-windows are stratified so the rare real terminations are well represented: ``window_starts``). The model still RANKS the risk well, so matching the rate also lifts recall.
+windows are stratified so the rare real terminations are well represented: ``window_starts``). The
+model still RANKS the risk well, so matching the rate also lifts recall.
 
 Windows: every start row t whose episode either runs k more steps or ends by termination within
 them (windows cut by a time-out are left out). The model is tested only on the steps that
