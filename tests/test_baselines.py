@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
+from offmarl.data.dataset import MultiAgentDataset
 from offmarl.data.generate import generate_coordination
 from offmarl.driver import algorithm_module as algo_module
 from offmarl.driver import real_env_evaluator, resolve_config
-from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import evaluate_policy
 from offmarl.loop import LoopConfig, train
@@ -31,54 +30,15 @@ LOSS_KEY = {"ibc": "bc_loss"}  # the others: critic_loss
 DATASETS = ["coordination", "reacher"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machines this runs on are small and shared: one intra-op thread is faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def coordination_dataset(size: int = 200, seed: int = 0) -> MultiAgentDataset:
     # the registry's coordination-unfavorable recipe (P(right) = 0.8 / 0.2), made small
     return generate_coordination((0.8, 0.2), size, seed, meta_fields={
         "name": "coordination-unfavorable", "ref_min_return": 0.0, "ref_max_return": 1.0})
 
 
-def reacher_dataset(size: int = 500, seed: int = 0) -> MultiAgentDataset:
-    """Uniform random joint actions in the real Reacher 2x1 (fo observations, 50-step episodes)."""
-    env = make_env("reacher-2x1", obs="fo")
-    spec = env.spec
-    rng = np.random.default_rng(seed)
-    rows = {k: [] for k in ("states", "next_states", "observations", "next_observations", "actions",
-                            "rewards", "terminals", "timeouts")}
-    obs, state, _ = env.reset(seed=seed)
-    episode = 0
-    while len(rows["rewards"]) < size:
-        action = rng.uniform(-1, 1, (spec.n_agents, spec.max_action_dim))
-        next_obs, next_state, reward, term, trunc, _ = env.step(action)
-        for key, value in zip(rows, (state, next_state, obs, next_obs, action, reward, term, trunc and not term)):
-            rows[key].append(value)
-        obs, state = next_obs, next_state
-        if term or trunc:
-            episode += 1
-            obs, state, _ = env.reset(seed=seed + episode)
-    env.close()
-    arr = {k: np.asarray(v) for k, v in rows.items()}
-    for k in ("states", "next_states", "observations", "next_observations", "actions", "rewards"):
-        arr[k] = arr[k].astype(np.float32)
-    arr["terminals"], arr["timeouts"] = arr["terminals"].astype(bool), arr["timeouts"].astype(bool)
-    arr["timeouts"][-1] |= not arr["terminals"][-1]
-    meta = DatasetMeta(env="reacher-2x1", obs_scheme=spec.obs_scheme, n_agents=spec.n_agents,
-                       obs_dims=spec.obs_dims, action_dims=spec.action_dims, state_dim=spec.state_dim,
-                       discrete=False, name="reacher-random-test", ref_min_return=-11.1446, ref_max_return=-4.2371)
-    return MultiAgentDataset(**arr, meta=meta)
-
-
 @pytest.fixture(scope="module")
-def datasets():
-    return {"coordination": coordination_dataset(), "reacher": reacher_dataset()}
+def datasets(reacher_random_dataset):
+    return {"coordination": coordination_dataset(), "reacher": reacher_random_dataset}
 
 
 def small_config(algo: str, **changes):
