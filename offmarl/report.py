@@ -20,6 +20,9 @@ Written to REPORT_DIR:
     profile.png                  rliable performance profile (fraction of runs with score > tau)
 Paper numbers (``paper_references``) come from a YAML file with a citation per source
 (offmarl/data/paper_results.yaml by default) and print beside ours.
+
+rliable, scipy and matplotlib are imported inside the functions that use them (lazy): together they
+take seconds to import, and `offmarl sweep` imports this module only to name the report command.
 """
 from __future__ import annotations
 
@@ -130,7 +133,7 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[Path]]:
 # ---------------------------------------------------------------------------- statistics
 def iqm(x) -> float:
     """Interquartile mean: ``scipy.stats.trim_mean(x, 0.25)`` (rliable.metrics.aggregate_iqm)."""
-    from rliable import metrics
+    from rliable import metrics  # lazy (rliable, scipy, matplotlib: seconds to import; see the module doc)
 
     return float(metrics.aggregate_iqm(np.asarray(x, dtype=np.float64)))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import random
 import socket
 import time
@@ -297,7 +298,6 @@ class RunDir:
 
     def rewrite_tensorboard(self, rows: list[dict[str, Any]]) -> None:
         """Replace tb/ with exactly ``rows`` (event files cannot be cut, so they are rewritten)."""
-        import shutil
 
         tb_dir = self.path / "tb"
         if self._tb:
@@ -315,6 +315,7 @@ class RunDir:
     def _tensorboard(self):
         if self._tb is None:
             try:
+                # lazy: tensorboard costs ~1 s to import and only runs that log need it
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.path / "tb"))

@@ -204,6 +204,7 @@ class MultiAgentDataset:
     # ------------------------------------------------------------------ views
     def with_obs(self, scheme: str) -> MultiAgentDataset:
         """The same data with observations re-derived from the states for another scheme."""
+        # lazy: the envs load MuJoCo / JAX; reading and validating a dataset file must not
         from offmarl.envs import make_env
 
         env = make_env(self.meta.env, obs=scheme)
@@ -225,7 +226,7 @@ class MultiAgentDataset:
         ``load_state_dict`` restores afterwards (tests/test_run_provenance.py checks that the
         returns equal those of the algorithm built on the real dataset). Two rows, not one, so
         that a normaliser fitted on them has a defined std. Never used to train."""
-        from offmarl.envs import make_env
+        from offmarl.envs import make_env  # lazy: as in with_obs
 
         env = make_env(meta.env, obs=meta.obs_scheme)
         rows: dict[str, list] = {k: [] for k in ARRAY_KEYS + OPTIONAL_KEYS}
@@ -267,7 +268,7 @@ class MultiAgentDataset:
     # ------------------------------------------------------------------ sampling
     def tensors(self, device="cpu") -> dict[str, Any]:
         """All arrays as torch tensors on ``device`` (cached: one host->device copy in total)."""
-        import torch
+        import torch  # lazy: `offmarl datasets info/list` read datasets without loading torch
 
         key = str(device)
         if key not in self._tensors:

@@ -186,7 +186,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
     def observe(self, states):
         """states [B, S] (numpy or torch) -> obs [B, N, O_max], zero-padded."""
         if hasattr(states, "new_zeros"):  # torch
-            import torch
+            import torch  # lazy: the env itself runs on numpy; torch only when given torch states
 
             key = states.device
             if key not in self._torch_gather:
@@ -209,7 +209,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
         rollouts instead of a learned termination head (MBPO/MOPO's static termination)."""
         is_torch = hasattr(states, "new_zeros")
         if is_torch:
-            import torch
+            import torch  # lazy: as in observe
 
             healthy = torch.isfinite(states).all(-1)
         else:
