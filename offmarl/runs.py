@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import random
+import shutil
 import socket
 import time
 from datetime import UTC, datetime
