@@ -1,8 +1,8 @@
 """Learning curves of online runs (offmarl online): win rate of the greedy evaluations against
 env steps, per map and algorithm, mean and range over seeds -> a PNG and a markdown table.
 
-Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/online_results/curves.png]
-                                          [--md docs/online_results/table.md]
+Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/results/online/curves.png]
+                                          [--md docs/results/online/table.md]
 Every run directory under RUNS_DIR made by `offmarl online` is read (config.yaml,
 metrics.jsonl, eval.json); unfinished runs are plotted up to their last evaluation and marked.
 """
@@ -37,8 +37,8 @@ def read_run(path: Path) -> dict | None:
 def main() -> None:
     p = argparse.ArgumentParser(description="online learning curves -> PNG + markdown table")
     p.add_argument("runs", type=Path)
-    p.add_argument("--png", type=Path, default=Path("docs/online_results/curves.png"))
-    p.add_argument("--md", type=Path, default=Path("docs/online_results/table.md"))
+    p.add_argument("--png", type=Path, default=Path("docs/results/online/curves.png"))
+    p.add_argument("--md", type=Path, default=Path("docs/results/online/table.md"))
     args = p.parse_args()
     runs = [r for r in (read_run(d) for d in sorted(args.runs.rglob("*")) if d.is_dir()) if r]
     if not runs:
