@@ -13,6 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from offmarl.errors import OffmarlError
@@ -49,6 +50,30 @@ def torch_load_plain(path: str | Path, what: str = "file", map_location: Any = "
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError) as e:
         raise UnsafeFileError(f"{path}: cannot be read as a torch {what}: it is truncated or corrupt "
                               f"({_first_line(e)}){tail}") from None
+
+
+def arrays_to_tensors(obj: Any) -> Any:
+    """Numpy arrays and scalars inside nested dicts/lists/tuples -> torch tensors, so that state
+    kept as numpy (JAX env states, replay buffers) can go into a plain-data checkpoint.
+    ``tensors_to_arrays`` is the inverse."""
+    if isinstance(obj, np.ndarray | np.generic):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return {k: arrays_to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(arrays_to_tensors(v) for v in obj)
+    return obj
+
+
+def tensors_to_arrays(obj: Any) -> Any:
+    """Torch tensors inside nested dicts/lists/tuples -> numpy arrays (see ``arrays_to_tensors``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: tensors_to_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(tensors_to_arrays(v) for v in obj)
+    return obj
 
 
 def _forbidden_global(message: str) -> str:

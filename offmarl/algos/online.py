@@ -37,6 +37,7 @@ from offmarl.envs.base import EnvSpec
 from offmarl.envs.smac import BACKENDS, SmaxVecEnv, make_vec_smac
 from offmarl.errors import OffmarlError
 from offmarl.planners.mag import plan
+from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
 from offmarl.worldmodel.latent import (
     ErrorPredictor,
     LatentLookahead,
@@ -335,13 +336,14 @@ class OnlineAlgorithm:
     # -- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"mappo": self.mappo.state_dict(), "env_steps": self.env_steps, "episodes": self.episodes,
-                              "obs": self._obs, "recent": list(self._recent)}
+                              "obs": arrays_to_tensors(self._obs), "recent": list(self._recent)}
+        # the env (JAX state) and the replay keep numpy arrays: stored as tensors, checkpoints stay plain data
         if self.env is not None:
-            st["env"] = self.env.state_dict()
+            st["env"] = arrays_to_tensors(self.env.state_dict())
         if self.model is not None:
             st["model"], st["model_opt"] = self.model.state_dict(), self.model_opt.state_dict()
             if self.env is not None:
-                st["replay"] = self.replay.state_dict()
+                st["replay"] = arrays_to_tensors(self.replay.state_dict())
         if self.error_model is not None:
             st["error_model"], st["error_opt"] = self.error_model.state_dict(), self.error_opt.state_dict()
         return st
@@ -351,14 +353,14 @@ class OnlineAlgorithm:
         if self.env is None:  # evaluation only needs the policy
             return
         self.env_steps, self.episodes = int(st["env_steps"]), int(st["episodes"])
-        self._obs, self._recent = st["obs"], list(st["recent"])
+        self._obs, self._recent = tensors_to_arrays(st["obs"]), list(st["recent"])
         if self.env is not None and "env" in st:
-            self.env.load_state_dict(st["env"])
+            self.env.load_state_dict(tensors_to_arrays(st["env"]))
         if self.model is not None and st.get("model") is not None:
             self.model.load_state_dict(st["model"])
             self.model_opt.load_state_dict(st["model_opt"])
             if self.env is not None:
-                self.replay.load_state_dict(st["replay"])
+                self.replay.load_state_dict(tensors_to_arrays(st["replay"]))
         if self.error_model is not None:
             self.error_model.load_state_dict(st["error_model"])
             self.error_opt.load_state_dict(st["error_opt"])

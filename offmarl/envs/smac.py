@@ -552,16 +552,21 @@ class SmaxVecEnv:
         """Everything needed to continue exactly (the JAX key and env states as numpy arrays)."""
         if self._env_state is None:
             return {"started": False, "key": np.asarray(self._key)}
-        return {"started": True, **self._jax.device_get({"key": self._key, "env_state": self._env_state,
-                                                         "ep_return": self._ep_return, "ep_length": self._ep_length}),
-                "avail": self._avail.copy()}
+        got = self._jax.device_get({"key": self._key, "ep_return": self._ep_return, "ep_length": self._ep_length})
+        # the env state as its list of leaves (plain arrays): a checkpoint holds no jaxmarl classes
+        leaves = [np.asarray(x) for x in self._jax.tree.leaves(self._jax.device_get(self._env_state))]
+        return {"started": True, **got, "env_state": leaves, "avail": self._avail.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         jnp = self._jax.numpy
-        self._key = jnp.asarray(state["key"])
         if not state["started"]:
+            self._key = jnp.asarray(state["key"])
             return
-        self._env_state = self._jax.tree.map(jnp.asarray, state["env_state"])
+        if self._env_state is None:  # the tree structure of the env state comes from a reset
+            self.reset()
+        tree = self._jax.tree.structure(self._env_state)
+        self._env_state = self._jax.tree.unflatten(tree, [jnp.asarray(x) for x in state["env_state"]])
+        self._key = jnp.asarray(state["key"])
         self._ep_return, self._ep_length = jnp.asarray(state["ep_return"]), jnp.asarray(state["ep_length"])
         self._avail = np.asarray(state["avail"])
 
