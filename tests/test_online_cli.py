@@ -47,7 +47,7 @@ def test_envs_list_shows_registered_maps():
 
 # mappo runs the acceptance command with its defaults; mamba and mag run it with the `smoke` block:
 # with the CPU defaults 2000 env steps cost ~15 min (mamba) and hours (mag: MAG's L 5 x H 10 planner),
-# too long for CI (docs/online.md, "Cost")
+# too long for CI (docs/online.md, "Not done yet")
 @pytest.mark.slow
 @pytest.mark.parametrize("algo,extra", [("mappo", []), ("mamba", ["--config", "smoke"]),
                                         ("mag", ["--config", "smoke"])])
