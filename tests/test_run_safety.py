@@ -95,7 +95,7 @@ def test_cross_play_refuses_code_in_the_other_run(trained, tmp_path, capsys):
     good = copy_run(run, tmp_path / "good")
     bad = copy_run(run, tmp_path / "bad")
     marker = tmp_path / "marker"
-    plant(bad / "checkpoints" / "best.pt", marker)
+    plant(bad / "checkpoints" / "latest.pt", marker)  # evaluate acts with the final agents by default
     code, out = run_cli(capsys, "evaluate", good, bad, "--cross-play", "--episodes", "1")
     assert_refused(code, out, marker)
 
