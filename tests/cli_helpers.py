@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-import torch
-
 TINY_IBC = ["--set", "hidden=[16,16]", "--set", "batch_size=32", "--set", "loop.eval_every=10",
             "--set", "loop.eval_episodes=2", "--set", "loop.final_eval_episodes=2", "--set", "loop.log_every=5",
             "--set", "loop.checkpoint_every=10"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machines this runs on are small and shared: one intra-op thread is faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:

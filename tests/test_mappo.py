@@ -12,16 +12,6 @@ from offmarl.envs.base import EnvSpec
 from offmarl.errors import OffmarlError
 from offmarl.nn.history import HistoryEncoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny networks: a second intra-op thread only adds synchronisation (2x slower on 2 cores)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), history_dim=8, history_heads=2, minibatch_size=16)
 
 

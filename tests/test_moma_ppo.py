@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from offmarl.algos.moma_ppo import Algorithm, Config, check_config, migrate_saved_config
@@ -22,13 +21,6 @@ TINY = [
     "loop.checkpoint_every=3",
 ]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

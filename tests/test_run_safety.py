@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from cli_helpers import TINY_IBC, one_thread, run_cli  # noqa: F401 (one_thread: autouse fixture)
+from cli_helpers import TINY_IBC, run_cli
 
 from offmarl.data.registry import build
 from offmarl.data.storage import save_dataset

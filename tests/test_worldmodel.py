@@ -43,16 +43,6 @@ TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_e
         "batch_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box they oversubscribe
-    (a 300-step fit took 21 s with 2 threads vs 1 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def linear_dataset(t: int = 2000, seed: int = 0, episode: int = 50) -> MultiAgentDataset:
     """s' = s + 0.1 (A s + B a), r = c.s + d.a; every episode ends on a time-out."""
     rng = np.random.default_rng(seed)

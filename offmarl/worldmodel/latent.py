@@ -305,16 +305,17 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     d = model.decode(feat)
     keys = ("obs", "avail", "actions", "logp", "rewards", "dones", "valid", "next_obs")
     rec: dict[str, list] = {k: [] for k in keys}
-    replaced, gain, n_valid = 0.0, 0.0, 0.0
+    # planner statistics summed on the device and read once after the loop (no host sync per step)
+    replaced, gain, n_valid = (torch.zeros((), device=dev) for _ in range(3))
     for _ in range(horizon):
         actions, logp = policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
         cand = model.candidates(feat, actions, l, generator, plan_gen)
         if l > 1:
             idx, scores = select(cand, plan_gen)
             chosen = scores.gather(1, idx[:, None]).squeeze(1)
-            replaced += float(((idx != 0) & alive).sum())
-            gain += float(((scores[:, 0] - chosen) * alive).sum())
-            n_valid += float(alive.sum())
+            replaced += ((idx != 0) & alive).sum()
+            gain += ((scores[:, 0] - chosen) * alive).sum()
+            n_valid += alive.sum()
             nxt = cand[rows, idx]
         else:
             nxt = cand[:, 0]
@@ -333,8 +334,8 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     info = {"imagined_valid_frac": float(batch["valid"].float().mean()),
             "imagined_reward_mean": float(batch["rewards"][batch["valid"]].mean()) if batch["valid"].any() else 0.0}
     if l > 1:
-        info["planner_frac_replaced"] = replaced / max(n_valid, 1.0)
-        info["planner_score_gain"] = gain / max(n_valid, 1.0)
+        info["planner_frac_replaced"] = float(replaced / n_valid.clamp_min(1.0))
+        info["planner_score_gain"] = float(gain / n_valid.clamp_min(1.0))
     return batch, info
 
 
