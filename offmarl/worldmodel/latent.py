@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from offmarl.errors import OffmarlError
+from offmarl.nn.functional import sample_categorical
 from offmarl.nn.layers import mlp
 
 
@@ -93,7 +94,7 @@ def _sample_onehot(logits: torch.Tensor, generator: torch.Generator | None, n: i
     """logits [..., G, C] -> n one-hot samples [n, ..., G, C] (float)."""
     c = logits.shape[-1]
     probs = torch.softmax(logits.float(), -1).reshape(-1, c)
-    idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # [M, n]
+    idx = sample_categorical(probs, generator, n)  # [M, n]
     onehot = F.one_hot(idx.T, c).to(logits.dtype)  # [n, M, C]
     return onehot.view(n, *logits.shape)
 
@@ -201,16 +202,19 @@ class LatentWorldModel(nn.Module):
         return total, terms, feat
 
     # -- heads used in imagination --------------------------------------------------------------
-    def decode(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """feat [M, N, D] -> obs [M, N, O], avail [M, N, K] bool (never empty), reward [M] (mean over
-        agents' predictions of the team reward), cont [M] (mean continuation probability)."""
+    def decode(self, feat: torch.Tensor, outcome: bool = True) -> dict[str, torch.Tensor]:
+        """feat [M, N, D] -> obs [M, N, O], avail [M, N, K] bool (never empty), and with ``outcome``
+        reward [M] (mean over agents' predictions of the team reward), cont [M] (mean continuation
+        probability). The planner's look-ahead needs only what the policy acts on (outcome=False)."""
         avail_p = torch.sigmoid(self.avail_head(feat))
         avail = avail_p > 0.5
         best = F.one_hot(avail_p.argmax(-1), self.k).bool()
         avail = torch.where(avail.any(-1, keepdim=True), avail, best)
-        return {"obs": self.obs_head(feat), "avail": avail,
-                "reward": self.reward_head(feat).squeeze(-1).mean(-1),
-                "cont": torch.sigmoid(self.cont_head(feat).squeeze(-1)).mean(-1)}
+        out = {"obs": self.obs_head(feat), "avail": avail}
+        if outcome:
+            out["reward"] = self.reward_head(feat).squeeze(-1).mean(-1)
+            out["cont"] = torch.sigmoid(self.cont_head(feat).squeeze(-1)).mean(-1)
+        return out
 
     def candidates(self, feat: torch.Tensor, actions: torch.Tensor, l: int, generator: torch.Generator | None,
                    plan_generator: torch.Generator | None = None) -> torch.Tensor:
@@ -270,7 +274,7 @@ class LatentLookahead:
         return None
 
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool):
-        d = self.model.decode(states)
+        d = self.model.decode(states, outcome=False)
         actions, _ = self.policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
         score = self.error_model(states, actions).sum(-1)
         nxt = None if last else self.model.candidates(states, actions, 1, generator)[:, 0]
