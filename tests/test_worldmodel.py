@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+# the linear toy world of conftest.py (fixture ``linear_toy``), by name for module-level use
+from conftest import LinearGaussianPolicy, constant_model, linear_dataset
+from conftest import observe_all as observe
+
 from offmarl.atomic import atomic_path, atomic_torch_save, atomic_write_text
 from offmarl.data.dataset import DatasetMeta, MultiAgentDataset
 from offmarl.envs import make_env
@@ -41,59 +45,6 @@ from offmarl.worldmodel.termination import (
 S, N, A = 4, 2, 1  # tiny widths: state 4, two agents with one action each
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "max_steps": 300, "eval_every": 50, "patience": 3,
         "batch_size": 64}
-
-
-def linear_dataset(t: int = 2000, seed: int = 0, episode: int = 50) -> MultiAgentDataset:
-    """s' = s + 0.1 (A s + B a), r = c.s + d.a; every episode ends on a time-out."""
-    rng = np.random.default_rng(seed)
-    a_mat = rng.normal(size=(S, S)) * 0.3
-    b_mat = rng.normal(size=(S, N * A))
-    c, d = rng.normal(size=S), rng.normal(size=N * A)
-    states = rng.normal(size=(t, S)).astype(np.float32)
-    actions = rng.uniform(-1, 1, size=(t, N, A)).astype(np.float32)
-    flat = actions.reshape(t, -1)
-    next_states = (states + 0.1 * (states @ a_mat.T + flat @ b_mat.T)).astype(np.float32)
-    rewards = (states @ c + flat @ d).astype(np.float32)
-    timeouts = (np.arange(t) % episode) == episode - 1
-    timeouts[-1] = True
-    meta = DatasetMeta(env="linear-test", obs_scheme="fo", n_agents=N, obs_dims=(S,) * N, action_dims=(A,) * N,
-                       state_dim=S, discrete=False, name="linear-test")
-    obs = np.repeat(states[:, None], N, axis=1)
-    next_obs = np.repeat(next_states[:, None], N, axis=1)
-    return MultiAgentDataset(states, next_states, obs, next_obs, actions, rewards, np.zeros(t, bool), timeouts, meta)
-
-
-def observe(states: torch.Tensor) -> torch.Tensor:
-    """FO scheme of the test env: every agent sees the whole state. [B, S] -> [B, N, S]."""
-    return states.unsqueeze(1).expand(-1, N, -1)
-
-
-class LinearGaussianPolicy:
-    """Stand-in for the MA-PPO actor: a = tanh(W obs_i) + 0.1 noise, per agent."""
-
-    def __init__(self):
-        self.w = torch.linspace(-0.5, 0.5, S * A).view(S, A)
-
-    def act(self, obs, hist, avail=None, deterministic=False, generator=None):
-        mean = torch.tanh(obs @ self.w)  # [B, N, A]
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        actions = mean if deterministic else mean + 0.1 * noise
-        logp = -0.5 * (noise ** 2).sum(-1)  # up to a constant; only shapes matter here
-        return actions, logp
-
-
-def constant_model(deltas: list[list[float]], done_logit: float = -10.0, elites: int | None = None
-                   ) -> EnsembleWorldModel:
-    """A model whose member e always predicts [delta state, reward] = deltas[e] (raw = standardised units,
-    since the standardisers are the identity before fitting)."""
-    e = len(deltas)
-    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=e, elites=elites or e, hidden=(8,)))
-    with torch.no_grad():
-        model.net.out.weight.zero_()
-        model.net.out.bias.zero_()
-        model.net.out.bias[:, 0, : S + 1] = torch.tensor(deltas)
-        model.net.out.bias[:, 0, -1] = done_logit
-    return model
 
 
 # ---------------------------------------------------------------- uncertainty
