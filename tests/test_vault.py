@@ -156,6 +156,28 @@ def test_foreign_og_marl_ant_vault(tmp_path):
         read_vault(tmp_path / "4ant.vlt", env="reacher-2x1")
 
 
+@pytest.mark.slow
+def test_foreign_ant_vault_converts_fo_and_trains_centralised_iql(tmp_path):
+    """An OG-MARL ant vault through the CLI: convert with --obs fo (observations re-derived from
+    infos/state), then a few steps of centralised IQL, which needs the full state."""
+    write_flashbax_vault(tmp_path / "4ant.vlt", "Random", record_ant_og_marl(60, limit=25))
+    cli = [sys.executable, "-m", "offmarl.cli.main"]
+    conv = subprocess.run([*cli, "datasets", "convert", str(tmp_path / "4ant.vlt"), "--from", "vault", "--env",
+                           "ant-4x2", "--obs", "fo", "--out", str(tmp_path / "ant.hdf5")],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert conv.returncode == 0, conv.stderr[-2000:]
+    ds = load_dataset_file(tmp_path / "ant.hdf5")
+    assert ds.meta.obs_scheme == "fo" and set(ds.meta.obs_dims) == {ds.meta.state_dim}
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [*cli, "train", "--dataset", str(tmp_path / "ant.hdf5"), "--algo", "iql", "--steps", "5",
+         "--set", "loop.eval_every=0", "--set", "loop.final_eval_episodes=2", "--set", "loop.eval_envs=2",
+         "--no-progress", "--out", str(runs)], check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = list(runs.iterdir())
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 2
+
+
 def test_smax_vault_convert_train_export(smax_exp, tmp_path, assert_same_dataset):
     write_flashbax_vault(tmp_path / "3m.vlt", "Random", smax_exp)
     out = tmp_path / "smax.hdf5"
