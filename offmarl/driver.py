@@ -274,16 +274,17 @@ def online_loop_config(cfg) -> LoopConfig:
 
 def resolve_online_config(algo: str, map_name: str, backend: str, config: str | None, overrides: list[str] | None,
                           steps: int | None):
-    """online.Config: dataclass defaults <- block ``map-<map>`` of configs/online.yaml (MAG's L, H
-    for that map) <- ``--config`` (a block of configs/online.yaml or a YAML file) <- ``--set`` /
-    ``--steps`` / --algo --map --backend. Returns (config, names of the applied blocks)."""
+    """online.Config: dataclass defaults (the CPU preset) <- ``--config`` (a block of
+    configs/online.yaml or a YAML file; ``mag-reference`` brings block ``map-<map>``, MAG's L, H
+    for that map) <- ``--set`` / ``--steps`` / --algo --map --backend. Returns (config, names of
+    the applied blocks)."""
     own_file = shipped_config("online")
     own = read_blocks(own_file) if own_file else {}
     blocks = []
-    if f"map-{map_name}" in own:
-        blocks.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
     if config:
         blocks.append(user_block("online", own, config))
+        if config == "mag-reference" and f"map-{map_name}" in own:
+            blocks.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
     ov = parse_overrides(overrides)
     ov.update({"algo": algo, "map": map_name, "backend": backend})
     if steps is not None:
@@ -358,7 +359,7 @@ def _load_online(run: RunDir, saved: dict, checkpoint: str, dev, log):
     name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
     algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])
     meta = SimpleNamespace(env=saved["env"], obs_scheme="local", ref_min_return=None, ref_max_return=None,
-                           n_agents=algo.spec.n_agents)
+                           n_agents=algo.spec.n_agents, env_kwargs={"backend": cfg.backend})
     return algo, SimpleNamespace(meta=meta), run, name
 
 
@@ -421,8 +422,10 @@ def evaluate_runs(run_dirs: list[str], episodes: int = 50, checkpoint: str = "la
     loaded = [load_trained(r, checkpoint, device, log) for r in run_dirs]
     results: dict[str, Any] = {"runs": {}}
     for (algo, ds, run, name) in loaded:
+        # online runs carry their env's backend (an sc2 run is evaluated in StarCraft II, not SMAX)
         res = evaluate_policy(algo.policy, ds.meta.env, ds.meta.obs_scheme, episodes=episodes, seed=seed,
-                              device=dev, ref_min=ds.meta.ref_min_return, ref_max=ds.meta.ref_max_return)
+                              device=dev, ref_min=ds.meta.ref_min_return, ref_max=ds.meta.ref_max_return,
+                              env_kwargs=getattr(ds.meta, "env_kwargs", None))
         res["checkpoint"] = name
         results["runs"][str(run.path)] = res
     if cross_play and len(loaded) > 1:

@@ -256,6 +256,24 @@ def test_adaptive_entropy_coefficient_moves_towards_target():
     assert fixed.update(make_batch(fixed, 2, 8, gen), gen)["entropy_coef"] == pytest.approx(0.003)
 
 
+def test_annealed_entropy_coefficient_decays_per_actor_step_and_survives_checkpoints():
+    """MAMBA's schedule: a fixed coefficient times ``entropy_annealing`` after every actor step."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = MAPPOConfig(**TINY, entropy_mode="fixed", entropy_coef=0.01, entropy_annealing=0.5, epochs=2)
+    agent = MAPPO.from_spec(make_spec(True), cfg)
+    first = agent.update(make_batch(agent, 2, 8, gen), gen)  # 16 rows / 16 per minibatch x 2 epochs = 2 steps
+    assert float(agent.entropy_coef) == pytest.approx(0.01 * 0.5 ** 2)
+    assert first["entropy_coef"] == pytest.approx((0.01 + 0.005) / 2)  # the mean over its steps
+    fresh = MAPPO.from_spec(make_spec(True), cfg)
+    fresh.load_state_dict(copy.deepcopy(agent.state_dict()))
+    fresh.to("cpu")
+    assert float(fresh.entropy_coef) == float(agent.entropy_coef)
+    with pytest.raises(OffmarlError, match="entropy_mode=fixed"):
+        MAPPOConfig(entropy_annealing=0.9)
+    with pytest.raises(OffmarlError, match="entropy_annealing"):
+        MAPPOConfig(entropy_mode="fixed", entropy_annealing=1.5)
+
+
 def test_running_norm_matches_pooled_statistics():
     x = torch.randn(100, 4) * 3 + 1
     norm = RunningNorm((4,))

@@ -157,3 +157,17 @@ def test_same_seed_same_numbers_and_exact_resume(name, tmp_path):
     for k, g in resumed.generators.items():
         g.set_state(ckpt["gens"][k])
     assert _numbers(_run(resumed, range(2, 3))) == whole[2:]
+
+
+def test_update_per_episode_runs_one_update_per_finished_episode():
+    """MAMBA's schedule (``update_per: episode``): as many model + PPO updates as real episodes ended."""
+    algo = OnlineAlgorithm(None, tiny("mamba", collect_steps=200, update_per="episode"), "cpu", seed=1)
+    seen = []
+    for step in range(3):
+        before, ppo_before = algo.episodes, algo.mappo.iterations
+        m = algo.update(step)
+        if "updates" in m:
+            assert m["updates"] == algo.episodes - before
+            assert algo.mappo.iterations - ppo_before == m["updates"] * algo.cfg.ppo_rounds
+            seen.append(m["updates"])
+    assert seen and max(seen) >= 2  # 50 steps per copy end several SMAX episodes

@@ -45,19 +45,15 @@ def test_envs_list_shows_registered_maps():
     assert r.returncode == 0 and all(m in r.stdout for m in ("smac-3s_vs_4z", "smac-3s_vs_3z", "smac-2m_vs_1z"))
 
 
-# mappo runs the acceptance command with its defaults; mamba and mag run it with the `smoke` block:
-# with the CPU defaults 2000 env steps cost ~15 min (mamba) and hours (mag: MAG's L 5 x H 10 planner),
-# too long for CI (docs/online.md, "Not done yet")
+# the acceptance command, each algorithm with its CPU defaults (docs/online.md: about 1-3 min each)
 @pytest.mark.slow
-@pytest.mark.parametrize("algo,extra", [("mappo", []), ("mamba", ["--config", "smoke"]),
-                                        ("mag", ["--config", "smoke"])])
-def test_acceptance_2000_steps_writes_eval_json(algo, extra, tmp_path):
-    r = offmarl("online", "--map", "2s3z", "--algo", algo, "--steps", "2000", "--out", str(tmp_path), "--no-progress",
-                *extra)
+@pytest.mark.parametrize("algo", ["mappo", "mamba", "mag"])
+def test_acceptance_2000_steps_writes_eval_json(algo, tmp_path):
+    r = offmarl("online", "--map", "2s3z", "--algo", algo, "--steps", "2000", "--out", str(tmp_path), "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     (run,) = tmp_path.iterdir()
     res = json.loads((run / "eval.json").read_text())
-    assert 0 <= res["win_rate"] <= 1 and res["episodes"] == (8 if extra else 32) and -0.01 <= res["return_mean"] <= 2.01
+    assert 0 <= res["win_rate"] <= 1 and res["episodes"] == 32 and -0.01 <= res["return_mean"] <= 2.01
     assert res["env_steps"] >= 2000
     ev = offmarl("evaluate", str(run), "--episodes", "4", "--checkpoint", "latest")
     assert ev.returncode == 0, ev.stderr[-2000:]
@@ -93,11 +89,20 @@ def test_cli_resume_continues_with_identical_metrics(tmp_path):
     assert a == b
 
 
-def test_every_online_block_builds_and_map_blocks_apply():
+def test_every_online_block_builds_and_map_blocks_come_with_mag_reference():
     blocks = read_blocks(CONFIG_DIR / "online.yaml")
     for name, block in blocks.items():
         build_config(online.Config, [(name, block)])
-    assert {"mamba-reference", "map-2s3z", "map-3s_vs_4z", "smoke"} <= set(blocks)
+    assert {"mamba-reference", "mag-reference", "map-2s3z", "map-3s_vs_4z", "smoke"} <= set(blocks)
+    # the defaults are the CPU preset: no block, whatever the map
+    cfg, applied = resolve_online_config("mag", "2s3z", "smax", None, None, None)
+    assert applied == [] and (cfg.planner.l, cfg.planner.h) == (4, 5)
     cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mamba-reference", ["planner.h=7"], 5000)
-    assert applied == ["online.yaml:map-3s_vs_4z", "online.yaml:mamba-reference"]
+    assert applied == ["online.yaml:mamba-reference"]
     assert (cfg.planner.l, cfg.planner.h, cfg.model.deter, cfg.loop.env_steps) == (4, 7, 256, 5000)
+    # MAG's reference settings bring MAG's per-map planner (3s_vs_4z: L 4, H 10; 2s3z: L 5, H 10)
+    cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mag-reference", None, None)
+    assert applied == ["online.yaml:mag-reference", "online.yaml:map-3s_vs_4z"]
+    assert (cfg.planner.l, cfg.planner.h, cfg.model.lr) == (4, 10, 5e-4)
+    cfg, _ = resolve_online_config("mag", "2s3z", "smax", "mag-reference", ["planner.l=3"], None)
+    assert (cfg.planner.l, cfg.planner.h) == (3, 10)

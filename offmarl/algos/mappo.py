@@ -75,6 +75,7 @@ class MAPPOConfig:
     entropy_coef: float = 0.01  # fixed value, or initial value when adaptive (ours; MAMBA fixed 0.001)
     target_entropy: float = -2.0  # reference target JOINT entropy (sum over agents); continuous actions
     entropy_lr: float = 1e-3  # ours: Adam lr of log(entropy_coef) (reference value not recorded)
+    entropy_annealing: float = 1.0  # fixed mode: coefficient x this after every actor step (MAMBA 0.99998); 1 = off
     box_penalty_coef: float = 1.0  # ours: weight of the out-of-box penalty on mean actions (reference has one)
 
     def __post_init__(self):
@@ -84,6 +85,10 @@ class MAPPOConfig:
             raise OffmarlError(f"mappo.critic = {self.critic!r}; choose 'state' (V(s)) or 'mixer' (QMIX-like)")
         if self.entropy_mode not in ("fixed", "adaptive"):
             raise OffmarlError(f"mappo.entropy_mode = {self.entropy_mode!r}; choose 'fixed' or 'adaptive'")
+        if not 0.0 < self.entropy_annealing <= 1.0:
+            raise OffmarlError(f"mappo.entropy_annealing = {self.entropy_annealing}; use a factor in (0, 1] (1 = off)")
+        if self.entropy_annealing < 1.0 and self.entropy_mode != "fixed":
+            raise OffmarlError("mappo.entropy_annealing < 1 anneals a fixed coefficient; set mappo.entropy_mode=fixed")
         if self.entropy_mode == "adaptive" and self.entropy_coef <= 0:
             raise OffmarlError("mappo.entropy_coef must be > 0 when entropy_mode is 'adaptive' (it is the initial "
                                "value of a log-parameterised coefficient)")
@@ -520,6 +525,8 @@ class MAPPO:
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()
+        elif cfg.entropy_annealing < 1.0:  # MAMBA: the fixed coefficient decays after every actor step
+            self._fixed_alpha = self._fixed_alpha * cfg.entropy_annealing
 
         with torch.no_grad():
             approx_kl = ((ratio - 1) - log_ratio).mean()
@@ -538,6 +545,7 @@ class MAPPO:
             "critic_opt": self.critic_opt.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
             "alpha_opt": None if self.alpha_opt is None else self.alpha_opt.state_dict(),
+            "fixed_entropy_coef": self._fixed_alpha.detach().clone(),  # annealed value (fixed mode)
             "iterations": self.iterations,
         }
 
@@ -558,6 +566,8 @@ class MAPPO:
             self.log_alpha.copy_(state["log_alpha"])
         if self.alpha_opt is not None and state.get("alpha_opt") is not None:
             self.alpha_opt.load_state_dict(state["alpha_opt"])
+        if state.get("fixed_entropy_coef") is not None:
+            self._fixed_alpha = state["fixed_entropy_coef"].to(self.device).clone()
         self.iterations = int(state.get("iterations", 0))
 
     def to(self, device: str | torch.device) -> MAPPO:
@@ -567,7 +577,9 @@ class MAPPO:
         self.policy.to(self.device)
         self.critic.to(self.device)
         self.log_alpha = self.log_alpha.detach().to(self.device).requires_grad_(self.log_alpha.requires_grad)
+        fixed = self._fixed_alpha.to(self.device)  # keeps an annealed coefficient
         self._build_optimisers()
+        self._fixed_alpha = fixed
         for opt, st in zip([o for o in (self.actor_opt, self.critic_opt, self.alpha_opt) if o is not None],
                            opt_states):
             opt.load_state_dict(st)  # Adam moves its moments to the parameters' device

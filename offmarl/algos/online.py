@@ -48,6 +48,7 @@ from offmarl.worldmodel.latent import (
 )
 
 ALGOS = ("mag", "mamba", "mappo")
+UPDATE_PER = ("iteration", "episode")
 
 
 def _alive(avail: np.ndarray, backend: str) -> np.ndarray:
@@ -72,15 +73,19 @@ def _online_mappo() -> MAPPOConfig:
         epochs=5,  # MAMBA
         minibatch_size=1024,  # ours: a few minibatches per imagined batch
         gae_lambda=0.95,  # MAMBA
-        entropy_mode="fixed",  # MAMBA: fixed (annealed) coefficient
-        entropy_coef=0.001,  # MAMBA
+        entropy_mode="fixed",  # MAMBA: fixed coefficient, annealed
+        entropy_coef=0.001,  # MAMBA ENTROPY
+        entropy_annealing=0.99998,  # MAMBA ENTROPY_ANNEALING, after every actor step
     )
 
 
 @dataclass
 class PlannerSettings:
-    l: int = 5  # noqa: E741 (MAG's L) MAG 2s3z (REFERENCE §1.2); per-map values in configs/online.yaml
-    h: int = 10  # MAG 2s3z
+    # CPU preset (ours, benchmarks/online_speed.py): L 4 x H 5 costs ~1/3 of MAG's L 5 x H 10 per
+    # imagined step; MAG's per-map values (L 4-5, H 6-10, REFERENCE §1.2) come with
+    # `--config mag-reference` (configs/online.yaml, blocks map-<name>)
+    l: int = 4  # noqa: E741 (MAG's L)
+    h: int = 5
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
 
 
@@ -103,7 +108,11 @@ class OnlineConfig:
     collect_steps: int = 100  # env steps per iteration (MAMBA: one update per episode, ~50-120 steps)
     prefill_steps: int = 500  # ours: env steps collected before the first model update
     replay_capacity: int = 100_000  # MAMBA 2.5e5; our budgets are <= 1e5 steps
-    model_updates: int = 10  # model (and R_m) gradient steps per iteration; MAMBA 60 per episode
+    model_updates: int = 10  # model (and R_m) gradient steps per update; MAMBA 60 per episode
+    # "iteration": one update (model_updates model steps, ppo_rounds PPO rounds) per iteration;
+    # "episode": MAMBA's schedule, one update per real episode finished in the iteration (none when
+    # no episode ended; exact per episode with collect_steps = n_envs)
+    update_per: str = "iteration"
     ppo_rounds: int = 1  # imagination + PPO rounds per iteration; MAMBA 4
     imagine_horizon: int = 15  # MAMBA
     mappo_rollout: int = 50  # --algo mappo: steps per env copy between PPO updates (ours)
@@ -117,6 +126,8 @@ class OnlineConfig:
             raise OffmarlError(f"online.algo = {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.backend not in BACKENDS:
             raise OffmarlError(f"online.backend = {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.update_per not in UPDATE_PER:
+            raise OffmarlError(f"online.update_per = {self.update_per!r}; choose one of {', '.join(UPDATE_PER)}")
         if self.collect_steps < self.n_envs:
             raise OffmarlError(f"online.collect_steps ({self.collect_steps}) must be >= online.n_envs ({self.n_envs})")
         if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
@@ -308,18 +319,24 @@ class OnlineAlgorithm:
             t1 = time.perf_counter()
             metrics.update(self.mappo.update(batch, self.generators["ppo"]))
         else:
+            episodes_before = self.episodes
             self._collect_into_replay()
             t1 = time.perf_counter()
             if self.env_steps >= self.cfg.prefill_steps and self.replay.can_sample(self.cfg.model.seq_len):
-                metrics.update(self._train_model())
-                t2 = time.perf_counter()
-                metrics["model_seconds"] = t2 - t1
-                plan_s, self._planner_seconds = 0.0, 0.0
-                for _ in range(self.cfg.ppo_rounds):
-                    batch, info = self.imagine_batch()
-                    plan_s += info.pop("imagine_seconds")
-                    metrics.update(info)
-                    metrics.update(self.mappo.update(batch, self.generators["ppo"]))
+                updates = self.episodes - episodes_before if self.cfg.update_per == "episode" else 1
+                model_s = plan_s = 0.0
+                self._planner_seconds = 0.0
+                for _ in range(updates):
+                    t2 = time.perf_counter()
+                    metrics.update(self._train_model())
+                    model_s += time.perf_counter() - t2
+                    for _ in range(self.cfg.ppo_rounds):
+                        batch, info = self.imagine_batch()
+                        plan_s += info.pop("imagine_seconds")
+                        metrics.update(info)
+                        metrics.update(self.mappo.update(batch, self.generators["ppo"]))
+                metrics["updates"] = updates
+                metrics["model_seconds"] = model_s
                 metrics["imagine_seconds"] = plan_s  # imagination, planner included
                 if self.cfg.algo == "mag":
                     metrics["planner_seconds"] = self._planner_seconds
