@@ -287,10 +287,13 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
         written += plot_curves(cells, out) + plot_profile(cells, out)
     cmd = command or ("offmarl report " + " ".join(shlex.quote(str(p)) for p in paths)
                       + f" --out {shlex.quote(str(out))}")
-    sweeps = [json.loads(f.read_text()).get("command") for p in map(Path, paths) for f in [p / "sweep.json"]
-              if f.is_file()]
+    sweeps = []  # every command that trained trials in these folders (sweep.json: commands, or command)
+    for f in (Path(p) / "sweep.json" for p in paths):
+        if f.is_file():
+            rec = json.loads(f.read_text())
+            sweeps += [c for c in rec.get("commands") or [rec.get("command")] if c and c not in sweeps]
     (out / "results.md").write_text(_markdown(rows, agg, refs, unfinished, cmd, [p.name for p in written[3:]],
-                                              [c for c in sweeps if c]))
+                                              sweeps))
     return {"runs": len(runs), "unfinished": [str(p) for p in unfinished], "cells": len(cells), "files": written}
 
 

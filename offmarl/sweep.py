@@ -285,11 +285,27 @@ def run_sweep(cfg: SweepConfig, on_update: Callable[[list[TrialState]], None] | 
         guard.release()
 
 
+def _previous_commands(path: Path) -> list[str]:
+    """The commands recorded by earlier sweeps on this folder (none when unreadable)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    cmds = old.get("commands") or ([old["command"]] if old.get("command") else [])
+    return [c for c in cmds if isinstance(c, str)]
+
+
 def _run_sweep(cfg: SweepConfig, out: Path, on_update, poll_s: float) -> list[TrialState]:
     trials = plan(cfg.algos, cfg.datasets, cfg.obs, cfg.seeds)
     states = [inspect_trial(t, out) for t in trials]
+    # every command that trained trials in this folder, oldest first (a folder may gather several
+    # sweeps, e.g. fo and po schemes); the report cites them all
+    commands = _previous_commands(out / "sweep.json")
+    if cfg.command and cfg.command not in commands:
+        commands.append(cfg.command)
     (out / "sweep.json").write_text(json.dumps({
-        "command": cfg.command, "algos": cfg.algos, "datasets": cfg.datasets, "obs": cfg.obs, "seeds": cfg.seeds,
+        "command": cfg.command, "commands": commands, "algos": cfg.algos, "datasets": cfg.datasets, "obs": cfg.obs,
+        "seeds": cfg.seeds,
         "set": cfg.overrides,
         "config": cfg.config, "cpus_per_trial": cfg.cpus_per_trial, "gpus_per_trial": cfg.gpus_per_trial}, indent=2))
     for st in states:  # a run directory with no checkpoint is a start that never got going: start again

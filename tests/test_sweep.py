@@ -107,8 +107,14 @@ def test_sweep_skip_resume_and_failure(ray_local, tmp_path, monkeypatch):
                            *[a for s in TINY for a in ("--set", s)]], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1 skipped" in proc.stdout
+    # a second command on the same folder (here: the same trial, other spelling): the report cites both
+    proc2 = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "sweep", "--algo", "iql", "--dataset",
+                            "coordination-neutral", "--obs", "fo", "--seeds", "0-0", "--out", str(out),
+                            *[a for s in TINY for a in ("--set", s)]], check=False, capture_output=True, text=True)
+    assert proc2.returncode == 0, proc2.stderr
     write_report([out], tmp_path / "report2", plots=False)
-    assert "Runs trained by `offmarl sweep --algo iql" in (tmp_path / "report2" / "results.md").read_text()
+    md = (tmp_path / "report2" / "results.md").read_text()
+    assert md.count("Runs trained by `offmarl sweep --algo iql") == 2 and "--seeds 0-0" in md
 
 
 def test_world_model_lock_serialises_first_fit(tmp_path):
