@@ -1,5 +1,6 @@
-"""Learning curves of online runs (offmarl online): win rate of the greedy evaluations against
-env steps, per map and algorithm, mean and range over seeds -> a PNG and a markdown table.
+"""Learning curves of online runs (offmarl online): win rate and return of the greedy evaluations
+against env steps, per map and algorithm, mean and range over seeds -> a PNG (win rate on top,
+return below) and a markdown table.
 
 Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/results/online/curves.png]
                                           [--md docs/results/online/table.md]
@@ -27,7 +28,7 @@ def read_run(path: Path) -> dict | None:
     rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
         if (path / "metrics.jsonl").exists() else []
     env_steps = {r["step"]: r["env_steps"] for r in rows if r["phase"] == "train" and "env_steps" in r}
-    curve = [(env_steps.get(r["step"], 0), r["win_rate"]) for r in rows
+    curve = [(env_steps.get(r["step"], 0), r["win_rate"], r["return_mean"]) for r in rows
              if r["phase"] in ("eval", "final_eval") and "win_rate" in r]
     final = json.loads((path / "eval.json").read_text()) if (path / "eval.json").exists() else None
     return {"path": path, "algo": cfg["algo"], "map": cfg["env"].removeprefix("smac-"), "seed": cfg["seed"],
@@ -53,23 +54,25 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 3.6), squeeze=False)
-    for ax, m in zip(axes[0], maps):
-        for algo in ("mag", "mamba", "mappo"):
-            rs = [r for r in groups.get((m, algo), []) if r["curve"]]  # runs with at least one evaluation
-            if not rs:
-                continue
-            n = min(len(r["curve"]) for r in rs)  # the evaluations every run has reached
-            x = np.array([r["curve"][i][0] for i in range(n) for r in rs[:1]])
-            y = np.array([[r["curve"][i][1] for i in range(n)] for r in rs])
-            style = {"mag": "-", "mamba": "--", "mappo": ":"}[algo]
-            ax.plot(x, y.mean(0), style, marker="o", label=f"{algo} ({len(rs)} seeds)")
-            ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
-        ax.set_title(f"SMAX {m} (not SC2)")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("greedy win rate")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(maps), figsize=(5 * len(maps), 6.6), squeeze=False)
+    for col, m in enumerate(maps):
+        for row, (k, label, top) in enumerate(((1, "greedy win rate", 1.02), (2, "greedy return (SMAX, <= ~2)", 2.05))):
+            ax = axes[row][col]
+            for algo in ("mag", "mamba", "mappo"):
+                rs = [r for r in groups.get((m, algo), []) if r["curve"]]  # runs with at least one evaluation
+                if not rs:
+                    continue
+                n = min(len(r["curve"]) for r in rs)  # the evaluations every run has reached
+                x = np.array([r["curve"][i][0] for i in range(n) for r in rs[:1]])
+                y = np.array([[r["curve"][i][k] for i in range(n)] for r in rs])
+                style = {"mag": "-", "mamba": "--", "mappo": ":"}[algo]
+                ax.plot(x, y.mean(0), style, marker="o", markersize=3, label=f"{algo} ({len(rs)} seeds)")
+                ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+            ax.set_title(f"SMAX {m} (not SC2)")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel(label)
+            ax.set_ylim(-0.02, top)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=120)
