@@ -403,6 +403,17 @@ def _seed_or_random(seed: int | None) -> int:
     return int(seed)
 
 
+def _checked_step(spec, done: bool, actions, avail: np.ndarray) -> np.ndarray:
+    """One env's step(actions) input check (SMAX and SC2 alike) -> the actions as an array."""
+    if done:
+        raise EnvError(f"{spec.name}: the episode has ended (or never started); call reset() first")
+    a = np.asarray(actions)
+    if a.shape != (spec.n_agents,) or not np.issubdtype(a.dtype, np.integer):
+        raise EnvError(f"{spec.name}: expected integer actions of shape ({spec.n_agents},), got {a.dtype} {a.shape}")
+    _check_avail(spec.name, a, avail)
+    return a
+
+
 def _check_avail(name: str, actions: np.ndarray, avail: np.ndarray, where: str = "") -> None:
     """actions [..., N] ints, avail [..., N, K] bool: raise EnvError on the first bad entry."""
     k = avail.shape[-1]
@@ -458,13 +469,7 @@ class SmaxEnv(MultiAgentEnv):
         return np.asarray(obs), np.asarray(state), {}
 
     def step(self, actions) -> tuple[np.ndarray, np.ndarray, float, bool, bool, dict]:
-        if self._done:
-            raise EnvError(f"{self.spec.name}: the episode has ended (or never started); call reset() first")
-        a = np.asarray(actions)
-        if a.shape != (self.spec.n_agents,) or not np.issubdtype(a.dtype, np.integer):
-            raise EnvError(f"{self.spec.name}: expected integer actions of shape ({self.spec.n_agents},), "
-                           f"got {a.dtype} {a.shape}")
-        _check_avail(self.spec.name, a, self._avail)
+        a = _checked_step(self.spec, self._done, actions, self._avail)
         self._key, self._env_state, out = self._core.step(self._key, self._env_state, a.astype(np.int32),
                                                          np.int32(self.spec.episode_limit))
         out = self._jax.device_get(out)
@@ -701,13 +706,7 @@ class Sc2Env(MultiAgentEnv):
         return obs, state, {}
 
     def step(self, actions) -> tuple[np.ndarray, np.ndarray, float, bool, bool, dict]:
-        if self._done:
-            raise EnvError(f"{self.spec.name}: the episode has ended (or never started); call reset() first")
-        a = np.asarray(actions)
-        if a.shape != (self.spec.n_agents,) or not np.issubdtype(a.dtype, np.integer):
-            raise EnvError(f"{self.spec.name}: expected integer actions of shape ({self.spec.n_agents},), "
-                           f"got {a.dtype} {a.shape}")
-        _check_avail(self.spec.name, a, self._avail)
+        a = _checked_step(self.spec, self._done, actions, self._avail)
         reward, terminated, sc2_info = self._env.step([int(x) for x in a])
         info = dict(sc2_info or {})
         truncated = bool(info.get("episode_limit", False))
