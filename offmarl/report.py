@@ -316,6 +316,7 @@ def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds) -> str:
         lines.append(f"| {r['dataset']} | {r['obs']} | {r['algo']} | {_fmt(r['iqm'])} [{_fmt(r['ci_low'])}, "
                      f"{_fmt(r['ci_high'])}]{unit} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['seeds']} "
                      f"({r['seed_list']}) | {r['eval_episodes']} | {r['steps']} | {paper} |")
+    lines += _pivot(rows)
     lines += ["", "Per algorithm, over all its cells (IQM of every run; CI stratified by cell):", "",
               "| algorithm | IQM [95% CI] | cells | runs per cell |", "|---|---|---|---|"]
     lines += [f"| {a['algo']} | {_fmt(a['iqm'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}] | {a['cells']} | "
@@ -329,6 +330,36 @@ def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds) -> str:
     if pngs:
         lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in pngs)]
     return "\n".join(lines) + "\n"
+
+
+def _pivot(rows: list[dict]) -> list[str]:
+    """Per dataset, the paper's layout: one row per observation scheme (ours, then the paper's),
+    one column per algorithm; a cell is IQM [95% CI] (the score alone for one seed) and its seeds."""
+    out: list[str] = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        sub = [r for r in rows if r["dataset"] == dataset]
+        algos = list(dict.fromkeys(r["algo"] for r in sub))
+        cell = {(r["obs"], r["algo"]): r for r in sub}
+        out += ["", f"{dataset}: IQM [95% CI] over seeds (a single seed's score alone) and (number of seeds); "
+                "the paper's mean ± std below:", "",
+                "| obs | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+        for obs in dict.fromkeys(r["obs"] for r in sub):
+            ours, paper = [], []
+            for a in algos:
+                r = cell.get((obs, a))
+                if r is None:
+                    ours.append("–")
+                    paper.append("–")
+                    continue
+                score = (f"{_fmt(r['iqm'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["seeds"] > 1
+                         else _fmt(r["mean"]))
+                ours.append(f"{score} ({r['seeds']})")
+                paper.append("–" if r["paper_mean"] is None else _fmt(r["paper_mean"]) + (
+                    f" ± {_fmt(r['paper_std'])}" if r["paper_std"] is not None else ""))
+            out.append(f"| {obs}, ours | " + " | ".join(ours) + " |")
+            if any(p != "–" for p in paper):
+                out.append(f"| {obs}, paper | " + " | ".join(paper) + " |")
+    return out
 
 
 def _grid_curves(runs: list[Run], wall: bool) -> tuple[np.ndarray, list[np.ndarray]] | None:

@@ -74,6 +74,9 @@ def test_report_tables_and_plots(tmp_path):
     assert "| coordination-neutral | fo | ma-iql | 1.00 [" in md and "0.80 ± 0.40 | 5 (0 1 2 3 4) | 32 | 300 |" in md
     assert "0.90 ± 0.10 [moma-ppo]" in md and "Barde et al." in md and "Unfinished runs" in md
     assert "offmarl report" in md
+    # the paper's layout: obs rows x algorithm columns, ours then the paper's
+    assert "| obs | ma-iql | moma-ppo |" in md
+    assert "| fo, ours | 1.00 [" in md and "(5) |" in md and "| fo, paper | 0.90 ± 0.10 | 1.00 ± 0.00 |" in md
     for png in ("curves-coordination-neutral-fo.png", "profile.png"):
         assert (out / png).stat().st_size > 5000, png
     agg = {r["algo"]: r for r in csv.DictReader((out / "aggregate.csv").read_text().splitlines())}
