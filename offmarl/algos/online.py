@@ -326,15 +326,21 @@ class OnlineAlgorithm:
                 updates = self.episodes - episodes_before if self.cfg.update_per == "episode" else 1
                 model_s = plan_s = 0.0
                 self._planner_seconds = 0.0
+                rows = []  # one row of model / imagination / PPO metrics per update
                 for _ in range(updates):
                     t2 = time.perf_counter()
-                    metrics.update(self._train_model())
+                    row = self._train_model()
                     model_s += time.perf_counter() - t2
                     for _ in range(self.cfg.ppo_rounds):
                         batch, info = self.imagine_batch()
                         plan_s += info.pop("imagine_seconds")
-                        metrics.update(info)
-                        metrics.update(self.mappo.update(batch, self.generators["ppo"]))
+                        row.update(info)
+                        row.update(self.mappo.update(batch, self.generators["ppo"]))
+                    rows.append(row)
+                if len(rows) == 1:
+                    metrics.update(rows[0])
+                elif rows:  # update_per=episode with several episodes ended: their mean
+                    metrics.update({k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[-1]})
                 metrics["updates"] = updates
                 metrics["model_seconds"] = model_s
                 metrics["imagine_seconds"] = plan_s  # imagination, planner included
