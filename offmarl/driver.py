@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
+
 from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, online, td3bc
 from offmarl.config import (
     ConfigError,
@@ -161,6 +163,14 @@ def saved_config(mod, saved: dict):
 EXTRA_OPTIONS = {"world_model_path": "--world-model", "planner.kind": "--planner"}
 
 
+def cpu_numerics() -> None:
+    """Flush denormal floats to zero on the CPU (FTZ/DAZ). Values below ~1e-38 arise in long fits (Adam
+    moments and activations of units that stopped receiving gradient) and make every matmul that touches
+    them ~80x slower on x86 (docs/benchmarks.md, "Denormal floats"); rounding them to 0 changes no result
+    that matters. Process-wide; called by every training and evaluation entry point."""
+    torch.set_flush_denormal(True)
+
+
 def train_from_options(dataset: str | None = None, algo: str | None = None, obs: str | None = None,
                        config: str | None = None, overrides: list[str] | None = None, steps: int | None = None,
                        seed: int | None = None, device: str = "auto", out: str | None = None,
@@ -172,6 +182,7 @@ def train_from_options(dataset: str | None = None, algo: str | None = None, obs:
 
     ``resume``: continue that run directory with its own config and data (docs/run-directories.md);
     only ``steps`` (the new total), ``device`` and ``progress`` may be given with it."""
+    cpu_numerics()
     dev = resolve_device(device)
     if resume:
         given = {"--dataset": dataset, "--algo": algo, "--obs": obs, "--config": config, "--set": overrides or None,
@@ -315,6 +326,7 @@ def online_from_options(map_name: str, algo: str = "mag", backend: str = "smax",
     """What ``offmarl online`` does: check the map and backend, build the config, create or reopen
     the run directory (``kind: online``), train online in the loop, evaluate. ``progress(cfg)``
     builds the loop's Progress once the config is known (the CLI shows env steps)."""
+    cpu_numerics()
     dev = resolve_device(device)
     if resume:
         run = RunDir.open(resume)
@@ -373,6 +385,7 @@ def load_trained(run_dir: str, checkpoint: str = "latest", device: str = "auto",
     Online runs (``kind: online``) have no dataset: a stand-in carries the run's env name."""
     if checkpoint not in ("best", "latest"):
         raise OffmarlError(f"--checkpoint {checkpoint!r}: choose best or latest")
+    cpu_numerics()
     dev = resolve_device(device)
     run = RunDir.open(Path(run_dir).resolve())
     saved = run.config
@@ -415,6 +428,7 @@ def evaluate_runs(run_dirs: list[str], episodes: int = 50, checkpoint: str = "la
                   seed: int = 12345, cross_play: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate each run's policy; with ``cross_play`` also every assignment of agents to runs
     that mixes runs (agent i plays the policy of run assignment[i])."""
+    cpu_numerics()
     dev = resolve_device(device)
     run_dirs = [str(Path(r).resolve()) for r in run_dirs]
     if cross_play and len(run_dirs) > 1:
