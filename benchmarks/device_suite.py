@@ -504,6 +504,7 @@ def main() -> None:
                 "use --device cpu for the dry run")
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     sections = [s for s in SECTIONS if s in args.sections]  # always in the suite's order

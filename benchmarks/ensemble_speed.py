@@ -66,6 +66,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     for dev in args.devices:
         if dev == "cuda" and not torch.cuda.is_available():
             print(json.dumps({"device": "cuda", "skipped": "no CUDA device"}))

@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="benchmarks/results/model_error")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
 
     from offmarl.algos.mappo import MAPPO, MAPPOConfig
     from offmarl.algos.moma_ppo import default_cache_dir

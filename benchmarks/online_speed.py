@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--scan-only", action="store_true", help="only the collector_scan rows")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     emit(bench="machine", cpus=os.cpu_count(), load_1min=round(os.getloadavg()[0], 2),
          torch_threads=torch.get_num_threads())
     for n in (int(x) for x in args.scan_envs.split(",")):

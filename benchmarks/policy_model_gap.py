@@ -94,6 +94,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
 
     from offmarl.driver import load_trained
     from offmarl.errors import OffmarlError

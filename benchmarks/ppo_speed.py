@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     spec = make_env(args.env, obs=args.obs).spec
     for dev in args.devices:
         device = torch.device(dev)

@@ -94,6 +94,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     torch.manual_seed(a.seed)
     full = load(a.dataset, generate=False)
     train = full.subset(a.rows) if a.rows else full

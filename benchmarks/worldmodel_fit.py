@@ -39,6 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as offmarl's entry points (docs/benchmarks.md, "Denormal floats")
     ds = load(a.dataset, generate=False)
     if a.rows:
         ds = ds.subset(a.rows)
