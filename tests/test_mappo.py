@@ -120,7 +120,7 @@ def test_logp_of_sampled_actions_matches_evaluate_actions(discrete, history_len,
         torch.testing.assert_close(entropy[:, 0], dist.entropy().sum(-1))
 
 
-def _play(agent: MAPPO, reward_fn, iterations: int, batch: int, gen: torch.Generator) -> list[float]:
+def _play(agent: MAPPO, reward_fn, iterations: int, batch: int, gen: torch.Generator, anchor=None) -> list[float]:
     """One-step game: constant observation/state, every episode ends after one action."""
     n = agent.spec.n_agents
     obs, states = torch.ones(batch, n, 1), torch.ones(batch, 1)
@@ -133,7 +133,7 @@ def _play(agent: MAPPO, reward_fn, iterations: int, batch: int, gen: torch.Gener
         agent.update(dict(states=one(states), obs=one(obs), actions=one(actions), logp=one(logp),
                           rewards=one(rewards), dones=torch.ones(1, batch), timeouts=torch.zeros(1, batch),
                           valid=torch.ones(1, batch, dtype=torch.bool), next_states=one(states),
-                          next_obs=one(obs)), gen)
+                          next_obs=one(obs)), gen, anchor=anchor)
     return returns
 
 
@@ -145,6 +145,35 @@ def test_continuous_bandit_moves_actions_to_the_rewarded_point():
     mean, _ = agent.policy.act(torch.ones(1, 2, 1), deterministic=True)
     assert returns[0] < -0.5 and returns[-1] > -0.1, returns
     assert bool(((mean - 0.5).abs() < 0.2).all()), mean
+
+
+def test_behaviour_anchor_holds_the_policy_near_the_data():
+    """The bandit rewards 0.5; the data's actions are -0.5. With a strong BC anchor the means stay at
+    the data's side; without it they reach the reward (the test above)."""
+    spec = make_spec(False, n=2, obs_dims=(1, 1), action_dims=(1, 1), state_dim=1)
+    anchor = {"obs": torch.ones(512, 2, 1), "actions": torch.full((512, 2, 1), -0.5)}
+    ends = {}
+    for coef in (0.0, 10.0):
+        torch.manual_seed(0)
+        agent = MAPPO.from_spec(spec, MAPPOConfig(**{**TINY, "minibatch_size": 64}, lr=1e-3, bc_coef=coef))
+        _play(agent, lambda a: -(a - 0.5).square().sum((-1, -2)), 10, 256, torch.Generator().manual_seed(0),
+              anchor=anchor if coef else None)
+        ends[coef] = agent.policy.act(torch.ones(1, 2, 1), deterministic=True)[0]
+    assert bool((ends[0.0] > 0.3).all()) and bool((ends[10.0] < -0.2).all()), ends
+
+
+def test_behaviour_loss_is_mse_of_means_or_the_likelihood():
+    spec = make_spec(False, n=2, obs_dims=(1, 1), action_dims=(2, 1), state_dim=1)
+    agent = MAPPO.from_spec(spec, MAPPOConfig(**TINY))
+    obs, actions = torch.randn(8, 2, 1), torch.randn(8, 2, 2)
+    mean, log_std = agent.policy._heads(obs, None, None)
+    mse = ((mean - actions).square() * agent.policy.action_mask).sum(-1).mean()
+    assert torch.allclose(agent.behaviour_loss(obs, None, None, actions), mse)
+    logp, _ = agent.policy.evaluate_actions(obs, None, None, actions)
+    assert torch.allclose(agent.behaviour_loss(obs, None, None, actions, nll=True), -logp.mean())
+    with pytest.raises(OffmarlError, match="bc_coef > 0 needs dataset pairs"):
+        MAPPO.from_spec(spec, MAPPOConfig(**TINY, bc_coef=1.0)).update(
+            make_batch(MAPPO.from_spec(spec, MAPPOConfig(**TINY)), 2, 4, torch.Generator().manual_seed(0)))
 
 
 def test_coordination_game_agrees_on_a_convention():

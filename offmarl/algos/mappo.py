@@ -77,6 +77,10 @@ class MAPPOConfig:
     entropy_lr: float = 1e-3  # ours: Adam lr of log(entropy_coef) (reference value not recorded)
     entropy_annealing: float = 1.0  # fixed mode: coefficient x this after every actor step (MAMBA 0.99998); 1 = off
     box_penalty_coef: float = 1.0  # ours: weight of the out-of-box penalty on mean actions (reference has one)
+    # offline only: weight of a behaviour-cloning anchor on dataset pairs added to the actor loss,
+    # mean over agents of ||mean(o_D) - a_D||^2 (continuous) or -log pi(a_D | o_D) (discrete) — TD3+BC's
+    # anchor (Fujimoto & Gu 2021) on a PPO actor; the caller passes the pairs (``update(anchor=...)``); 0 = off
+    bc_coef: float = 0.0
 
     def __post_init__(self):
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
@@ -99,6 +103,8 @@ class MAPPOConfig:
                                f"mappo.history_heads ({self.history_heads})")
         if self.minibatch_size < 1 or self.epochs < 1:
             raise OffmarlError("mappo.minibatch_size and mappo.epochs must be >= 1")
+        if self.bc_coef < 0:
+            raise OffmarlError(f"mappo.bc_coef = {self.bc_coef}; use a weight >= 0 (0 = no behaviour anchor)")
         if self.log_std_min >= self.log_std_max:
             raise OffmarlError("mappo.log_std_min must be smaller than mappo.log_std_max")
 
@@ -351,7 +357,7 @@ REQUIRED_KEYS = ("states", "obs", "actions", "logp", "rewards", "dones", "timeou
                  "next_states", "next_obs")
 HIST_KEYS = ("hist_obs", "hist_actions", "hist_mask")
 METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "entropy_coef", "grad_norm",
-           "critic_grad_norm", "box_penalty")
+           "critic_grad_norm", "box_penalty", "bc_loss")
 
 
 def _adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -421,10 +427,23 @@ class MAPPO:
                                "expected [H, B] (horizon, rollouts)")
 
     # -- one PPO iteration ----------------------------------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, float]:
+    def behaviour_loss(self, obs: torch.Tensor, hist: dict | None, avail: torch.Tensor | None,
+                       actions: torch.Tensor, nll: bool = False) -> torch.Tensor:
+        """Behaviour cloning on dataset pairs (obs [M, N, O] raw, actions [M, N, A] or [M, N]), mean over
+        rows and agents: ||mean - a||^2 summed over action dims (continuous), or -log pi(a | o) (discrete,
+        or ``nll``: the Gaussian negative log-likelihood, which fits the std as well)."""
+        logp, _, mean = self.policy.evaluate(obs, hist, avail, actions)
+        if mean is None or nll:
+            return -logp.mean()
+        return ((mean - actions).square() * self.policy.action_mask).sum(-1).mean()
+
+    def update(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+               anchor: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """One iteration on a rollout batch of [H, B, ...] tensors (see docs/mappo.md for keys).
 
         ``logp`` must come from ``policy.act`` with the current parameters and normalisers.
+        ``anchor``: dataset pairs {'obs' [M, N, O], 'actions', optional 'avail' and hist keys} for the
+        behaviour-cloning term (``cfg.bc_coef`` > 0); every epoch spreads them over the minibatches.
         Returns the mean over minibatches of each metric, plus explained_variance and n_valid.
         """
         cfg = self.cfg
@@ -461,15 +480,25 @@ class MAPPO:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 
         n_minibatches = max(1, round(m / cfg.minibatch_size))
+        use_anchor = anchor is not None and cfg.bc_coef > 0
+        if cfg.bc_coef > 0 and anchor is None:
+            raise OffmarlError("MAPPO.update: mappo.bc_coef > 0 needs dataset pairs (anchor=...); the behaviour "
+                               "anchor is for offline training — set mappo.bc_coef=0 otherwise")
+        gen_device = generator.device if generator is not None else "cpu"
         rows = []
         for _ in range(cfg.epochs):
-            perm = torch.randperm(m, generator=generator,
-                                  device=generator.device if generator is not None else "cpu").to(self.device)
-            for mb in perm.tensor_split(n_minibatches):
+            perm = torch.randperm(m, generator=generator, device=gen_device).to(self.device)
+            chunks = [None] * n_minibatches
+            if use_anchor:
+                n_anchor = anchor["obs"].shape[0]
+                chunks = torch.randperm(n_anchor, generator=generator, device=gen_device).to(
+                    self.device).tensor_split(n_minibatches)
+            for mb, amb in zip(perm.tensor_split(n_minibatches), chunks):
+                bc = None if amb is None else {k: v[amb] for k, v in anchor.items()}
                 rows.append(self._minibatch_step(
                     obs[mb], None if hist is None else {k: v[mb] for k, v in hist.items()},
                     None if avail is None else avail[mb], actions[mb], logp_old[mb], adv[mb],
-                    states_n[mb], obs_n[mb], target_n[mb], old_n[mb]))
+                    states_n[mb], obs_n[mb], target_n[mb], old_n[mb], bc))
 
         # new statistics apply from the next rollout on, so ``logp`` above stayed consistent
         self.update_normalisers(obs, flat["states"][idx])
@@ -480,7 +509,8 @@ class MAPPO:
         out["n_valid"] = m
         return out
 
-    def _minibatch_step(self, obs, hist, avail, actions, logp_old, adv, states_n, obs_n, target_n, old_n):
+    def _minibatch_step(self, obs, hist, avail, actions, logp_old, adv, states_n, obs_n, target_n, old_n,
+                        bc=None):
         cfg = self.cfg
         alpha = self.entropy_coef
         # actor: clipped surrogate on the joint ratio (product of agent ratios) or per agent
@@ -502,6 +532,12 @@ class MAPPO:
         else:
             box_penalty = torch.zeros((), device=self.device)
         actor_loss = policy_loss - alpha * joint_entropy + cfg.box_penalty_coef * box_penalty
+        if bc is not None:
+            bc_hist = {k: bc[k] for k in HIST_KEYS if k in bc} or None
+            bc_loss = self.behaviour_loss(bc["obs"], bc_hist, bc.get("avail"), bc["actions"])
+            actor_loss = actor_loss + cfg.bc_coef * bc_loss
+        else:
+            bc_loss = torch.zeros((), device=self.device)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -532,7 +568,8 @@ class MAPPO:
             approx_kl = ((ratio - 1) - log_ratio).mean()
             clip_frac = ((ratio - 1).abs() > cfg.clip).float().mean()
             return torch.stack([policy_loss.detach(), value_loss.detach(), joint_entropy.detach(), approx_kl,
-                                clip_frac, alpha, grad_norm, critic_grad_norm, box_penalty.detach()])
+                                clip_frac, alpha, grad_norm, critic_grad_norm, box_penalty.detach(),
+                                bc_loss.detach()])
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
