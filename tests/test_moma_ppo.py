@@ -71,11 +71,16 @@ def test_evaluate_run_needs_no_world_model(coord_file, tmp_path):
     assert ev["episodes"] == 4 and 0.0 <= ev["normalised_mean"] <= 1.0
 
 
+BC = ["bc_pretrain_steps=30", "bc_pretrain_batch=64", "ppo.bc_coef=1.0", "bc_anchor_batch=300"]
+
+
 @pytest.mark.slow
-def test_resume_gives_identical_metrics(coord_file, tmp_path):
-    full = _train(coord_file, tmp_path / "a", steps=6)
+@pytest.mark.parametrize("extra", [(), BC], ids=["plain", "behaviour-anchor"])
+def test_resume_gives_identical_metrics(coord_file, tmp_path, extra):
+    """With the behaviour anchor the resumed run must not clone again (it would move the actors)."""
+    full = _train(coord_file, tmp_path / "a", steps=6, extra=extra)
     # the interrupted run: 3 steps (checkpoint at 3), then resumed up to 6
-    part = _train(coord_file, tmp_path / "b", steps=3)
+    part = _train(coord_file, tmp_path / "b", steps=3, extra=extra)
     run_b = Path(part["run_dir"])
     cfg = run_b / "config.yaml"
     c = yaml.safe_load(cfg.read_text())
@@ -86,6 +91,27 @@ def test_resume_gives_identical_metrics(coord_file, tmp_path):
     rows_full = _train_rows(Path(full["run_dir"]))
     rows_resumed = [r for r in _train_rows(run_b) if r["phase"] != "final_eval"]
     assert rows_full == rows_resumed
+    if extra:
+        train = [r for r in rows_full if r["phase"] == "train"]
+        assert any(r.get("bc_loss", 0) > 0 for r in train), train
+
+
+def test_behaviour_cloning_fits_the_data_actions(coord_file):
+    """The clone of the unfavourable game's data: agent 0 mostly right (1), agent 1 mostly left (0)."""
+    import torch
+
+    from offmarl.data.storage import load_dataset_file
+
+    ds = load_dataset_file(coord_file)
+    cfg = from_dict(Config, {"bc_pretrain_steps": 200, "bc_pretrain_lr": 1e-2})
+    algo = Algorithm.for_evaluation(ds, cfg, "cpu", 0, log=lambda *a: None)
+    out = algo._clone_behaviour()
+    assert out["bc_pretrain_nll_last"] < out["bc_pretrain_nll_first"]
+    actions = torch.as_tensor(ds.actions).long()  # [M, 2]
+    modes = [int(actions[:, i].mode().values) for i in range(2)]
+    assert modes[0] != modes[1]  # the unfavourable data miscoordinates
+    greedy, _ = algo.policy.act(torch.as_tensor(ds.observations[:1]).float(), deterministic=True)
+    assert greedy.tolist() == [modes], (greedy, modes)
 
 
 def test_bad_options_are_clear(coord_file, tmp_path):

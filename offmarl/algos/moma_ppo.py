@@ -57,6 +57,13 @@ class Config:
     #                                      `ant-calibrated`) until measured at budget; no-op without a rule
     termination_margin: float = 0.0       # fixed margin (std units) when calibrate_termination is false; 0 = env rule
     termination_windows: int = 5_000      # dataset windows the margin is fitted on (ours; ~1 s on CPU)
+    # behaviour anchor (ours, docs/ant.md): the actors start as behaviour clones of the data and PPO keeps a
+    # BC term (mappo.bc_coef) on dataset pairs, so the policy improves from the data instead of from scratch
+    # into states the model has never seen. BPPO (Zhuang et al., ICLR 2023) starts offline PPO from BC the same way.
+    bc_pretrain_steps: int = 0            # Gaussian max-likelihood steps on dataset pairs before PPO (0 = off)
+    bc_pretrain_batch: int = 512          # ours
+    bc_pretrain_lr: float = 1e-3          # ours (Adam; the PPO optimiser's state is untouched)
+    bc_anchor_batch: int = 10_000         # dataset pairs per iteration for mappo.bc_coef (ours: = the rollouts)
     world_model_path: str | None = None   # reuse this fitted model (--world-model) instead of fitting/caching
     cache_dir: str | None = None          # world-model cache (default: default_cache_dir())
     # ours: 600 iterations fit `offmarl train --dataset ant-medium` in < 1 h on 2 CPU cores; evaluation:
@@ -84,6 +91,8 @@ def check_config(cfg: Config) -> None:
     """Options that contradict each other are errors, never silently overridden."""
     if cfg.rollout_batch < 1:
         raise OffmarlError("rollout_batch must be >= 1")
+    if cfg.bc_pretrain_steps < 0 or cfg.bc_pretrain_batch < 1 or cfg.bc_anchor_batch < 1:
+        raise OffmarlError("bc_pretrain_steps must be >= 0, bc_pretrain_batch and bc_anchor_batch >= 1")
     thr, q = cfg.rollout.eps_g_threshold, cfg.calibrate_eps_g
     if thr is not None and q is not None:
         raise OffmarlError(f"rollout.eps_g_threshold={thr} is set but calibrate_eps_g={q} would replace it with the "
@@ -108,7 +117,7 @@ def migrate_saved_config(saved: dict) -> dict:
 
 
 class Algorithm:
-    def _setup_agents(self, dataset, cfg: Config, device, seed: int) -> None:
+    def _setup_agents(self, dataset, cfg: Config, device, seed: int, log=print) -> None:
         """Shared by training and ``for_evaluation``: env, memory length, rollout config, generator.
         The caller builds the MA-PPO agents (training builds them after the world model, so the
         global RNG stream that initialises them is the same as before this helper existed)."""
@@ -121,10 +130,12 @@ class Algorithm:
         self.generators = {"moma": self.gen}
         self.model, self.planner, self.model_info, self.done_rule = None, None, {}, None
         self._since_eval: list[tuple[float, float, float]] = []  # (raw reward, length, terminated) per iteration
+        self._cloned = False  # behaviour cloning done (it runs before the first update; a resumed run skips it)
+        self.log = log
 
     def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
         check_config(cfg)
-        self._setup_agents(dataset, cfg, device, seed)
+        self._setup_agents(dataset, cfg, device, seed, log)
         spec = self.env.spec
         if spec.obs_dims != tuple(dataset.meta.obs_dims) or spec.state_dim != dataset.meta.state_dim:
             raise OffmarlError(
@@ -186,7 +197,7 @@ class Algorithm:
         """Only what acting needs (the MA-PPO agents): no world model, no planner, no fitting.
         ``offmarl evaluate`` uses this, then ``load_state_dict`` restores the agents."""
         self = cls.__new__(cls)
-        self._setup_agents(dataset, cfg, device, seed)
+        self._setup_agents(dataset, cfg, device, seed, log)
         self.mappo = MAPPO.from_spec(self.env.spec, cfg.ppo, self.device)
         return self
 
@@ -202,7 +213,46 @@ class Algorithm:
                     "hist_actions": batch["hist_actions"], "hist_mask": batch["hist_mask"]}
         return {"states": self.dataset.sample(b, generator=self.gen, device=self.device)["states"]}
 
+    def _dataset_pairs(self, n: int) -> dict:
+        """n dataset (obs, action) pairs in MAPPO's keys (with each agent's memory when k > 0)."""
+        if self.k > 0:
+            b = self.dataset.sample_histories(n, self.k, generator=self.gen, device=self.device)
+        else:
+            b = self.dataset.sample(n, generator=self.gen, device=self.device)
+        out = {"obs": b["observations"], "actions": b["actions"]}
+        if "avail_actions" in b:
+            out["avail"] = b["avail_actions"]
+        out.update({k: b[k] for k in ("hist_obs", "hist_actions", "hist_mask") if k in b})
+        return out
+
+    def _clone_behaviour(self) -> dict:
+        """Gaussian maximum likelihood of the data's actions (means and stds) before PPO starts."""
+        cfg = self.cfg
+        opt = torch.optim.Adam(self.mappo.policy.parameters(), lr=cfg.bc_pretrain_lr)
+        first = last = None
+        every = max(1, cfg.bc_pretrain_steps // 5)
+        for i in range(cfg.bc_pretrain_steps):
+            p = self._dataset_pairs(cfg.bc_pretrain_batch)
+            hist = {k: p[k] for k in ("hist_obs", "hist_actions", "hist_mask") if k in p} or None
+            loss = self.mappo.behaviour_loss(p["obs"], hist, p.get("avail"), p["actions"], nll=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i == 0:
+                first = float(loss)
+            if (i + 1) % every == 0 or i + 1 == cfg.bc_pretrain_steps:
+                last = float(loss)
+                self.log(f"  behaviour cloning step {i + 1}/{cfg.bc_pretrain_steps}: negative log-likelihood "
+                         f"{last:.4f} per agent")
+        self._cloned = True
+        return {"bc_pretrain_nll_first": first, "bc_pretrain_nll_last": last}
+
     def update(self, step: int) -> dict:
+        extra = {}
+        if not self._cloned and self.cfg.bc_pretrain_steps > 0 and self.mappo.iterations == 0:
+            self.log(f"behaviour cloning the actors on the data: {self.cfg.bc_pretrain_steps} steps of "
+                     f"{self.cfg.bc_pretrain_batch} pairs")
+            extra = self._clone_behaviour()
         start = self._start_states()
         # the env's rule with its (calibrated) margin; envs whose rule is only "state finite" (reacher):
         # that rule; envs without one: None = the model's head
@@ -210,8 +260,10 @@ class Algorithm:
         batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
                                     self.box, self.gen, done_fn=done_fn, gamma=self.gamma, history=self.k,
                                     planner=self.planner)
-        metrics = self.mappo.update(batch, self.gen)
+        anchor = self._dataset_pairs(self.cfg.bc_anchor_batch) if self.cfg.ppo.bc_coef > 0 else None
+        metrics = self.mappo.update(batch, self.gen, anchor=anchor)
         metrics.update({k: float(v) for k, v in info.items()})
+        metrics.update(extra)
         self._since_eval.append((info["mean_raw_reward"], info["mean_length"], info["frac_model_terminated"]))
         return metrics
 
@@ -234,11 +286,12 @@ class Algorithm:
     def state_dict(self) -> dict:
         margin = None if self.done_rule is None else self.done_rule.margin
         return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold,
-                "termination_margin": margin, "since_eval": list(self._since_eval)}
+                "termination_margin": margin, "since_eval": list(self._since_eval), "cloned": self._cloned}
 
     def load_state_dict(self, d: dict) -> None:
         self.mappo.load_state_dict(d["mappo"])
         self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(d["eps_g_threshold"]))
         self._since_eval = [tuple(r) for r in d.get("since_eval", [])]  # a resumed run logs the same gap
+        self._cloned = bool(d.get("cloned", self.mappo.iterations > 0))
         if self.done_rule is not None and d.get("termination_margin") is not None:  # older checkpoints: none saved
             self.done_rule = self.done_rule.with_margin(d["termination_margin"])
