@@ -294,7 +294,8 @@ def build_moma_ppo(ds, device: torch.device, plan: Plan, cache_dir: str):
     The `ant` block goes last so both iterations use the ant config's 400 x 25 rollouts."""
     overrides = {"world_model": {"max_steps": plan.wm_steps, "eval_every": min(250, plan.wm_steps)},
                  "planner": {"error_steps": plan.rm_steps, "error_max_labels": plan.rm_labels},
-                 "cache_dir": cache_dir}
+                 "cache_dir": cache_dir,
+                 "bc_pretrain_steps": 0}  # the one-time behaviour cloning is not part of an iteration
     if plan.rollout_batch is not None:
         overrides["rollout_batch"] = plan.rollout_batch
     blocks = read_blocks(shipped_config("moma-ppo"))
@@ -377,7 +378,8 @@ def ppo_section(rec: Recorder, plan: Plan, budget: Budget, algo) -> None:
     gen = torch.Generator(device=algo.device).manual_seed(2)
     batch, _ = rollout_once(algo, start_states(algo, algo.cfg.rollout_batch, gen), gen, None)
     n_valid = int(batch["valid"].sum())
-    r = timed(lambda: algo.mappo.update(batch, gen), algo.device, plan, budget)
+    anchor = algo.anchor_batch()  # the ant config's BC term: 10k dataset pairs per update
+    r = timed(lambda: algo.mappo.update(batch, gen, anchor=anchor), algo.device, plan, budget)
     c = algo.cfg.ppo
     rec.emit("mappo_update", samples=batch["valid"].numel(), valid_samples=n_valid, epochs=c.epochs,
              minibatch=c.minibatch_size, actor_hidden=list(c.actor_hidden), critic=c.critic,

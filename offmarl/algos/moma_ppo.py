@@ -225,6 +225,11 @@ class Algorithm:
         out.update({k: b[k] for k in ("hist_obs", "hist_actions", "hist_mask") if k in b})
         return out
 
+    def anchor_batch(self) -> dict | None:
+        """The dataset pairs of one iteration's BC term (``bc_anchor_batch`` of them), or None when
+        ``ppo.bc_coef`` is 0; what ``update`` passes to ``MAPPO.update(anchor=...)``."""
+        return self._dataset_pairs(self.cfg.bc_anchor_batch) if self.cfg.ppo.bc_coef > 0 else None
+
     def _clone_behaviour(self) -> dict:
         """Gaussian maximum likelihood of the data's actions (means and stds) before PPO starts."""
         cfg = self.cfg
@@ -260,8 +265,7 @@ class Algorithm:
         batch, info = model_rollout(self.model, self.mappo.policy, start, self.env.observe, self.rollout_cfg,
                                     self.box, self.gen, done_fn=done_fn, gamma=self.gamma, history=self.k,
                                     planner=self.planner)
-        anchor = self._dataset_pairs(self.cfg.bc_anchor_batch) if self.cfg.ppo.bc_coef > 0 else None
-        metrics = self.mappo.update(batch, self.gen, anchor=anchor)
+        metrics = self.mappo.update(batch, self.gen, anchor=self.anchor_batch())
         metrics.update({k: float(v) for k, v in info.items()})
         metrics.update(extra)
         self._since_eval.append((info["mean_raw_reward"], info["mean_length"], info["frac_model_terminated"]))
