@@ -166,8 +166,9 @@ EXTRA_OPTIONS = {"world_model_path": "--world-model", "planner.kind": "--planner
 def cpu_numerics() -> None:
     """Flush denormal floats to zero on the CPU (FTZ/DAZ). Values below ~1e-38 arise in long fits (Adam
     moments and activations of units that stopped receiving gradient) and make every matmul that touches
-    them ~80x slower on x86 (docs/benchmarks.md, "Denormal floats"); rounding them to 0 changes no result
-    that matters. Process-wide; called by every training and evaluation entry point."""
+    them ~80x slower on x86 (docs/benchmarks.md, "Denormal floats"); rounding them to 0 changes results in
+    their lowest bits only (runs stay repeatable). Process-wide; called by every training and evaluation
+    entry point."""
     torch.set_flush_denormal(True)
 
 

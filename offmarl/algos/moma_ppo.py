@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from offmarl.algos.mappo import MAPPO, MAPPOConfig
+from offmarl.algos.mappo import HIST_KEYS, MAPPO, MAPPOConfig
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
@@ -130,7 +130,6 @@ class Algorithm:
         self.generators = {"moma": self.gen}
         self.model, self.planner, self.model_info, self.done_rule = None, None, {}, None
         self._since_eval: list[tuple[float, float, float]] = []  # (raw reward, length, terminated) per iteration
-        self._cloned = False  # behaviour cloning done (it runs before the first update; a resumed run skips it)
         self.log = log
 
     def __init__(self, dataset, cfg: Config, device, seed: int, log=print):
@@ -222,7 +221,7 @@ class Algorithm:
         out = {"obs": b["observations"], "actions": b["actions"]}
         if "avail_actions" in b:
             out["avail"] = b["avail_actions"]
-        out.update({k: b[k] for k in ("hist_obs", "hist_actions", "hist_mask") if k in b})
+        out.update({k: b[k] for k in HIST_KEYS if k in b})
         return out
 
     def anchor_batch(self) -> dict | None:
@@ -238,7 +237,7 @@ class Algorithm:
         every = max(1, cfg.bc_pretrain_steps // 5)
         for i in range(cfg.bc_pretrain_steps):
             p = self._dataset_pairs(cfg.bc_pretrain_batch)
-            hist = {k: p[k] for k in ("hist_obs", "hist_actions", "hist_mask") if k in p} or None
+            hist = {k: p[k] for k in HIST_KEYS if k in p} or None
             loss = self.mappo.behaviour_loss(p["obs"], hist, p.get("avail"), p["actions"], nll=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -249,12 +248,11 @@ class Algorithm:
                 last = float(loss)
                 self.log(f"  behaviour cloning step {i + 1}/{cfg.bc_pretrain_steps}: negative log-likelihood "
                          f"{last:.4f} per agent")
-        self._cloned = True
         return {"bc_pretrain_nll_first": first, "bc_pretrain_nll_last": last}
 
     def update(self, step: int) -> dict:
         extra = {}
-        if not self._cloned and self.cfg.bc_pretrain_steps > 0 and self.mappo.iterations == 0:
+        if self.cfg.bc_pretrain_steps > 0 and self.mappo.iterations == 0:  # before the first PPO update only
             self.log(f"behaviour cloning the actors on the data: {self.cfg.bc_pretrain_steps} steps of "
                      f"{self.cfg.bc_pretrain_batch} pairs")
             extra = self._clone_behaviour()
@@ -290,12 +288,11 @@ class Algorithm:
     def state_dict(self) -> dict:
         margin = None if self.done_rule is None else self.done_rule.margin
         return {"mappo": self.mappo.state_dict(), "eps_g_threshold": self.rollout_cfg.eps_g_threshold,
-                "termination_margin": margin, "since_eval": list(self._since_eval), "cloned": self._cloned}
+                "termination_margin": margin, "since_eval": list(self._since_eval)}
 
     def load_state_dict(self, d: dict) -> None:
         self.mappo.load_state_dict(d["mappo"])
         self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(d["eps_g_threshold"]))
         self._since_eval = [tuple(r) for r in d.get("since_eval", [])]  # a resumed run logs the same gap
-        self._cloned = bool(d.get("cloned", self.mappo.iterations > 0))
         if self.done_rule is not None and d.get("termination_margin") is not None:  # older checkpoints: none saved
             self.done_rule = self.done_rule.with_margin(d["termination_margin"])
