@@ -54,17 +54,23 @@ class OnlineProgress:
 
 
 def online(
-    map_name: str = typer.Option("2s3z", "--map", "-m", help="SMAC map (offmarl envs list; smac- prefix optional)."),
-    backend: str = typer.Option("smax", "--backend", help="smax (JAX, default) | sc2 (needs StarCraft II)."),
-    algo: str = typer.Option("mag", "--algo", help="mag (MAMBA + MAG planner) | mamba | mappo (model-free)."),
-    steps: int = typer.Option(None, "--steps", min=1, help="Environment steps (default 100000)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of everything (env copies, networks, imagination)."),
+    map_name: str = typer.Option(None, "--map", "-m", help="SMAC map (offmarl envs list; smac- prefix optional); "
+                                 "default 2s3z."),
+    backend: str = typer.Option(None, "--backend", help="smax (JAX, default) | sc2 (needs StarCraft II)."),
+    algo: str = typer.Option(None, "--algo", help="mag (default: MAMBA + MAG planner) | mamba | mappo (model-free)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Environment steps (default 100000; with --resume: the "
+                              "new total)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of everything (env copies, networks, imagination); "
+                             "default 0."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    config: str = typer.Option(None, "--config", help="A block of configs/online.yaml (e.g. mamba-reference, "
-                               "smoke) or a YAML file."),
+    config: list[str] = typer.Option(None, "--config", help="A block of configs/online.yaml (e.g. mamba-reference, "
+                                     "smoke) or a YAML file; repeatable, applied in order."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set planner.l=4 (repeatable)."),
-    out: Path = typer.Option(Path("runs"), "--out", help="Parent folder of the run directory."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this run directory."),
+    out: Path = typer.Option(None, "--out", help="Parent folder of the run directory (default: runs)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this run directory with its own "
+                                "config; --steps sets a new total."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config, each value with "
+                                      "its source (default, a block, a file or an option), and exit."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Train agents online on a SMAC map: collect battles from SMAX copies stepped together,
@@ -77,12 +83,24 @@ def online(
     Example: offmarl online --map 2s3z --steps 2000
 
     Example: offmarl online --map 3s_vs_4z --algo mamba --seed 1 --config mamba-reference --device cuda
-    """
-    map_name = map_name.removeprefix("smac-")
-    from offmarl.driver import online_from_options  # lazy: torch/jax load only when a command runs (cli/main.py)
 
-    res = online_from_options(map_name, algo, backend, config, set_, steps, seed, device, str(out),
-                              str(resume) if resume else None,
+    Example: offmarl online --map 2s3z --config mag-reference --config cpu-quick --print-config
+    """
+    if map_name is not None:
+        map_name = map_name.removeprefix("smac-")
+    # lazy: torch/jax load only when a command runs (cli/main.py)
+    from offmarl.driver import online_from_options, print_online_config
+
+    if print_config:
+        if resume is not None:
+            from offmarl.errors import OffmarlError
+
+            raise OffmarlError(f"--print-config shows a new run's config; the run's own is {resume / 'config.yaml'}")
+        console.print(print_online_config(algo, map_name, backend, config, set_, steps), markup=False,
+                      highlight=False, soft_wrap=True)
+        return
+    res = online_from_options(map_name, algo, backend, config, set_, steps, seed, device,
+                              str(out) if out is not None else None, str(resume) if resume else None,
                               progress=(lambda cfg: OnlineProgress(cfg.iteration_steps)) if progress else None,
                               log=console.print)
     console.print(f"final evaluation: win rate {res['win_rate']:.2f}, return {res['return_mean']:.3f} ± "

@@ -20,8 +20,8 @@ def train(
                              help="moma-ppo (default) | iql | ma-iql | ibc | itd3bc | matd3bc | icql | omar"),
     obs: str = typer.Option(None, "--obs", help="Observation scheme (fo, po, local, po-independent, po-leader); "
                             "default: the dataset's."),
-    config: str = typer.Option(None, "--config", help="Override block of configs/<algo>.yaml (e.g. moma-ppo: "
-                               "reference, mag) or a YAML file of config keys."),
+    config: list[str] = typer.Option(None, "--config", help="Override block of configs/<algo>.yaml (e.g. moma-ppo: "
+                                     "reference, mag) or a YAML file of config keys; repeatable, applied in order."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set rollout.horizon=5 (repeatable)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps (baselines: gradient steps; "
                               "moma-ppo: iterations)."),
@@ -34,6 +34,8 @@ def train(
     world_model: Path = typer.Option(None, "--world-model", help="moma-ppo: reuse this trained world model."),
     planner: str = typer.Option(None, "--planner", help="moma-ppo: none | mag (model rollouts planned by MAG)."),
     env: str = typer.Option(None, "--env", help="Environment of a D4RL file given as --dataset (e.g. ant-4x2)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config, each value with "
+                                      "its source (default, a block, a file or an option), and exit."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Train an offline MARL algorithm on a dataset; evaluates in the real environment and
@@ -42,6 +44,8 @@ def train(
     Example: offmarl train --dataset ant-medium
 
     Example: offmarl train --dataset coordination-unfavorable --algo ma-iql --seed 3
+
+    Example: offmarl train --dataset ant-medium --config reference --set ppo.lr=1e-4 --print-config
     """
     from offmarl.cli.progress import make_progress
     from offmarl.driver import train_from_options
@@ -51,10 +55,25 @@ def train(
         extra["world_model_path"] = str(world_model)
     if planner is not None:
         extra["planner.kind"] = planner
+    if print_config:
+        _print_config(dataset, algo, obs, config, set_, steps, extra, resume)
+        return
     result = train_from_options(dataset, algo, obs, config, set_, steps, seed, device,
                                 str(out) if out is not None else None, str(resume) if resume else None, env=env,
                                 extra=extra, progress=make_progress() if progress else None, log=console.print)
     _print_result(result)
+
+
+def _print_config(dataset, algo, obs, config, set_, steps, extra, resume) -> None:
+    from offmarl.driver import print_config
+    from offmarl.errors import OffmarlError
+
+    if resume is not None:
+        raise OffmarlError(f"--print-config shows a new run's config; the run's own is {resume / 'config.yaml'}")
+    if dataset is None:
+        raise OffmarlError("--print-config needs --dataset (its recipe selects override blocks)")
+    console.print(print_config(algo or "moma-ppo", dataset, obs, config, set_, steps, extra), markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 def _print_result(res: dict) -> None:

@@ -6,6 +6,11 @@ override blocks (a block is a named mapping in a YAML file of configs/, e.g. ``a
 a.b=value`` overrides. Unknown keys are errors with a suggestion, never silently ignored. The
 fully resolved config, with the names of the blocks applied, is written to the run directory as
 ``config.yaml``.
+
+Blocks compose: ``--config a --config b`` applies a, then b. Two keys of a block are not config
+keys: ``extends: NAME`` (or a list of names) applies those blocks of the same file first, and
+``maps: {MAP: {...}}`` adds keys for one map of an online run (e.g. MAG's per-map planner).
+``build_with_sources`` records which layer set each key (``--print-config``).
 """
 from __future__ import annotations
 
@@ -139,6 +144,82 @@ def read_blocks(path: Path) -> dict[str, dict[str, Any]]:
         if not isinstance(block, dict):
             raise ConfigError(f"config file {path}: block {name!r} must be a mapping of config keys")
     return data
+
+
+# keys of a block that structure blocks instead of setting config keys (module docstring)
+BLOCK_KEYS = ("extends", "maps")
+
+
+def expand_block(name: str, block: dict[str, Any], blocks: dict[str, dict[str, Any]], label: str,
+                 map_name: str | None = None, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """One block -> the layers it stands for, in order, as (name, mapping): the blocks it
+    ``extends`` (of ``blocks``, the same file, named ``label:NAME``), the block's own keys, then
+    its ``maps`` entry for ``map_name``. A map-less command refuses a block with ``maps``
+    (nothing else would read it); a cycle of ``extends`` is an error."""
+    where = f"{label}:{name}" if label else name
+    if name in _seen:
+        raise ConfigError(f"{where}: 'extends' loops back to itself ({' -> '.join((*_seen, name))})")
+    parents = block.get("extends", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{where}: 'extends' takes a block name or a list of block names, got {parents!r}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for parent in parents:
+        if parent not in blocks:
+            close = difflib.get_close_matches(parent, list(blocks), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{where}: extends {parent!r}, which is not a block of the same file.{hint}")
+        layers += expand_block(parent, blocks[parent], blocks, label, map_name, (*_seen, name))
+    own = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+    if own:
+        layers.append((where, own))
+    maps = block.get("maps")
+    if maps is not None:
+        if not isinstance(maps, dict) or not all(isinstance(v, dict) for v in maps.values()):
+            raise ConfigError(f"{where}: 'maps' takes a mapping of map name -> config keys")
+        if map_name is None:
+            raise ConfigError(f"{where}: 'maps' (per-map keys) applies to `offmarl online` runs only")
+        if map_name in maps:
+            layers.append((f"{where} maps.{map_name}", maps[map_name]))
+    return layers
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def build_with_sources(cls, layers: Sequence[tuple[str, dict[str, Any]]]):
+    """Defaults of ``cls`` <- each (name, mapping) layer in order. Returns (config, sources):
+    ``sources[dotted key]`` is the name of the last layer that set the key (keys no layer set
+    are the defaults)."""
+    cfg = build_config(cls, layers)
+    sources: dict[str, str] = {}
+    for name, data in layers:
+        for key in _flatten(data):
+            sources[key] = name
+    return cfg, sources
+
+
+def describe(cfg, sources: dict[str, str]) -> str:
+    """The resolved config, one ``dotted.key: value`` line each, followed by where the value came
+    from: ``# default`` or ``# <layer>`` (a block, a YAML file or a CLI option)."""
+    flat = _flatten(to_dict(cfg))
+    default = _flatten(to_dict(type(cfg)()))
+    width = max(len(k) for k in flat) + 2
+    lines = []
+    for key, value in flat.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        where = sources.get(key, "default")
+        if where != "default" and value == default.get(key):
+            where += " (= default)"
+        lines.append(f"{key + ':':<{width}}{text:<14} # {where}")
+    return "\n".join(lines)
 
 
 def build_config(cls, layers: Sequence[str | Path | tuple[str, dict[str, Any]]] = (),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +23,9 @@ from offmarl.algos import bc, cql, iql, ma_iql, matd3bc, moma_ppo, omar, online,
 from offmarl.config import (
     ConfigError,
     build_config,
+    build_with_sources,
+    describe,
+    expand_block,
     from_dict,
     parse_overrides,
     read_blocks,
@@ -78,14 +81,23 @@ def algorithm_module(name: str):
 OBS_CONFIG_TAGS = {"po": ("po",), "po-independent": ("po",), "po-leader": ("po",)}
 
 
-def override_blocks(algo: str, dataset: str, obs: str | None, config: str | None) -> list[tuple[str, dict]]:
+def _configs(config: str | Sequence[str] | None) -> list[str]:
+    """``--config`` as a list (the option is repeatable; one name or None still work)."""
+    if config is None:
+        return []
+    return [config] if isinstance(config, str) else list(config)
+
+
+def override_blocks(algo: str, dataset: str, obs: str | None,
+                    config: str | Sequence[str] | None) -> list[tuple[str, dict]]:
     """The override blocks applied over ``algo``'s defaults, in order, as (name, mapping):
 
     1. each tag of the dataset's recipe (``Recipe.config`` in offmarl/data/registry.py; a dataset
        given as a file has none), then each tag of the observation scheme (``OBS_CONFIG_TAGS``):
        block ``tag`` of configs/<algo>.yaml and block ``algo`` of configs/<tag>.yaml (a task file,
        e.g. configs/coordination.yaml), where they exist;
-    2. the user's ``--config``: a block of configs/<algo>.yaml (e.g. ``reference``) or a YAML file.
+    2. each ``--config`` in order: a block of configs/<algo>.yaml (e.g. ``reference``; with the
+       blocks it ``extends`` before it, offmarl/config.py) or a YAML file.
     Names read ``moma-ppo.yaml:ant``; a user's file is named by its path."""
     tags = [] if registry.is_file_reference(dataset) else list(registry.recipe(dataset).config)
     tags += OBS_CONFIG_TAGS.get(obs or "", ())
@@ -94,23 +106,26 @@ def override_blocks(algo: str, dataset: str, obs: str | None, config: str | None
     blocks = []
     for tag in tags:
         if tag in own:
-            blocks.append((f"{algo}.yaml:{tag}", own[tag]))
+            blocks += expand_block(tag, own[tag], own, f"{algo}.yaml")
         task_file = shipped_config(tag)
         task = read_blocks(task_file) if task_file else {}
         if algo in task:
             blocks.append((f"{tag}.yaml:{algo}", task[algo]))
-    if config:
-        blocks.append(user_block(algo, own, config, prefix=f"{algo}-"))
+    for name in _configs(config):
+        blocks += user_blocks(algo, own, name, prefix=f"{algo}-")
     return blocks
 
 
-def user_block(file: str, own: dict[str, dict], config: str, prefix: str = "") -> tuple[str, dict]:
-    """The user's ``--config``: block ``config`` of configs/<file>.yaml (``own``) or a YAML file,
-    as (name, mapping); anything else raises with the closest block names."""
+def user_blocks(file: str, own: dict[str, dict], config: str, prefix: str = "",
+                map_name: str | None = None) -> list[tuple[str, dict]]:
+    """One ``--config``: block ``config`` of configs/<file>.yaml (``own``; expanded by
+    ``expand_block``: what it extends, then its keys, then its ``maps`` entry for ``map_name``)
+    or a YAML file (its ``extends`` names blocks of configs/<file>.yaml), as layers
+    (name, mapping); anything else raises with the closest block names."""
     if config in own:
-        return f"{file}.yaml:{config}", own[config]
+        return expand_block(config, own[config], own, f"{file}.yaml", map_name)
     if Path(config).is_file():
-        return config, read_yaml(Path(config))
+        return expand_block(config, read_yaml(Path(config)), own, "", map_name)
     choices = ", ".join(own) or "none"
     close = difflib.get_close_matches(config.removeprefix(prefix), list(own), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -118,23 +133,52 @@ def user_block(file: str, own: dict[str, dict], config: str, prefix: str = "") -
                       f"(blocks: {choices}).{hint}")
 
 
-def resolve_config(algo: str, dataset: str, obs: str | None, config: str | None, overrides: list[str] | None,
-                   steps: int | None, extra: dict[str, Any] | None):
-    """The algorithm's ``Config``: dataclass defaults <- ``override_blocks`` <- ``--set`` /
-    ``--steps`` / algorithm-specific CLI options (``extra``, dotted keys). Returns (config, names
-    of the applied override blocks)."""
-    mod = algorithm_module(algo)
+def _cli_layers(overrides: list[str] | None, named: dict[str, Any]) -> list[tuple[str, dict]]:
+    """The command line's layers after the blocks: ``--set`` (all of them, one layer), then each
+    option in ``named`` (CLI name -> {dotted key: value}) that was given."""
+    layers = []
     ov = parse_overrides(overrides)
-    if steps is not None:
-        ov.setdefault("loop", {})["steps"] = int(steps)
+    if ov:
+        layers.append(("--set", ov))
+    for option, values in named.items():
+        nested: dict[str, Any] = {}
+        for key, value in values.items():
+            node = nested
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        if nested:
+            layers.append((option, nested))
+    return layers
+
+
+def config_layers(algo: str, dataset: str, obs: str | None, config: str | Sequence[str] | None,
+                  overrides: list[str] | None, steps: int | None, extra: dict[str, Any] | None):
+    """Every layer over the algorithm's defaults, in order: ``override_blocks``, ``--set``,
+    ``--steps``, then the algorithm-specific CLI options (``extra``, dotted keys)."""
+    algorithm_module(algo)
+    named = {"--steps": {"loop.steps": int(steps)} if steps is not None else {}}
     for key, value in (extra or {}).items():
-        node = ov
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    blocks = override_blocks(algo, dataset, obs, config)
-    return build_config(mod.Config, blocks, ov), [name for name, _ in blocks]
+        named.setdefault(EXTRA_OPTIONS.get(key, key), {})[key] = value
+    return override_blocks(algo, dataset, obs, config) + _cli_layers(overrides, named)
+
+
+def resolve_config(algo: str, dataset: str, obs: str | None, config: str | Sequence[str] | None,
+                   overrides: list[str] | None, steps: int | None, extra: dict[str, Any] | None):
+    """The algorithm's ``Config``: dataclass defaults <- ``config_layers``. Returns (config,
+    names of the applied override blocks)."""
+    layers = config_layers(algo, dataset, obs, config, overrides, steps, extra)
+    cfg = build_config(algorithm_module(algo).Config, layers)
+    return cfg, [name for name, _ in layers if not name.startswith("--")]
+
+
+def print_config(algo: str, dataset: str, obs: str | None, config: str | Sequence[str] | None,
+                 overrides: list[str] | None, steps: int | None, extra: dict[str, Any] | None) -> str:
+    """``offmarl train --print-config``: the resolved config and each value's source."""
+    layers = config_layers(algo, dataset, obs, config, overrides, steps, extra)
+    cfg, sources = build_with_sources(algorithm_module(algo).Config, layers)
+    return describe(cfg, sources)
 
 
 def real_env_evaluator(algo, meta, seed: int, n_envs: int, device) -> Callable[[int], dict[str, Any]]:
@@ -222,27 +266,38 @@ def _resume(resume: str, steps: int | None, dev, progress: Progress | None, log:
     saved = run.config
     run.lock()
     try:
+        if saved.get("kind") == "online":
+            raise OffmarlError(f"{resume} was made by `offmarl online`; resume it with `offmarl online --resume`")
         mod = algorithm_module(saved["algo"])
         cfg = saved_config(mod, saved)
-        final = run.final_step() if run.finished else None
-        if run.finished and (steps is None or (final is not None and steps <= final)):
-            done = f" at step {final}" if final is not None else ""
-            raise RunError(f"{run.path} is finished (final evaluation{done} in eval.json): evaluate it with "
-                           f"`offmarl evaluate {run.path}`, or extend it with `--resume {run.path} --steps N`"
-                           f"{f' (N > {final})' if final is not None else ''}")
         if steps is not None:  # the new total; LoopConfig checks it like any other value
             cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=int(steps)))
-        if run.has_checkpoint("latest"):  # a damaged or unsafe checkpoint fails now, not after a world-model fit
-            at = run.load_checkpoint("latest")["step"]
-            if at > cfg.loop.steps:
-                raise RunError(f"{run.path}: its checkpoint is at step {at}; --steps {cfg.loop.steps} cannot go "
-                               f"back (evaluate the run as it is, or train a new one)")
+        check_extension(run, "train", cfg.loop.steps, steps is not None)
         ds = _training_data(run, saved, log)
         log(f"resuming {run.path}" + (f" up to step {cfg.loop.steps}" if steps is not None else ""))
     except BaseException:
         run.close()
         raise
     return _train_in(run, mod, cfg, ds, saved["seed"], dev, True, progress, log)
+
+
+def check_extension(run: RunDir, command: str, total: int, new_total: bool, unit: int = 1,
+                    name: str = "step") -> None:
+    """The guards of ``--resume`` shared by ``offmarl train`` and ``offmarl online``: a finished run
+    (eval.json written) continues only to a larger ``--steps`` total; a checkpoint past the total
+    cannot go back. ``total`` and the recorded steps are the loop's steps; ``unit`` loop steps ->
+    the ``--steps`` the user gives (online: env steps per iteration); ``name`` says which."""
+    final = run.final_step() if run.finished else None
+    if run.finished and (not new_total or (final is not None and total <= final)):
+        done = f" at {name} {final * unit}" if final is not None else ""
+        raise RunError(f"{run.path} is finished (final evaluation{done} in eval.json): evaluate it with "
+                       f"`offmarl evaluate {run.path}`, or extend it with `offmarl {command} --resume {run.path} "
+                       f"--steps N`{f' (N > {final * unit})' if final is not None else ''}")
+    if run.has_checkpoint("latest"):  # a damaged or unsafe checkpoint fails now, not after a world-model fit
+        at = run.load_checkpoint("latest")["step"]
+        if at > total:
+            raise RunError(f"{run.path}: its checkpoint is at {name} {at * unit}; --steps {total * unit} cannot go "
+                           f"back (evaluate the run as it is, or train a new one)")
 
 
 def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None]) -> MultiAgentDataset:
@@ -284,26 +339,42 @@ def online_loop_config(cfg) -> LoopConfig:
                       checkpoint_every=every)
 
 
-def resolve_online_config(algo: str, map_name: str, backend: str, config: str | None, overrides: list[str] | None,
-                          steps: int | None):
-    """online.Config: dataclass defaults (the CPU preset) <- ``--config`` (a block of
-    configs/online.yaml or a YAML file; ``mag-reference`` brings block ``map-<map>``, MAG's L, H
-    for that map) <- ``--set`` / ``--steps`` / --algo --map --backend. Returns (config, names of
-    the applied blocks)."""
+def online_config_layers(algo: str | None, map_name: str | None, backend: str | None,
+                         config: str | Sequence[str] | None, overrides: list[str] | None, steps: int | None):
+    """Every layer over online.Config's defaults (the CPU preset), in order: each ``--config`` (a
+    block of configs/online.yaml, with what it ``extends`` before it and its ``maps`` entry for
+    the run's map after it, or a YAML file), ``--set``, then --steps / --algo / --map / --backend
+    where given. The map of ``maps`` entries is ``--map``, else a ``--set map=``, else the default."""
     own_file = shipped_config("online")
     own = read_blocks(own_file) if own_file else {}
-    blocks = []
-    if config:
-        blocks.append(user_block("online", own, config))
-        if config == "mag-reference" and f"map-{map_name}" in own:
-            blocks.append((f"online.yaml:map-{map_name}", own[f"map-{map_name}"]))
-    ov = parse_overrides(overrides)
-    ov.update({"algo": algo, "map": map_name, "backend": backend})
-    if steps is not None:
-        ov.setdefault("loop", {})["env_steps"] = int(steps)
-    cfg = build_config(online.Config, blocks, ov)
+    map_for_blocks = map_name or parse_overrides(overrides).get("map") or online.Config().map
+    layers = []
+    for name in _configs(config):
+        layers += user_blocks("online", own, name, map_name=str(map_for_blocks))
+    named = {"--steps": {"loop.env_steps": int(steps)} if steps is not None else {},
+             "--algo": {"algo": algo} if algo is not None else {},
+             "--map": {"map": map_name} if map_name is not None else {},
+             "--backend": {"backend": backend} if backend is not None else {}}
+    return layers + _cli_layers(overrides, named)
+
+
+def resolve_online_config(algo: str | None, map_name: str | None, backend: str | None,
+                          config: str | Sequence[str] | None, overrides: list[str] | None, steps: int | None):
+    """online.Config: dataclass defaults (the CPU preset) <- ``online_config_layers``. Returns
+    (config, names of the applied blocks)."""
+    layers = online_config_layers(algo, map_name, backend, config, overrides, steps)
+    cfg = build_config(online.Config, layers)
     cfg.__post_init__()  # validate the merged values
-    return cfg, [name for name, _ in blocks]
+    return cfg, [name for name, _ in layers if not name.startswith("--")]
+
+
+def print_online_config(algo: str | None, map_name: str | None, backend: str | None,
+                        config: str | Sequence[str] | None, overrides: list[str] | None, steps: int | None) -> str:
+    """``offmarl online --print-config``: the resolved config and each value's source."""
+    layers = online_config_layers(algo, map_name, backend, config, overrides, steps)
+    cfg, sources = build_with_sources(online.Config, layers)
+    cfg.__post_init__()
+    return describe(cfg, sources)
 
 
 def online_evaluator(algo, env_name: str, backend: str, seed: int, n_envs: int, device) -> Callable[[int], dict]:
@@ -319,46 +390,76 @@ def online_evaluator(algo, env_name: str, backend: str, seed: int, n_envs: int, 
     return evaluate
 
 
-def online_from_options(map_name: str, algo: str = "mag", backend: str = "smax", config: str | None = None,
-                        overrides: list[str] | None = None, steps: int | None = None, seed: int = 0,
-                        device: str = "auto", out: str = "runs", resume: str | None = None,
+def online_from_options(map_name: str | None = None, algo: str | None = None, backend: str | None = None,
+                        config: str | Sequence[str] | None = None, overrides: list[str] | None = None,
+                        steps: int | None = None, seed: int | None = None, device: str = "auto",
+                        out: str | None = None, resume: str | None = None,
                         progress: Callable[[Any], Progress] | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """What ``offmarl online`` does: check the map and backend, build the config, create or reopen
     the run directory (``kind: online``), train online in the loop, evaluate. ``progress(cfg)``
-    builds the loop's Progress once the config is known (the CLI shows env steps)."""
+    builds the loop's Progress once the config is known (the CLI shows env steps). Options left
+    None take the config's defaults (map 2s3z, algo mag, backend smax), seed 0, out ``runs``.
+
+    ``resume``: continue that run directory with its own config, under the guards of ``offmarl
+    train --resume`` (run lock, foreign options refused, ``steps`` = the new total of env steps)."""
     cpu_numerics()
     dev = resolve_device(device)
     if resume:
+        given = {"--map": map_name, "--algo": algo, "--backend": backend, "--config": _configs(config) or None,
+                 "--set": overrides or None, "--seed": seed, "--out": out}
+        rejected = [name for name, value in given.items() if value is not None]
+        if rejected:
+            raise OffmarlError(f"--resume {resume} continues the run with its own config; {', '.join(rejected)} "
+                               f"cannot change it (drop {'them' if len(rejected) > 1 else 'it'}; --steps N sets the "
+                               f"new total number of env steps)")
         run = RunDir.open(resume)
         saved = run.config
         if saved.get("kind") != "online":
             raise OffmarlError(f"{resume} was made by `offmarl train`, not `offmarl online`; resume it with "
                                "`offmarl train --resume`")
-        cfg = from_dict(online.Config, saved["config"])
-        seed = saved["seed"]
-        log(f"resuming {run.path}")
+        run.lock()
+        try:
+            cfg = from_dict(online.Config, saved["config"])
+            if steps is not None:
+                cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, env_steps=int(steps)))
+            check_extension(run, "online", cfg.iterations, steps is not None, unit=cfg.iteration_steps,
+                            name="env step")
+            seed = saved["seed"]
+            log(f"resuming {run.path}" + (f" up to {cfg.iterations * cfg.iteration_steps} env steps"
+                                          if steps is not None else ""))
+        except BaseException:
+            run.close()
+            raise
     else:
-        if algo not in ONLINE_ALGORITHMS:
+        if algo is not None and algo not in ONLINE_ALGORITHMS:
             close = difflib.get_close_matches(algo, list(ONLINE_ALGORITHMS), n=2)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise OffmarlError(f"unknown online algorithm {algo!r}; choose one of: "
                                f"{', '.join(ONLINE_ALGORITHMS)}.{hint}")
-        check_online_map(map_name, backend)
+        if map_name is not None:  # before the config: a bad map gets the nearest names, not a config error
+            check_online_map(map_name, backend or "smax")
         cfg, applied = resolve_online_config(algo, map_name, backend, config, overrides, steps)
-        resolved = {"kind": "online", "algo": algo, "dataset": f"smac-{map_name}", "env": f"smac-{map_name}",
-                    "obs": "local", "backend": backend, "seed": seed, "device": str(dev), "overrides": applied,
+        check_online_map(cfg.map, cfg.backend)
+        seed = 0 if seed is None else seed
+        check_runs_folder(Path(out or "runs"))
+        resolved = {"kind": "online", "algo": cfg.algo, "dataset": f"smac-{cfg.map}", "env": f"smac-{cfg.map}",
+                    "obs": "local", "backend": cfg.backend, "seed": seed, "device": str(dev), "overrides": applied,
                     "config": to_dict(cfg)}
-        run = RunDir.create(Path(out), algo, f"smac-{map_name}", seed, resolved)
+        run = RunDir.create(Path(out or "runs"), cfg.algo, f"smac-{cfg.map}", seed, resolved)
+        run.lock()
         log(f"run directory: {run.path}")
-    seed_everything(seed)
-    mod = ONLINE_ALGORITHMS[cfg.algo]
-    algorithm = mod.Algorithm(None, cfg, dev, seed, log=log)
-    evaluate = online_evaluator(algorithm, algorithm.env_name, cfg.backend, seed, cfg.loop.eval_envs, dev)
     try:
+        seed_everything(seed)
+        algorithm = ONLINE_ALGORITHMS[cfg.algo].Algorithm(None, cfg, dev, seed, log=log)
+        evaluate = online_evaluator(algorithm, algorithm.env_name, cfg.backend, seed, cfg.loop.eval_envs, dev)
+        # the loop writes eval.json once, with env_steps (online_evaluator)
         result = train(algorithm, run, online_loop_config(cfg), evaluate, dev, resume=bool(resume),
                        progress=progress(cfg) if progress else None)
-        run.write_eval(result)  # with env_steps
+    except TrainingInterrupted as e:
+        log(f"interrupted: checkpoint at env step {e.step * cfg.iteration_steps} in "
+            f"{run.path / 'checkpoints' / 'latest.pt'}; continue with: offmarl online --resume {run.path}")
+        raise
     finally:
         run.close()
     result["run_dir"] = str(run.path)

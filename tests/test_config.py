@@ -3,9 +3,25 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from offmarl.config import CONFIG_DIR, ConfigError, build_config, parse_overrides, read_blocks, to_dict
+from offmarl.config import (
+    CONFIG_DIR,
+    ConfigError,
+    build_config,
+    expand_block,
+    parse_overrides,
+    read_blocks,
+    to_dict,
+)
 from offmarl.data.registry import RECIPES
-from offmarl.driver import ALGORITHMS, OBS_CONFIG_TAGS, override_blocks, resolve_config
+from offmarl.driver import (
+    ALGORITHMS,
+    OBS_CONFIG_TAGS,
+    override_blocks,
+    print_config,
+    print_online_config,
+    resolve_config,
+    resolve_online_config,
+)
 
 
 @dataclass
@@ -115,3 +131,81 @@ def test_every_shipped_block_builds_and_every_tag_is_used():
 def test_a_bad_block_names_itself():
     with pytest.raises(ConfigError, match="coordination.yaml:x: unknown config key 'hiden'"):
         build_config(Outer, [("coordination.yaml:x", {"hiden": 3})])
+
+
+# ------------------------------------------------------------------ composition and --print-config
+def test_repeated_config_composes_in_order(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("rollout_batch: 7\nrollout: {horizon: 3}\n")
+    b.write_text("rollout_batch: 9\n")
+    cfg, applied = resolve_config("moma-ppo", "ant-medium", None, [str(a), str(b)], [], None, {})
+    assert (cfg.rollout_batch, cfg.rollout.horizon) == (9, 3) and applied == ["moma-ppo.yaml:ant", str(a), str(b)]
+    cfg, _ = resolve_config("moma-ppo", "ant-medium", None, [str(b), str(a)], [], None, {})
+    assert cfg.rollout_batch == 7
+    # a shipped block, then a file over it, then --set over both
+    cfg, applied = resolve_config("moma-ppo", "ant-medium", None, ["reference", str(a)], ["rollout.horizon=4"],
+                                  None, {})
+    assert cfg.ppo.lr == 5e-5 and cfg.rollout.horizon == 4 and applied[-2:] == ["moma-ppo.yaml:reference", str(a)]
+
+
+def test_extends_and_maps_expand_in_order():
+    blocks = {"base": {"inner": {"horizon": 1, "lam": 0.5}},
+              "child": {"extends": "base", "inner": {"horizon": 2}, "maps": {"m1": {"name": "on-m1"}}},
+              "loop": {"extends": "loop"}}
+    layers = expand_block("child", blocks["child"], blocks, "f.yaml", map_name="m1")
+    assert [n for n, _ in layers] == ["f.yaml:base", "f.yaml:child", "f.yaml:child maps.m1"]
+    cfg = build_config(Outer, layers)
+    assert (cfg.inner.horizon, cfg.inner.lam, cfg.name) == (2, 0.5, "on-m1")
+    assert [n for n, _ in expand_block("child", blocks["child"], blocks, "f.yaml", map_name="m2")][-1] == "f.yaml:child"
+    with pytest.raises(ConfigError, match="applies to `offmarl online` runs only"):
+        expand_block("child", blocks["child"], blocks, "f.yaml")
+    with pytest.raises(ConfigError, match="loops back"):
+        expand_block("loop", blocks["loop"], blocks, "f.yaml")
+    with pytest.raises(ConfigError, match="extends 'bse'.*Did you mean: base"):
+        expand_block("x", {"extends": "bse"}, blocks, "f.yaml")
+
+
+def test_mag_reference_is_mamba_reference_plus_mag_values_and_its_map():
+    mamba, _ = resolve_online_config("mag", "2s3z", None, ["mamba-reference"], None, None)
+    mag, applied = resolve_online_config("mag", "2s3z", None, ["mag-reference"], None, None)
+    assert applied == ["online.yaml:mamba-reference", "online.yaml:mag-reference",
+                       "online.yaml:mag-reference maps.2s3z"]
+    assert (mag.planner.l, mag.planner.h, mag.model.lr, mag.model.error_hidden) == (5, 10, 5e-4, (256,) * 4)
+    assert mag.model.deter == mamba.model.deter == 256 and mag.ppo_rounds == mamba.ppo_rounds == 4
+    # a map MAG has no values for: MAMBA's sizes, the CPU preset's planner
+    mag3m, applied = resolve_online_config("mag", "3m", None, ["mag-reference"], None, None)
+    assert applied[-1] == "online.yaml:mag-reference" and (mag3m.planner.l, mag3m.planner.h) == (4, 5)
+    # --config a --config b composes in order; --set comes last
+    cfg, applied = resolve_online_config("mag", "2s3z", None, ["mag-reference", "cpu-quick"], ["planner.h=7"], None)
+    assert applied[-1] == "online.yaml:cpu-quick" and cfg.model_updates == 5 and cfg.model.deter == 256
+    assert (cfg.planner.l, cfg.planner.h) == (5, 7)
+
+
+def _sources(text: str) -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in text.splitlines():
+        key, rest = line.split(":", 1)
+        value, source = rest.rsplit("# ", 1)
+        out[key] = (value.strip(), source.strip())
+    return out
+
+
+def test_print_config_names_each_values_source(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("rollout_batch: 7\n")
+    rows = _sources(print_config("moma-ppo", "ant-medium", None, ["reference", str(f)], ["ppo.lr=1e-4"], 5,
+                                 {"planner.kind": "mag"}))
+    assert rows["rollout_batch"] == ("7", str(f))
+    assert rows["ppo.lr"] == ("0.0001", "--set")
+    assert rows["loop.steps"] == ("5", "--steps") and rows["planner.kind"] == ("mag", "--planner")
+    assert rows["world_model.hidden"] == ("[1024, 1024, 1024, 1024]", "moma-ppo.yaml:reference")
+    assert rows["rollout.horizon"][1] in ("moma-ppo.yaml:reference", "moma-ppo.yaml:reference (= default)")
+    assert sum(src == "default" for _, src in rows.values()) > 10  # untouched keys say so
+
+    rows = _sources(print_online_config("mamba", "3s_vs_4z", None, ["mag-reference"], ["planner.h=7"], 5000))
+    assert rows["algo"] == ("mamba", "--algo") and rows["map"] == ("3s_vs_4z", "--map")
+    assert rows["backend"] == ("smax", "default")
+    assert rows["model.lr"] == ("0.0005", "online.yaml:mag-reference")
+    assert rows["model.deter"] == ("256", "online.yaml:mamba-reference")
+    assert rows["planner.l"] == ("4", "online.yaml:mag-reference maps.3s_vs_4z (= default)")
+    assert rows["planner.h"] == ("7", "--set") and rows["loop.env_steps"] == ("5000", "--steps")

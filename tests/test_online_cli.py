@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from offmarl.algos import online
-from offmarl.config import CONFIG_DIR, build_config, read_blocks
+from offmarl.config import CONFIG_DIR, build_config, expand_block, read_blocks
 from offmarl.driver import resolve_online_config
 
 ENV = {**os.environ, "OFFMARL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -69,10 +69,8 @@ def test_cli_resume_continues_with_identical_metrics(tmp_path):
     part = offmarl(*common, "--steps", "400", "--out", str(tmp_path / "b"))
     assert part.returncode == 0, part.stderr[-2000:]
     (run_b,) = (tmp_path / "b").iterdir()
-    # continue the shorter run to the longer budget
-    cfg = (run_b / "config.yaml").read_text().replace("env_steps: 400", "env_steps: 600")
-    (run_b / "config.yaml").write_text(cfg)
-    res = offmarl("online", "--resume", str(run_b), "--no-progress")
+    # continue the shorter (finished) run to the longer budget: --steps is the new total
+    res = offmarl("online", "--resume", str(run_b), "--steps", "600", "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
     (run_a,) = (tmp_path / "a").iterdir()
 
@@ -89,11 +87,11 @@ def test_cli_resume_continues_with_identical_metrics(tmp_path):
     assert a == b
 
 
-def test_every_online_block_builds_and_map_blocks_come_with_mag_reference():
+def test_every_online_block_builds_and_mag_reference_brings_its_map():
     blocks = read_blocks(CONFIG_DIR / "online.yaml")
     for name, block in blocks.items():
-        build_config(online.Config, [(name, block)])
-    assert {"mamba-reference", "mag-reference", "map-2s3z", "map-3s_vs_4z", "smoke"} <= set(blocks)
+        build_config(online.Config, expand_block(name, block, blocks, "online.yaml", map_name="2s3z"))
+    assert {"mamba-reference", "mag-reference", "smoke", "cpu-quick"} <= set(blocks)
     # the defaults are the CPU preset: no block, whatever the map
     cfg, applied = resolve_online_config("mag", "2s3z", "smax", None, None, None)
     assert applied == [] and (cfg.planner.l, cfg.planner.h) == (4, 5)
@@ -102,7 +100,8 @@ def test_every_online_block_builds_and_map_blocks_come_with_mag_reference():
     assert (cfg.planner.l, cfg.planner.h, cfg.model.deter, cfg.loop.env_steps) == (4, 7, 256, 5000)
     # MAG's reference settings bring MAG's per-map planner (3s_vs_4z: L 4, H 10; 2s3z: L 5, H 10)
     cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mag-reference", None, None)
-    assert applied == ["online.yaml:mag-reference", "online.yaml:map-3s_vs_4z"]
+    assert applied == ["online.yaml:mamba-reference", "online.yaml:mag-reference",
+                       "online.yaml:mag-reference maps.3s_vs_4z"]
     assert (cfg.planner.l, cfg.planner.h, cfg.model.lr) == (4, 10, 5e-4)
     cfg, _ = resolve_online_config("mag", "2s3z", "smax", "mag-reference", ["planner.l=3"], None)
     assert (cfg.planner.l, cfg.planner.h) == (3, 10)

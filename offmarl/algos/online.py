@@ -83,7 +83,7 @@ def _online_mappo() -> MAPPOConfig:
 class PlannerSettings:
     # CPU preset (ours, benchmarks/online_speed.py): L 4 x H 5 costs ~1/3 of MAG's L 5 x H 10 per
     # imagined step; MAG's per-map values (L 4-5, H 6-10, REFERENCE §1.2) come with
-    # `--config mag-reference` (configs/online.yaml, blocks map-<name>)
+    # `--config mag-reference` (configs/online.yaml, its `maps` entries)
     l: int = 4  # noqa: E741 (MAG's L)
     h: int = 5
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted

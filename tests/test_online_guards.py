@@ -1,0 +1,99 @@
+"""`offmarl online --resume` goes through the guards of `offmarl train --resume`
+(offmarl/driver.py ``check_extension``): foreign options refused in one line, the run lock, a
+finished run continues only to a larger --steps total, and an offline run is not resumed online."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from offmarl.config import to_dict
+from offmarl.driver import online_from_options, resolve_online_config, train_from_options
+from offmarl.errors import OffmarlError
+from offmarl.runs import RunDir, RunError
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def _online_run(tmp_path, kind="online") -> RunDir:
+    cfg, applied = resolve_online_config("mamba", "2s3z", None, ["smoke"], None, 400)
+    resolved = {"kind": kind, "algo": "mamba", "dataset": "smac-2s3z", "env": "smac-2s3z", "obs": "local",
+                "backend": "smax", "seed": 0, "device": "cpu", "overrides": applied, "config": to_dict(cfg)}
+    run = RunDir.create(tmp_path / "runs", "mamba", "smac-2s3z", 0, resolved)
+    run.close()
+    return run
+
+
+@pytest.mark.parametrize("option, value", [("map_name", "3m"), ("algo", "mag"), ("backend", "smax"),
+                                           ("config", ["smoke"]), ("overrides", ["planner.l=2"]), ("seed", 3),
+                                           ("out", "elsewhere")])
+def test_resume_refuses_foreign_options_in_one_line(tmp_path, option, value):
+    run = _online_run(tmp_path)
+    with pytest.raises(OffmarlError) as info:
+        online_from_options(resume=str(run.path), log=_quiet, **{option: value})
+    msg = str(info.value)
+    assert "\n" not in msg and "cannot change it" in msg and "--steps N sets the new total" in msg
+    flag = {"map_name": "--map", "overrides": "--set"}.get(option, f"--{option}")
+    assert flag in msg
+
+
+def test_resume_takes_the_run_lock(tmp_path):
+    run = _online_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.lock_path.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": 0}))
+        with pytest.raises(RunError, match="is in use by process"):
+            online_from_options(resume=str(run.path), log=_quiet)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_finished_run_extends_only_to_a_larger_total(tmp_path):
+    run = _online_run(tmp_path)
+    cfg = resolve_online_config("mamba", "2s3z", None, ["smoke"], None, 400)[0]
+    last = cfg.iterations
+    assert last * cfg.iteration_steps == 400
+    reopened = RunDir.open(run.path)
+    reopened.log(last, "final_eval", {"win_rate": 0.0})
+    reopened.write_eval({"win_rate": 0.0})
+    reopened.close()
+    with pytest.raises(RunError, match=r"is finished .* at env step 400 .*--steps N` \(N > 400\)"):
+        online_from_options(resume=str(run.path), log=_quiet)
+    with pytest.raises(RunError, match=r"N > 400"):
+        online_from_options(resume=str(run.path), steps=400, log=_quiet)
+    assert not run.lock_path.exists()  # refused: the lock is released
+
+
+def test_train_and_online_refuse_each_others_runs(tmp_path):
+    run = _online_run(tmp_path)
+    with pytest.raises(OffmarlError, match="made by `offmarl online`; resume it with `offmarl online --resume`"):
+        train_from_options(resume=str(run.path), log=_quiet)
+    offline = _online_run(tmp_path / "b", kind="offline")
+    with pytest.raises(OffmarlError, match="made by `offmarl train`"):
+        online_from_options(resume=str(offline.path), log=_quiet)
+
+
+def test_print_config_from_the_command_line(tmp_path):
+    """--print-config prints the resolved config with sources and exits: no run directory."""
+    env = {**os.environ, "OFFMARL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "offmarl.cli.main"]
+    r = subprocess.run([*cmd, "online", "--map", "2s3z", "--config", "mag-reference", "--config", "cpu-quick",
+                        "--set", "planner.h=7", "--out", str(tmp_path), "--print-config"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = {line.split(":")[0]: line for line in r.stdout.splitlines()}
+    assert lines["planner.l"].endswith("# online.yaml:mag-reference maps.2s3z")
+    assert lines["planner.h"].endswith("# --set") and lines["model_updates"].endswith("# online.yaml:cpu-quick")
+    assert lines["n_envs"].endswith("# default") and not any(tmp_path.iterdir())
+    r = subprocess.run([*cmd, "train", "--dataset", "ant-medium", "--config", "reference", "--steps", "3",
+                        "--print-config"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = {line.split(":")[0]: line for line in r.stdout.splitlines()}
+    assert lines["loop.steps"].endswith("# --steps") and lines["ppo.lr"].endswith("# moma-ppo.yaml:reference")
