@@ -65,7 +65,7 @@ ALGORITHMS = {
 
 # ``offmarl online --algo NAME`` -> the module and the method it runs (offmarl/algos/online.py:
 # one engine, ``Config.algo`` picks the method).
-ONLINE_ALGORITHMS = {"mag": online, "mamba": online, "mappo": online}
+ONLINE_ALGORITHMS = dict.fromkeys(online.METHODS, online)
 
 
 def algorithm_module(name: str):

@@ -7,14 +7,17 @@ instance (and by every max_steps), so the compile cost is paid about four times 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
-from offmarl.envs import make_env, smac_names
-from offmarl.envs.base import EnvError
+from offmarl.envs import make_env, make_vec_env, smac_names
+from offmarl.envs.base import EnvError, VecMultiAgentEnv
 from offmarl.envs.smac import (
     SC2_ONLY_MAPS,
     SMAC_MAPS,
@@ -25,6 +28,7 @@ from offmarl.envs.smac import (
     make_vec_smac,
     smac_backend_available,
 )
+from offmarl.envs.smax import cache_dir
 
 # find_spec, not pytest.importorskip: importing jaxmarl costs ~7 s of CPU at every collection
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl is not installed")
@@ -208,6 +212,18 @@ def test_vec_env_shapes_and_auto_reset():
         assert not info["battle_won"][~done].any()
         returns[done], length[done] = 0.0, 0
     assert finished >= b
+    # the VecMultiAgentEnv contract: writable arrays (torch wraps them without a copy or a warning),
+    # alive flags read from the masks
+    assert isinstance(venv, VecMultiAgentEnv)
+    for x in (obs, state, r, done, info["final_obs"], info["avail_actions"]):
+        assert x.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.as_tensor(obs), torch.as_tensor(info["final_obs"])
+    alive = venv.alive(info["final_avail"])
+    assert alive.shape == (b, n) and alive.dtype == bool
+    assert (alive == info["final_avail"][..., 0]).all()
+    assert avail[np.arange(b)[:, None], np.arange(n), venv.idle_action].all()  # "stop": always allowed
     with pytest.raises(EnvError, match="env 0, agent 0: action 7 is not available"):
         venv.reset()
         venv.step(np.full((b, n), 7))
@@ -348,3 +364,22 @@ def test_sc2_vec_env_auto_resets_with_test_double():
     assert np.allclose(info["episode_return"], 0.25) and (info["episode_length"] == 2).all()
     assert (info["final_obs"][:, 0] == 2).all() and (obs[:, 0] == 0).all()  # final vs reset observation
     assert info["final_avail"].shape == (2, 2, 7)
+    assert isinstance(venv, VecMultiAgentEnv) and venv.alive(avail).tolist() == [[True, False]] * 2
+
+
+def test_make_vec_env_and_the_cache_folder(monkeypatch, tmp_path):
+    venv = make_vec_env("smac-3m", 2, backend="sc2", seed=7, sc2_env_factory=FakeStarCraft2Env)
+    assert isinstance(venv, VecMultiAgentEnv) and venv.n_envs == 2
+    with pytest.raises(EnvError, match="no vectorised version"):
+        make_vec_env("ant-4x2", 2)
+    with pytest.raises(EnvError, match="unknown SMAC map '3n'"):
+        make_vec_env("smac-3n", 2)
+    with pytest.raises(EnvError, match="Did you mean: smac-3m"):
+        make_vec_env("smax-3m", 2)
+    monkeypatch.setenv("OFFMARL_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == str(tmp_path / "c")
+    monkeypatch.delenv("OFFMARL_CACHE_DIR")
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "d"))
+    assert cache_dir() == str(tmp_path / "d" / "cache")
+    monkeypatch.delenv("OFFMARL_DATA_DIR")
+    assert cache_dir().endswith(os.path.join(".cache", "offmarl"))

@@ -32,3 +32,24 @@ def test_an_algorithm_imports_neither_driver_nor_rich():
             "print(sorted(m for m in sys.modules if m == 'offmarl.driver' or m.split('.')[0] == 'rich'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# backend modules of offmarl/envs: algorithms reach them only through offmarl.envs (make_env,
+# make_vec_env) and the contracts of offmarl/envs/base.py
+BACKEND_MODULES = ("offmarl.envs.smac", "offmarl.envs.smax", "offmarl.envs.sc2", "offmarl.envs.smac_maps",
+                   "offmarl.envs.mamujoco", "offmarl.envs.coordination")
+
+
+def test_algorithms_import_no_env_backend():
+    for path in sorted((ROOT / "offmarl" / "algos").rglob("*.py")):
+        mods = _imported_modules(path)
+        bad = sorted(m for m in mods if any(m == b or m.startswith(b + ".") for b in BACKEND_MODULES))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}; use offmarl.envs.make_env / make_vec_env"
+
+
+def test_the_online_algorithm_loads_no_smac_backend_or_jax():
+    code = ("import sys, offmarl.algos.online; "
+            "print(sorted(m for m in sys.modules if m in ('offmarl.envs.smac', 'offmarl.envs.smax', "
+            "'offmarl.envs.sc2', 'jax', 'jaxmarl')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -32,9 +32,8 @@ import torch
 
 from offmarl.algos.mappo import MAPPO, MAPPOConfig
 from offmarl.data.replay import SequenceReplay
-from offmarl.envs import make_env
+from offmarl.envs import SMAC_BACKENDS, VecMultiAgentEnv, make_env, make_vec_env
 from offmarl.envs.base import EnvSpec
-from offmarl.envs.smac import BACKENDS, SmaxVecEnv, make_vec_smac
 from offmarl.errors import OffmarlError
 from offmarl.planners.mag import plan
 from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
@@ -47,19 +46,23 @@ from offmarl.worldmodel.latent import (
     imagine,
 )
 
-ALGOS = ("mag", "mamba", "mappo")
+
+@dataclass(frozen=True)
+class Method:
+    """What tells the three methods apart, decided once from ``OnlineConfig.algo``; everything
+    else (env copies, networks, evaluation, seeds) is shared."""
+    name: str
+    world_model: bool  # learn the latent model from replay and train MA-PPO in imagination (else on real rollouts)
+    planner: bool  # MAG: R_m is trained and the planner picks each imagined next state among L candidates
+
+
+METHODS = {
+    "mag": Method("mag", world_model=True, planner=True),
+    "mamba": Method("mamba", world_model=True, planner=False),
+    "mappo": Method("mappo", world_model=False, planner=False),
+}
+ALGOS = tuple(METHODS)
 UPDATE_PER = ("iteration", "episode")
-
-
-def _alive(avail: np.ndarray, backend: str) -> np.ndarray:
-    """avail [..., N, K] -> alive [..., N]. SMAX: moving (action 0) is available iff alive; SC2:
-    no-op (action 0) is available iff dead."""
-    return avail[..., 0] if backend == "smax" else ~avail[..., 0]
-
-
-# "stop" (available to every agent, alive or dead in SMAX; alive in SC2): the placeholder action of
-# terminal rows, never learned from
-_STOP = {"smax": 4, "sc2": 1}
 
 
 def _online_mappo() -> MAPPOConfig:
@@ -124,8 +127,8 @@ class OnlineConfig:
     def __post_init__(self):
         if self.algo not in ALGOS:
             raise OffmarlError(f"online.algo = {self.algo!r}; choose one of {', '.join(ALGOS)}")
-        if self.backend not in BACKENDS:
-            raise OffmarlError(f"online.backend = {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend not in SMAC_BACKENDS:
+            raise OffmarlError(f"online.backend = {self.backend!r}; choose one of {', '.join(SMAC_BACKENDS)}")
         if self.update_per not in UPDATE_PER:
             raise OffmarlError(f"online.update_per = {self.update_per!r}; choose one of {', '.join(UPDATE_PER)}")
         if self.collect_steps < self.n_envs:
@@ -135,9 +138,13 @@ class OnlineConfig:
                                "when l > 1")
 
     @property
+    def method(self) -> Method:
+        return METHODS[self.algo]
+
+    @property
     def iteration_steps(self) -> int:
         """Env steps per iteration (all copies)."""
-        per_copy = self.mappo_rollout if self.algo == "mappo" else self.collect_steps // self.n_envs
+        per_copy = self.collect_steps // self.n_envs if self.method.world_model else self.mappo_rollout
         return per_copy * self.n_envs
 
     @property
@@ -160,9 +167,9 @@ class OnlineAlgorithm:
     def __init__(self, dataset, cfg: OnlineConfig, device, seed: int, log=print, build_env: bool = True):
         self.cfg, self.device, self.seed, self.log = cfg, torch.device(device), int(seed), log
         torch.manual_seed(seed)  # network initialisation
-        self.env: SmaxVecEnv | None = None
+        self.env: VecMultiAgentEnv | None = None
         if build_env:
-            self.env = make_vec_smac(cfg.map, cfg.n_envs, backend=cfg.backend, seed=seed)
+            self.env = make_vec_env(f"smac-{cfg.map}", cfg.n_envs, backend=cfg.backend, seed=seed)
             spec = self.env.spec
         else:
             spec = make_env(f"smac-{cfg.map}", backend=cfg.backend).spec
@@ -173,10 +180,10 @@ class OnlineAlgorithm:
                            for i, name in enumerate(("collect", "model", "imagine", "ppo"))}
         n, o, k = spec.n_agents, spec.max_obs_dim, spec.n_actions
         self.model = self.error_model = None
-        if cfg.algo != "mappo":
+        if cfg.method.world_model:
             self.model = LatentWorldModel(n, o, k, cfg.model).to(self.device)
             self.model_opt = _adam(self.model.parameters(), cfg.model.lr)
-            if cfg.algo == "mag":
+            if cfg.method.planner:
                 self.error_model = ErrorPredictor(cfg.model.feat, k, cfg.model.error_hidden).to(self.device)
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
             if build_env:
@@ -205,10 +212,10 @@ class OnlineAlgorithm:
 
     def _add_rows(self, obs, avail, reward, first: bool, terminal, valid=None) -> None:
         b, n = obs.shape[:2]
-        self.replay.add({"obs": obs, "avail": avail, "action": np.full((b, n), _STOP[self.cfg.backend]),
+        self.replay.add({"obs": obs, "avail": avail, "action": np.full((b, n), self.env.idle_action),
                          "reward": reward, "first": np.full(b, first),
                          "terminal": np.zeros(b, bool) if terminal is None else terminal,
-                         "alive": _alive(avail, self.cfg.backend)}, valid)
+                         "alive": self.env.alive(avail)}, valid)
 
     def _act(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         obs = torch.tensor(self._obs, device=self.device)  # a copy: JAX hands out read-only arrays
@@ -301,7 +308,7 @@ class OnlineAlgorithm:
             batch = self._sample()
             feat = self.model.observe(batch["obs"], batch["action"], batch["first"], self.generators["imagine"])["feat"]
             start = feat[~batch["terminal"]]
-        n_cand = self.cfg.planner.l if self.cfg.algo == "mag" else 1
+        n_cand = self.cfg.planner.l if self.cfg.method.planner else 1
         t0 = time.perf_counter()
         out, info = imagine(self.model, self.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
                             l=n_cand, select=self._select)
@@ -314,7 +321,7 @@ class OnlineAlgorithm:
         if self._obs is None:
             self._reset()
         metrics: dict[str, Any] = {}
-        if self.cfg.algo == "mappo":
+        if not self.cfg.method.world_model:
             batch = self._collect_rollout()
             t1 = time.perf_counter()
             metrics.update(self.mappo.update(batch, self.generators["ppo"]))
@@ -344,7 +351,7 @@ class OnlineAlgorithm:
                 metrics["updates"] = updates
                 metrics["model_seconds"] = model_s
                 metrics["imagine_seconds"] = plan_s  # imagination, planner included
-                if self.cfg.algo == "mag":
+                if self.cfg.method.planner:
                     metrics["planner_seconds"] = self._planner_seconds
         metrics["collect_seconds"] = t1 - t0
         metrics["iteration_seconds"] = time.perf_counter() - t0
@@ -392,5 +399,5 @@ class OnlineAlgorithm:
 Algorithm = OnlineAlgorithm
 Config = OnlineConfig
 
-__all__ = ["ALGOS", "Algorithm", "Config", "OnlineAlgorithm", "OnlineConfig", "OnlineLoop", "PlannerSettings",
-           "policy_spec"]
+__all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "Method", "OnlineAlgorithm", "OnlineConfig", "OnlineLoop",
+           "PlannerSettings", "policy_spec"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +130,49 @@ class MultiAgentEnv(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+@runtime_checkable
+class VecMultiAgentEnv(Protocol):
+    """``n_envs`` copies of one discrete-action multi-agent environment stepped together, with
+    auto-reset: what online algorithms see (never a backend module). Built by
+    ``offmarl.envs.make_vec_env``; implemented by SMAX (offmarl/envs/smax.py, one vmapped call)
+    and StarCraft II (offmarl/envs/sc2.py, processes in turn). B = n_envs.
+
+    reset(seed) -> obs [B, N, O] float32, state [B, S] float32, avail [B, N, K] bool
+    step(actions [B, N] int) -> obs, state, reward [B] float32, done [B] bool, info
+        A copy whose episode ended is reset inside the call: its obs/state/avail are the first of
+        its next episode. info, all [B]: ``terminated``, ``truncated``, ``battle_won``,
+        ``episode_return``, ``episode_length`` (the last three describe the episode that just
+        ended, meaningful where done), ``avail_actions`` [B, N, K] (for the next step),
+        ``final_obs`` [B, N, O], ``final_state`` [B, S], ``final_avail`` [B, N, K] (the finished
+        episode's last rows; equal to obs/state/avail where not done).
+    avail_actions() -> [B, N, K] bool for the next step
+    alive(avail [..., N, K]) -> [..., N] bool: which agents are alive, read from their masks
+    idle_action: an action every agent may take (dead ones included where the env lets them
+        act): the placeholder of rows nobody acts from
+    state_dict() / load_state_dict(d): what continuing exactly needs (plain arrays; {} where the
+        backend cannot be restored: its battles restart)
+    Arrays handed out are writable numpy arrays (safe to wrap in torch tensors without a copy).
+    """
+
+    spec: EnvSpec
+    n_envs: int
+    idle_action: ClassVar[int]
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]: ...
+
+    def avail_actions(self) -> np.ndarray: ...
+
+    def alive(self, avail: np.ndarray) -> np.ndarray: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def pad_last(x: np.ndarray, width: int) -> np.ndarray:
