@@ -215,7 +215,9 @@ def test_vec_env_shapes_and_auto_reset():
     # the VecMultiAgentEnv contract: writable arrays (torch wraps them without a copy or a warning),
     # alive flags read from the masks
     assert isinstance(venv, VecMultiAgentEnv)
-    for x in (obs, state, r, done, info["final_obs"], info["avail_actions"]):
+    st = venv.state_dict()  # checkpoints wrap these in tensors too
+    for x in (obs, state, r, done, info["final_obs"], info["avail_actions"], st["key"], st["ep_return"],
+              *st["env_state"]):
         assert x.flags.writeable
     with warnings.catch_warnings():
         warnings.simplefilter("error")

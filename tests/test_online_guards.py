@@ -97,3 +97,18 @@ def test_print_config_from_the_command_line(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = {line.split(":")[0]: line for line in r.stdout.splitlines()}
     assert lines["loop.steps"].endswith("# --steps") and lines["ppo.lr"].endswith("# moma-ppo.yaml:reference")
+
+
+@pytest.mark.slow
+def test_online_run_writes_eval_json_once_and_resume_extends_it(tmp_path, monkeypatch):
+    """An online run (mappo: no model, seconds once SMAX is compiled) writes eval.json once; a
+    finished run resumed with a larger --steps continues to the new total and writes it once more."""
+    writes = []
+    original = RunDir.write_eval
+    monkeypatch.setattr(RunDir, "write_eval", lambda self, res: writes.append(res) or original(self, res))
+    res = online_from_options("2s3z", "mappo", config=["smoke"], steps=200, device="cpu", out=str(tmp_path),
+                              log=_quiet)
+    assert len(writes) == 1 and writes[0]["env_steps"] == res["env_steps"] == 200
+    res = online_from_options(resume=res["run_dir"], steps=400, device="cpu", log=_quiet)
+    assert len(writes) == 2 and res["env_steps"] == 400
+    assert not (RunDir.open(res["run_dir"]).lock_path).exists()

@@ -423,10 +423,11 @@ class SmaxVecEnv:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (the JAX key and env states as numpy arrays)."""
         if self._env_state is None:
-            return {"started": False, "key": np.asarray(self._key)}
-        got = self._jax.device_get({"key": self._key, "ep_return": self._ep_return, "ep_length": self._ep_length})
+            return {"started": False, "key": np.array(self._key)}
+        got = _writable(self._jax.device_get({"key": self._key, "ep_return": self._ep_return,
+                                              "ep_length": self._ep_length}))
         # the env state as its list of leaves (plain arrays): a checkpoint holds no jaxmarl classes
-        leaves = [np.asarray(x) for x in self._jax.tree.leaves(self._jax.device_get(self._env_state))]
+        leaves = [np.array(x) for x in self._jax.tree.leaves(self._jax.device_get(self._env_state))]
         return {"started": True, **got, "env_state": leaves, "avail": self._avail.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
