@@ -230,8 +230,8 @@ def train_from_options(dataset: str | None = None, algo: str | None = None, obs:
     cpu_numerics()
     dev = resolve_device(device)
     if resume:
-        given = {"--dataset": dataset, "--algo": algo, "--obs": obs, "--config": config, "--set": overrides or None,
-                 "--seed": seed, "--out": out, "--env": env}
+        given = {"--dataset": dataset, "--algo": algo, "--obs": obs, "--config": _configs(config) or None,
+                 "--set": overrides or None, "--seed": seed, "--out": out, "--env": env}
         given.update({EXTRA_OPTIONS.get(k, k): v for k, v in (extra or {}).items()})
         rejected = [name for name, value in given.items() if value is not None]
         if rejected:
