@@ -131,3 +131,41 @@ def test_actions_are_float32_rounded_before_the_simulator():
     a = actor.act_float64(x, np.random.default_rng(1).standard_normal((3, actor.act_dim)))
     assert a.dtype == np.float32 and np.all(np.abs(a) <= 1)
     assert np.array_equal(actor.act_float64(x[1:2], None), actor.act_float64(x, None)[1:2])  # batch-independent
+
+
+def test_raw_ant_stepper_is_bit_identical_to_the_env():
+    """The raw MuJoCo stepper gives the env's own next states, rewards, terminations and time
+    limits, bit for bit: on random actions, and from an unhealthy (too high) torso."""
+    import mujoco
+
+    from offmarl.data.generate import RawAntStepper, WrapperStepper
+
+    rng = np.random.default_rng(0)
+    wrap, raw = WrapperStepper("ant-4x2", "fo", 2), RawAntStepper("ant-4x2", "fo", 2)
+    raw.limit = 40  # the time limit, sooner (the env's own is 1000 steps)
+    for i in range(2):
+        assert np.array_equal(wrap.reset(i, 7 + i), raw.reset(i, 7 + i))
+    for t in range(40):
+        a = rng.uniform(-1, 1, (2, 8))
+        got, want = raw.step([0, 1], a), wrap.step([0, 1], a)
+        for g, w in zip(got[:3], want[:3]):
+            assert np.array_equal(g, w), t
+        assert not want[3].any() and list(got[3]) == [t == 39] * 2
+    for stepper in (wrap, raw):  # lift the torso above Ant-v5's healthy range (z <= 1.0)
+        d = stepper.envs[1].mujoco_data
+        d.qpos[2] = 1.5
+        mujoco.mj_forward(stepper.envs[1]._single.unwrapped.model, d)
+    a = rng.uniform(-1, 1, (1, 8))
+    got, want = raw.step([1], a), wrap.step([1], a)
+    assert want[2][0] and got[2][0]
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_generation_with_the_raw_stepper_is_the_same_file():
+    from offmarl.data import generate as g
+    from offmarl.data.behaviour import load_actor, policy_dir
+
+    actor = load_actor(policy_dir("ant") / registry.ant_policy_selection()["medium"])
+    a, b = (g.generate_with_actors("ant-4x2", [g.Segment(actor, 1.0, "m")], 1200, 0, n_envs=3, stepper=s)
+            for s in ("wrapper", "raw"))
+    assert a.content_sha256() == b.content_sha256()

@@ -39,16 +39,18 @@ class Segment:
 
 def generate_with_actors(env_name: str, segments: list[Segment], size: int, seed: int, obs_scheme: str = "fo",
                          n_envs: int = 16, meta_fields: dict | None = None,
-                         progress: Callable[[int], None] | None = None) -> MultiAgentDataset:
+                         progress: Callable[[int], None] | None = None,
+                         stepper: str | None = None) -> MultiAgentDataset:
     """Roll ``segments`` in ``env_name`` until ``size`` transitions; whole episodes in seed order,
     except that the last episode of each segment is cut (and marked a time-out) to hit the
-    segment's share. The result does not depend on ``n_envs`` (see the module doc)."""
+    segment's share. The result does not depend on ``n_envs`` (see the module doc) nor on
+    ``stepper`` (``STEPPERS``; default: ``default_stepper(env_name)``)."""
     fracs = np.array([s.fraction for s in segments], dtype=np.float64)
     shares = np.floor(fracs / fracs.sum() * size).astype(int)
     shares[-1] += size - shares.sum()
     parts: list[dict[str, np.ndarray]] = []
     episode_counter = 0
-    stepper = WrapperStepper(env_name, obs_scheme, n_envs)
+    stepper = STEPPERS[stepper or default_stepper(env_name)](env_name, obs_scheme, n_envs)
     env = stepper.env
     spec = env.spec
     threads = torch.get_num_threads()
@@ -107,6 +109,70 @@ class WrapperStepper:
             e.close()
 
 
+class RawAntStepper(WrapperStepper):
+    """Ant copies stepped with MuJoCo directly: Gymnasium Ant-v5's ``step`` (``mj_step`` for
+    ``frame_skip`` frames, ``mj_rnePostConstraint``, observation, reward, termination) and the
+    time limit, written out without the wrappers' per-step Python layers, on each copy's own
+    model and data. Resets go through the env itself (once per episode). Bit-identical to
+    ``WrapperStepper`` (tests/test_canonical_datasets.py); the gain is the wrapper overhead only,
+    since MuJoCo's RK4 steps of Ant dominate what is left (docs/benchmarks.md)."""
+
+    def __init__(self, env_name: str, obs_scheme: str, n: int):
+        super().__init__(env_name, obs_scheme, n)
+        self.unwrapped = [e._single.unwrapped for e in self.envs]
+        u = self.unwrapped[0]
+        self.limit = int(self.env.spec.episode_limit)
+        self.t = np.zeros(n, dtype=np.int64)
+        self._body = u.data.body(u._main_body).id
+        if u._include_cfrc_ext_in_observation or self.env.state_dim != u.model.nq - 2 + u.model.nv:
+            raise ValueError(f"{env_name}: the raw stepper writes Ant's qpos[2:], qvel state only")
+
+    def reset(self, i: int, seed: int) -> np.ndarray:
+        self.t[i] = 0
+        return super().reset(i, seed)
+
+    def step(self, slots: list[int], global_actions: np.ndarray):
+        import mujoco  # lazy: only when generating
+
+        k = len(slots)
+        s2 = np.empty((k, self.env.state_dim))
+        r = np.empty(k)
+        term = np.zeros(k, dtype=bool)
+        for j, i in enumerate(slots):
+            u = self.unwrapped[i]
+            m, d = u.model, u.data
+            a = global_actions[j]
+            # the operations and their order are Ant-v5's (gymnasium/envs/mujoco/ant_v5.py)
+            xy_before = d.xpos[self._body, :2].copy()
+            d.ctrl[:] = a
+            mujoco.mj_step(m, d, nstep=u.frame_skip)
+            mujoco.mj_rnePostConstraint(m, d)
+            xy_velocity = (d.xpos[self._body, :2].copy() - xy_before) / (m.opt.timestep * u.frame_skip)
+            s2[j] = np.concatenate((d.qpos.flatten()[2:], d.qvel.flatten()))
+            state = np.concatenate([d.qpos.flat, d.qvel.flat])
+            lo, hi = u._healthy_z_range
+            healthy = bool(np.isfinite(state).all() and lo <= state[2] <= hi)
+            rewards = xy_velocity[0] * u._forward_reward_weight + healthy * u._healthy_reward
+            ctrl_cost = u._ctrl_cost_weight * np.sum(np.square(a))
+            contact_cost = u._contact_cost_weight * np.sum(np.square(np.clip(d.cfrc_ext, *u._contact_force_range)))
+            r[j] = rewards - (ctrl_cost + contact_cost)
+            term[j] = (not healthy) and u._terminate_when_unhealthy
+            self.t[i] += 1
+        trunc = self.t[slots] >= self.limit
+        return s2, r, term, trunc
+
+
+STEPPERS = {"wrapper": WrapperStepper, "raw": RawAntStepper}
+
+
+def default_stepper(env_name: str) -> str:
+    """``raw`` where it exists (Ant), else ``wrapper``."""
+    from offmarl.envs.mamujoco import SCENARIOS
+
+    sc = SCENARIOS.get(env_name)
+    return "raw" if sc is not None and sc.scenario == "Ant" else "wrapper"
+
+
 _KEYS = ("states", "next_states", "actions", "rewards", "terminals", "timeouts")
 
 
@@ -125,10 +191,14 @@ def _roll_segment(stepper, seg: Segment, share: int, seed: int, first: int, prog
     next_ep = first
     done_len = 0          # transitions in finished episodes
     prefix_end, prefix_len = first, 0  # finished episodes first..prefix_end-1, in order, and their length
+    limit = stepper.env.spec.episode_limit
     while prefix_len < share:
-        running = sum(len(b["rewards"]) for b in slot_buf if b is not None)
+        # a running episode will end with at least its current length, at most the limit: start
+        # another only if those could still fall short (which rows are kept never depends on this)
+        running = sum(limit for b in slot_buf if b is not None)
         for i in range(n):
             if slot_ep[i] is None and done_len + running < share:
+                running += limit
                 reset_seed, slot_rng[i] = episode_seeds(seed, next_ep)
                 states[i] = stepper.reset(i, reset_seed)
                 slot_ep[i], slot_buf[i] = next_ep, {k: [] for k in _KEYS}
