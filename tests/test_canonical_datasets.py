@@ -18,7 +18,7 @@ from offmarl.data.storage import load_dataset_file, save_dataset
 
 # content_sha256 of `offmarl datasets generate ant-medium --size 20000` (seed 0): the first
 # episodes of the canonical ant-medium-v1, the last one cut at 20,000 rows
-ANT_MEDIUM_20K_SHA256 = None
+ANT_MEDIUM_20K_SHA256 = "75ddbcb63fefc9d7bdefb072d376507c36c179e8543a83c7ca9420c377d26e90"
 
 
 def test_names_resolve_to_their_version(tmp_path, monkeypatch):
