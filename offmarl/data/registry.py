@@ -87,6 +87,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 CANONICAL: dict[str, tuple[str, int, float]] = {
     "coordination-favorable-v1": ("3f65ff036fd3843186143302c6fb3f871a272394f9105ab7ff714f2e00c57fab", 10000, 0.6748),
     "coordination-neutral-v1": ("4f6c52d14c18cf08cb828c29f63cc51702a61f92bfee19b5443b800f536d3b36", 10000, 0.4911),
+    "reacher-expert-mix-v1": ("2746a9471490c22248760cc523e3b93fa95cd782541f90562c3940e87906dca3", 20000, 0.7199),
     "coordination-unfavorable-v1": ("99bbb75523f806ade7dd4aeb5ad98aaa7d6118f52ba961ae03c7791b89526eeb", 10000, 0.3127),
 }
 for _name, (_sha, _eps, _score) in CANONICAL.items():
