@@ -1,4 +1,4 @@
-"""`offmarl datasets ...`: list, info, generate, convert, export."""
+"""`offmarl datasets ...`: list, info, generate, verify, convert, export."""
 from __future__ import annotations
 
 import time
@@ -9,8 +9,8 @@ from rich.table import Table
 
 from offmarl.cli.common import console
 
-app = typer.Typer(help="Named datasets: list, inspect, generate, convert from D4RL/Minari/OG-MARL vaults, export to "
-                  "Minari/vaults.\n\n"
+app = typer.Typer(help="Named datasets: list, inspect, generate, verify, convert from D4RL/Minari/OG-MARL "
+                  "vaults, export to Minari/vaults.\n\n"
                   "Example: offmarl datasets generate reacher-expert-mix --size 20000", no_args_is_help=True)
 
 
@@ -23,14 +23,16 @@ def list_datasets():
     from offmarl.data.registry import RECIPES, data_dir, native_path
 
     table = Table(title=f"offmarl datasets (data dir: {data_dir()})")
-    for col in ("name", "env", "source", "local", "size", "recipe"):
+    table.add_column("name (version)", no_wrap=True)
+    for col in ("env", "source", "local", "size", "sha256", "recipe"):
         table.add_column(col)
     for rec in RECIPES.values():
         p = native_path(rec.name)
         local = "yes" if p.exists() else "no"
         size = f"{p.stat().st_size / 2**20:.1f} MiB" if p.exists() else f"{rec.default_size:,} (default)"
         source = "generated" + (" | D4RL" if rec.d4rl_files else "") + (" | Minari" if rec.minari_ids else "")
-        table.add_row(rec.name, rec.env, source, local, size, rec.summary)
+        sha = rec.sha256[:8] if rec.sha256 else "-"
+        table.add_row(rec.versioned, rec.env, source, local, size, sha, rec.summary)
     console.print(table)
 
 
@@ -115,6 +117,35 @@ def generate(
     console.print(f"{name}: {st['transitions']:,} transitions, {st['episodes']:,} episodes, return "
                   f"{st['return_mean']:.2f} ± {st['return_std']:.2f}{norm}; generated in {gen_s:.1f}s "
                   f"({st['transitions'] / gen_s:,.0f} transitions/s) -> {path}")
+    ok, line = registry.verdict(ds, name)
+    if seed != 0 and ok is not None:
+        line = f"{rec.versioned}: seed {seed}, not the registry's seed 0 (sha256 {ds.content_sha256()[:16]})"
+    console.print(line, markup=False, soft_wrap=True)
+    if ok is False and seed == 0:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+def verify(name: str = typer.Argument(..., help="Dataset name, e.g. ant-medium or ant-medium-v1."),
+           file: Path = typer.Option(None, "--file", help="Check this file instead of "
+                                     "$OFFMARL_DATA_DIR/<name>-v<version>.hdf5.")):
+    """Compare a local dataset with the registry's record of its version (sha256 over the arrays,
+    episodes, score) and print one line: match, MISMATCH (exit status 1) or not comparable.
+
+    Example: offmarl datasets verify ant-medium
+    """
+    from offmarl.data import registry
+    from offmarl.data.dataset import DatasetError
+    from offmarl.data.storage import load_dataset_file
+
+    rec = registry.recipe(name)
+    path = file or registry.native_path(name)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file; make it with `offmarl datasets generate {rec.name}`")
+    ok, line = registry.verdict(load_dataset_file(path), name)
+    console.print(f"{line} [{path}]", markup=False, soft_wrap=True)
+    if ok is False:
+        raise typer.Exit(1)
 
 
 @app.command("convert")

@@ -301,13 +301,30 @@ def check_extension(run: RunDir, command: str, total: int, new_total: bool, unit
 
 
 def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None]) -> MultiAgentDataset:
-    """The data a run was trained on, from the location config.yaml recorded, checked against
-    the recorded size and checksum (never generated or silently replaced)."""
-    path = saved.get("dataset_path")
-    if path is not None and not Path(path).is_file():
-        raise RunError(f"{run.path}: its dataset {path} is missing; resume needs the data the run started on "
-                       f"(restore the file, or start a new run)")
-    source = path if path is not None else saved["dataset"]
+    """The data a run was trained on, checked against the recorded size and checksum (never
+    generated or silently replaced). A named dataset is looked up by its name and version in the
+    current ``$OFFMARL_DATA_DIR`` (the data folder may have moved, or the run may resume on
+    another machine); a file given by path is read from the recorded path."""
+    from offmarl.data.dataset import DatasetError
+
+    name = saved["dataset"]
+    if not registry.is_file_reference(name):
+        versioned = (saved.get("dataset_meta") or {}).get("name") or name
+        try:
+            rec = registry.recipe(versioned)
+        except DatasetError as e:  # e.g. a run made on a dataset version this offmarl does not have
+            raise RunError(f"{run.path}: {e}; resume needs the data the run started on") from None
+        path = registry.native_path(rec.versioned)
+        if not path.is_file():
+            raise RunError(f"{run.path}: its dataset {rec.versioned} is not in {registry.data_dir()} "
+                           f"(OFFMARL_DATA_DIR); point OFFMARL_DATA_DIR at the folder that holds "
+                           f"{path.name}, or start a new run")
+        source = rec.versioned
+    else:
+        source = saved.get("dataset_path") or name
+        if not Path(source).is_file():
+            raise RunError(f"{run.path}: its dataset {source} is missing; resume needs the data the run started on "
+                           f"(restore the file, or start a new run)")
     ds = registry.load(source, env=saved.get("env"), obs=saved["obs"], generate=False, log=log)
     check_dataset_provenance(run, saved, ds)
     return ds

@@ -100,7 +100,7 @@ def test_datasets_list(data_dir):
 def test_datasets_generate_and_info(data_dir):
     out = ok("datasets", "generate", "coordination-neutral", "--size", "50")
     assert "coordination-neutral: 50 transitions" in out
-    path = data_dir / "coordination-neutral.hdf5"
+    path = data_dir / "coordination-neutral-v1.hdf5"
     assert path.is_file()
     info = ok("datasets", "info", "coordination-neutral")
     assert "coordination / fo" in info and "50" in info

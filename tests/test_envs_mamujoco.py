@@ -1,4 +1,5 @@
 """MaMuJoCo scenarios under every observation scheme, against MaMuJoCo's own maps."""
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -175,3 +176,27 @@ def test_ant_termination_rule_on_constructed_states():
     states[3, 5] = np.nan
     np.testing.assert_array_equal(env.terminated(states), [False, True, True, True])
     assert env.has_termination_rule and not make_env("coordination").has_termination_rule
+
+
+def test_halfcheetah_leaves_no_mujoco_log_and_is_gymnasiums_model(tmp_path, monkeypatch):
+    """Built without the deprecated ``settotalmass`` compiler attribute (which makes MuJoCo write
+    MUJOCO_LOG.TXT into the working directory), scaled to the same total mass: the same model
+    arrays and trajectories as Gymnasium's own HalfCheetah-v5."""
+    monkeypatch.chdir(tmp_path)
+    env = make_env("halfcheetah-2x3")
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")  # Gymnasium's own model still logs the deprecation here
+    ref = gym.make("HalfCheetah-v5")
+    m, m_ref = env._single.unwrapped.model, ref.unwrapped.model
+    assert np.array_equal(m.body_mass, m_ref.body_mass) and np.array_equal(m.body_inertia, m_ref.body_inertia)
+    assert np.array_equal(m.dof_invweight0, m_ref.dof_invweight0)
+    _, state, _ = env.reset(seed=3)
+    obs, _ = ref.reset(seed=3)
+    assert np.array_equal(state, obs)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.uniform(-1, 1, 6)
+        _, state, r, *_ = env.step(env.to_local_actions(a))
+        obs, r_ref, *_ = ref.step(a)
+        assert np.array_equal(state, obs) and r == r_ref

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,9 @@ def test_behaviour_cloning_fits_the_data_actions(coord_file):
     ds = load_dataset_file(coord_file)
     cfg = from_dict(Config, {"bc_pretrain_steps": 200, "bc_pretrain_lr": 1e-2})
     algo = Algorithm.for_evaluation(ds, cfg, "cpu", 0, log=lambda *a: None)
-    out = algo._clone_behaviour()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Converting a tensor with requires_grad=True to a scalar"
+        out = algo._clone_behaviour()
     assert out["bc_pretrain_nll_last"] < out["bc_pretrain_nll_first"]
     actions = torch.as_tensor(ds.actions).long()  # [M, 2]
     modes = [int(actions[:, i].mode().values) for i in range(2)]

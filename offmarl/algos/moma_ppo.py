@@ -243,9 +243,9 @@ class Algorithm:
             loss.backward()
             opt.step()
             if i == 0:
-                first = float(loss)
+                first = float(loss.detach())
             if (i + 1) % every == 0 or i + 1 == cfg.bc_pretrain_steps:
-                last = float(loss)
+                last = float(loss.detach())
                 self.log(f"  behaviour cloning step {i + 1}/{cfg.bc_pretrain_steps}: negative log-likelihood "
                          f"{last:.4f} per agent")
         return {"bc_pretrain_nll_first": first, "bc_pretrain_nll_last": last}

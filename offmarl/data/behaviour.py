@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,6 +57,7 @@ class TanhGaussianActor(nn.Module):
         self.hidden = nn.Sequential(*layers)
         self.mu = nn.Linear(last, self.act_dim)
         self.log_std = nn.Linear(last, self.act_dim)
+        self._float64: TanhGaussianActor | None = None  # float64 copy for act_float64, made on first use
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``obs [B, obs_dim]`` -> ``(mean [B, act_dim], log_std [B, act_dim])`` (pre-tanh)."""
@@ -77,6 +79,26 @@ class TanhGaussianActor(nn.Module):
                               device=generator.device if generator is not None else mean.device)
             pre = mean + log_std.exp() * eps.to(mean.device)
         return torch.tanh(pre).float()
+
+    @torch.no_grad()
+    def act_float64(self, states: np.ndarray, eps: np.ndarray | None) -> np.ndarray:
+        """Reproducible actions for dataset generation: the actor evaluated in float64 on float64
+        ``states [B, obs_dim]``, noise ``eps [B, act_dim]`` from the caller (None = deterministic),
+        and the squashed action rounded to float32 -> ``[B, act_dim]`` float32.
+
+        float32 matmuls give different low bits under different SIMD kernels (PyTorch picks them
+        by instruction set) and batch sizes; in float64 those differences are ~1e-16, far below
+        float32's resolution, so the rounded action is the same on every x86-64 machine
+        (docs/datasets.md, "Reproducibility")."""
+        if self._float64 is None:
+            import copy
+
+            # not a registered submodule: state_dict and parameters() stay the float32 actor's
+            object.__setattr__(self, "_float64", copy.deepcopy(self).double())
+        x = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float64))
+        mean, log_std = self._float64(x)
+        pre = mean if eps is None else mean + log_std.exp() * torch.from_numpy(np.asarray(eps, dtype=np.float64))
+        return torch.tanh(pre).numpy().astype(np.float32)
 
 
 def _tensor(tensors: dict, key: str, path) -> torch.Tensor:

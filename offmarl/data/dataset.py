@@ -60,6 +60,7 @@ class DatasetMeta:
 ARRAY_KEYS = ("states", "next_states", "observations", "next_observations", "actions", "rewards", "terminals",
               "timeouts")
 OPTIONAL_KEYS = ("avail_actions", "next_avail_actions")
+CONTENT_KEYS = ("states", "next_states", "actions", "rewards", "terminals", "timeouts")  # content_sha256
 
 
 @dataclass
@@ -180,6 +181,21 @@ class MultiAgentDataset:
     def checksum(self) -> str:
         """Content hash of every array and the observation scheme (the dataset's identity)."""
         return self._hash(ARRAY_KEYS, self.meta.env + self.meta.obs_scheme)
+
+    def content_sha256(self) -> str:
+        """The dataset's identity for the registry (``offmarl datasets verify``): the full sha256
+        over ``CONTENT_KEYS`` in that order, each as its shape then its bytes in a fixed dtype
+        (float32; actions int64 when discrete; bool flags). Observations are left out: they are
+        the states gathered by the observation scheme, so the digest does not depend on it."""
+        h = hashlib.sha256()
+        for k in CONTENT_KEYS:
+            arr = getattr(self, k)
+            dtype = bool if k in ("terminals", "timeouts") else (np.int64 if k == "actions" and self.meta.discrete
+                                                                   else np.float32)
+            arr = np.ascontiguousarray(arr, dtype=dtype)
+            h.update(f"{k}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
 
     def dynamics_checksum(self) -> str:
         """Hash of what a world model learns from (states, actions, rewards, ends; NOT the

@@ -1,7 +1,12 @@
 """Named datasets: ``ant-medium`` -> a native file, a local Minari/D4RL file, or generation.
 
+Names are versioned: ``ant-medium`` means the recipe's current version, ``ant-medium-v1``; a
+version's recipe never changes, and the registry records the sha256 (``content_sha256``), episode
+count and score of its canonical file (default size, seed 0), which ``offmarl datasets verify``
+and ``generate`` compare against.
+
 Resolution order for a name (docs/datasets.md):
-1. the native file ``$OFFMARL_DATA_DIR/<name>.hdf5`` (default data dir ~/.offmarl/datasets);
+1. the native file ``$OFFMARL_DATA_DIR/<name>-v<version>.hdf5`` (default data dir ~/.offmarl/datasets);
 2. a matching local Minari dataset (``$MINARI_DATASETS_PATH`` or ~/.minari/datasets) or D4RL
    file (``$D4RL_DATASET_DIR`` or ~/.d4rl/datasets) — imported and saved natively;
 3. generation from the behaviour policies shipped in offmarl/data/policies (a message says so).
@@ -41,6 +46,16 @@ class Recipe:
     # override blocks this dataset selects (offmarl/driver.py: a block of configs/<algo>.yaml or
     # the <algo> block of configs/<tag>.yaml); chosen explicitly here, never from the name
     config: tuple[str, ...] = ()
+    version: int = 1
+    # the canonical file (default_size, seed 0): content_sha256, episodes, mean normalised score
+    # (None: not recorded yet, `verify` says so)
+    sha256: str | None = None
+    episodes: int | None = None
+    score: float | None = None
+
+    @property
+    def versioned(self) -> str:
+        return f"{self.name}-v{self.version}"
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
@@ -67,19 +82,59 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
+# The canonical files, made with `offmarl datasets generate NAME` (default size, seed 0) and
+# checked with `offmarl datasets verify NAME`: (content_sha256, episodes, mean normalised score).
+CANONICAL: dict[str, tuple[str, int, float]] = {
+    "coordination-favorable-v1": ("3f65ff036fd3843186143302c6fb3f871a272394f9105ab7ff714f2e00c57fab", 10000, 0.6748),
+    "coordination-neutral-v1": ("4f6c52d14c18cf08cb828c29f63cc51702a61f92bfee19b5443b800f536d3b36", 10000, 0.4911),
+    "reacher-expert-mix-v1": ("2746a9471490c22248760cc523e3b93fa95cd782541f90562c3940e87906dca3", 20000, 0.7199),
+    "coordination-unfavorable-v1": ("99bbb75523f806ade7dd4aeb5ad98aaa7d6118f52ba961ae03c7791b89526eeb", 10000, 0.3127),
+}
+for _name, (_sha, _eps, _score) in CANONICAL.items():
+    _rec = RECIPES[_name.rsplit("-v", 1)[0]]
+    _rec.sha256, _rec.episodes, _rec.score = _sha, _eps, _score
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("OFFMARL_DATA_DIR", Path.home() / ".offmarl" / "datasets")).expanduser()
 
 
 def native_path(name: str) -> Path:
-    return data_dir() / f"{name}.hdf5"
+    """``$OFFMARL_DATA_DIR/<name>-v<version>.hdf5`` (a file of another version is never picked up)."""
+    return data_dir() / f"{recipe(name).versioned}.hdf5"
 
 
 def recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise DatasetError(f"unknown dataset {name!r}.{suggest(name, RECIPES)} "
-                           f"Known: {', '.join(RECIPES)}; or give a path to an .hdf5 file.")
-    return RECIPES[name]
+    """The recipe of ``ant-medium`` or ``ant-medium-v1`` (an unknown version is an error)."""
+    if name in RECIPES:
+        return RECIPES[name]
+    base, sep, version = name.rpartition("-v")
+    if sep and base in RECIPES and version.isdigit():
+        rec = RECIPES[base]
+        if int(version) != rec.version:
+            raise DatasetError(f"{base} has no version v{version}; this offmarl has {rec.versioned}")
+        return rec
+    raise DatasetError(f"unknown dataset {name!r}.{suggest(name, RECIPES)} "
+                       f"Known: {', '.join(RECIPES)}; or give a path to an .hdf5 file.")
+
+
+def verdict(ds: MultiAgentDataset, name: str) -> tuple[bool | None, str]:
+    """Compare ``ds`` with the registry's record of ``name``: (True = match, False = mismatch,
+    None = nothing comparable), and the one line ``verify`` and ``generate`` print."""
+    rec = recipe(name)
+    sha = ds.content_sha256()
+    st = ds.stats()
+    score = st.get("normalised_score_mean", st["return_mean"])
+    what = f"sha256 {sha[:16]}, {len(ds):,} transitions, {st['episodes']:,} episodes, score {score:.3f}"
+    if rec.sha256 is None:
+        return None, f"{rec.versioned}: {what}; the registry records no checksum for this version"
+    if len(ds) != rec.default_size:
+        return None, (f"{rec.versioned}: {what}; not comparable with the registry's file of "
+                      f"{rec.default_size:,} transitions")
+    if sha == rec.sha256:
+        return True, f"{rec.versioned}: match ({what})"
+    return False, (f"{rec.versioned}: MISMATCH: {what}; the registry's file has sha256 {rec.sha256[:16]}, "
+                   f"{rec.episodes:,} episodes, score {rec.score:.3f}")
 
 
 def is_file_reference(name: str) -> bool:
@@ -96,6 +151,7 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
         path = native_path(rec.name)
         if path.exists():
             ds = load_dataset_file(path)
+            ds.meta.name = rec.versioned
             if len(ds) < rec.default_size:  # e.g. left by `datasets generate NAME --size 20000`
                 log(f"{rec.name}: using the local copy {path}: {len(ds):,} transitions, fewer than the recipe's "
                     f"{rec.default_size:,}; for the full dataset run `offmarl datasets generate {rec.name} --force`")
@@ -103,10 +159,12 @@ def load(name_or_path: str, env: str | None = None, obs: str | None = None, gene
             ds = _import_local(rec, log)
             if ds is None:
                 if not generate:
-                    raise DatasetError(f"{rec.name} is not in {data_dir()}; run `offmarl datasets generate {rec.name}`")
+                    raise DatasetError(f"{rec.versioned} is not in {data_dir()}; "
+                                       f"run `offmarl datasets generate {rec.name}`")
                 log(f"{rec.name}: no local copy in {data_dir()} and no local Minari/D4RL file; "
                     f"generating it from the shipped behaviour policies ({rec.default_size:,} transitions)")
                 ds = build(rec.name, rec.default_size, seed=0)
+                log(verdict(ds, rec.name)[1])
             save_dataset(ds, path)
             log(f"saved {path}")
     if obs is not None and obs != ds.meta.obs_scheme:
@@ -141,7 +199,7 @@ def _import_local(rec: Recipe, log) -> MultiAgentDataset | None:
 
 
 def _with_name(ds: MultiAgentDataset, rec: Recipe) -> MultiAgentDataset:
-    ds.meta.name = rec.name
+    ds.meta.name = rec.versioned
     if ds.meta.ref_min_return is None:
         ds.meta.ref_min_return, ds.meta.ref_max_return = rec.ref
     return ds
@@ -170,7 +228,7 @@ def build(name: str, size: int | None = None, seed: int = 0, progress: Callable[
     size = int(size or rec.default_size)
     if size <= 0:
         raise DatasetError(f"--size must be positive, got {size}")
-    meta = {"name": rec.name, "ref_min_return": rec.ref[0], "ref_max_return": rec.ref[1]}
+    meta = {"name": rec.versioned, "ref_min_return": rec.ref[0], "ref_max_return": rec.ref[1]}
     if rec.env == "coordination":
         meta["generator"] = f"independent per-agent choice, P(right) = {rec.params['p_right']}"
         return g.generate_coordination(rec.params["p_right"], size, seed, meta_fields=meta)

@@ -103,6 +103,39 @@ def _quiet():
                 os.close(fd)
 
 
+# Gymnasium's half_cheetah.xml sets the total mass with the compiler attribute ``settotalmass``,
+# which MuJoCo >= 3.3 reports as deprecated by writing MUJOCO_LOG.TXT into the working directory.
+# The env is built from a copy without the attribute, and the compiled model is scaled as MuJoCo's
+# message says (mj_setTotalmass + mj_setConst): the same model arrays and the same trajectories
+# (tests/test_envs_mamujoco.py).
+_TOTAL_MASS_XML = {"HalfCheetah": "half_cheetah.xml"}
+_patched_xml: dict[str, tuple[str, float]] = {}
+
+
+def _xml_without_settotalmass(fname: str) -> tuple[str, float]:
+    """(path of a copy of Gymnasium's ``fname`` without settotalmass, the total mass it set)."""
+    if fname not in _patched_xml:
+        import atexit
+        import re
+        import tempfile
+
+        import gymnasium
+
+        src = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", fname)
+        with open(src) as f:
+            text = f.read()
+        found = re.search(r'\s+settotalmass="([^"]+)"', text)
+        if found is None:  # a Gymnasium without the attribute: nothing to patch
+            _patched_xml[fname] = (src, 0.0)
+        else:
+            fd, path = tempfile.mkstemp(prefix="offmarl-", suffix=f"-{fname}")
+            with os.fdopen(fd, "w") as f:
+                f.write(text[: found.start()] + text[found.end():])
+            atexit.register(lambda p=path: os.path.exists(p) and os.unlink(p))
+            _patched_xml[fname] = (path, float(found.group(1)))
+    return _patched_xml[fname]
+
+
 def _quiet_import_mamujoco():
     with _quiet():
         from gymnasium_robotics import mamujoco_v1
@@ -122,9 +155,18 @@ class MaMuJoCoEnv(MultiAgentEnv):
         kwargs = dict(sc.gym_kwargs)
         if sc.local_categories is not None:
             kwargs["local_categories"] = sc.local_categories
+        total_mass = 0.0
+        if sc.scenario in _TOTAL_MASS_XML:
+            kwargs["xml_file"], total_mass = _xml_without_settotalmass(_TOTAL_MASS_XML[sc.scenario])
         with _quiet():
             self._env = mamujoco_v1.parallel_env(sc.scenario, sc.agent_conf, agent_obsk=agent_obsk, **kwargs)
         self._single = self._env.single_agent_env
+        if total_mass > 0:
+            import mujoco
+
+            unwrapped = self._single.unwrapped
+            mujoco.mj_setTotalmass(unwrapped.model, total_mass)
+            mujoco.mj_setConst(unwrapped.model, unwrapped.data)
         self.agents = list(self._env.possible_agents)
         n = len(self.agents)
         self.global_action_dim = int(self._single.action_space.shape[0])
