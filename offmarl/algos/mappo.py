@@ -76,6 +76,9 @@ class MAPPOConfig:
     target_entropy: float = -2.0  # reference target JOINT entropy (sum over agents); continuous actions
     entropy_lr: float = 1e-3  # ours: Adam lr of log(entropy_coef) (reference value not recorded)
     entropy_annealing: float = 1.0  # fixed mode: coefficient x this after every actor step (MAMBA 0.99998); 1 = off
+    # reference: the entropy bonus is the JOINT entropy (sum over agents); True = the mean over
+    # agents (MAMBA's actor_loss: per-agent entropy, mean over rows and agents)
+    entropy_per_agent: bool = False
     box_penalty_coef: float = 1.0  # ours: weight of the out-of-box penalty on mean actions (reference has one)
     # offline only: weight of a behaviour-cloning anchor on dataset pairs added to the actor loss,
     # mean over agents of ||mean(o_D) - a_D||^2 (continuous) or -log pi(a_D | o_D) (discrete) — TD3+BC's
@@ -326,25 +329,31 @@ class MAPPOCritic(nn.Module):
 # Generalised advantage estimation
 # ----------------------------------------------------------------------------------------------
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
-                timeouts: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float):
+                timeouts: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float,
+                discounts: torch.Tensor | None = None):
     """GAE (Schulman et al. 2016) over [H, B] rollouts, a reverse loop over H only.
 
     dones:    terminal by the task: no bootstrap, trace cut.
     timeouts: truncated (time limit, rollout end): bootstrap from next_values, trace cut.
     valid:    False for padding after a rollout ended: zero advantage and return; a valid step
               whose successor is padding is treated as a time-out.
+    discounts: optional [H, B] soft continuation in [0, 1] multiplying gamma at every step (a
+              world model's predicted probability that the episode goes on: MAMBA's
+              ``compute_return`` with ``discount_arr``); None = 1.
     The last step H-1 always bootstraps from next_values.
     -> advantages [H, B], returns [H, B] (= advantages + values on valid steps, 0 elsewhere)
     """
     valid_f = valid.to(values.dtype)
     not_done = 1.0 - dones.to(values.dtype)
     keep_trace = not_done * (1.0 - timeouts.to(values.dtype))
-    deltas = (rewards + gamma * not_done * next_values - values) * valid_f
+    g = gamma if discounts is None else gamma * discounts.to(values.dtype)
+    deltas = (rewards + g * not_done * next_values - values) * valid_f
+    g = torch.as_tensor(g, dtype=values.dtype, device=values.device).expand_as(values)
     advantages = torch.zeros_like(values)
     next_adv = torch.zeros_like(values[0])
     next_valid = torch.zeros_like(values[0])
     for t in range(values.shape[0] - 1, -1, -1):
-        next_adv = deltas[t] + gamma * lam * keep_trace[t] * next_valid * next_adv
+        next_adv = deltas[t] + g[t] * lam * keep_trace[t] * next_valid * next_adv
         advantages[t] = next_adv
         next_valid = valid_f[t]
     return advantages, (advantages + values) * valid_f
@@ -456,9 +465,10 @@ class MAPPO:
         with torch.no_grad():
             values = self.values(flat["states"], flat["obs"]).view(h, b)
             next_values = self.values(flat["next_states"], flat["next_obs"]).view(h, b)
+            discounts = flat["discounts"].view(h, b) if "discounts" in flat else None
             adv, ret = compute_gae(flat["rewards"].view(h, b).float(), values, next_values,
                                    flat["dones"].view(h, b), flat["timeouts"].view(h, b),
-                                   flat["valid"].view(h, b).bool(), cfg.gamma, cfg.gae_lambda)
+                                   flat["valid"].view(h, b).bool(), cfg.gamma, cfg.gae_lambda, discounts)
 
         # keep valid rows only (one host sync for their count)
         idx = flat["valid"].bool().nonzero().squeeze(1)
@@ -524,7 +534,7 @@ class MAPPO:
         log_ratio = log_ratio.clamp(-20.0, 20.0)  # exp() overflow guard; such ratios are clipped anyway
         ratio = log_ratio.exp()
         policy_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
-        joint_entropy = entropy.sum(-1).mean()
+        joint_entropy = entropy.mean() if cfg.entropy_per_agent else entropy.sum(-1).mean()
         if mean is not None:
             outside = (F.relu(mean - self.policy.action_high) + F.relu(self.policy.action_low - mean)) \
                 * self.policy.action_mask
