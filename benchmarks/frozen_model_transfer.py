@@ -57,6 +57,7 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
     record = {"seed": seed, "map": cfg.map, "collect": collect, "model_steps": model_steps, "rounds": rounds,
               "episodes": episodes, "train_episodes": algo.episodes, "collect_seconds": round(t_collect, 1),
               "fit_seconds": round(t_fit, 1), "fit": {k: round(v, 4) for k, v in fit.items()}, "evals": []}
+    frozen = [p.detach().clone() for p in algo.model.parameters()]
     imagined: list[float] = []
     for r in range(rounds + 1):
         if r % eval_every == 0:
@@ -77,6 +78,7 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
                             "entropy": round(metrics["entropy"], 3), "clip_frac": round(metrics["clip_frac"], 3)}))
     first, last = record["evals"][0], record["evals"][-1]
     record["gain"] = {m: last[m] - first[m] for m in ("greedy_return", "stochastic_return")}
+    record["model_unchanged"] = all(torch.equal(a, b) for a, b in zip(frozen, algo.model.parameters()))
     record["seconds"] = round(time.perf_counter() - t0, 1)
     return record
 

@@ -49,7 +49,10 @@ class MAPPOConfig:
     history_dim: int = 128  # reference memory width (REFERENCE §2)
     history_heads: int = 4  # ours (reference head count not recorded)
     history_layers: int = 1  # ours: 1 attention block (brief allows 1-2)
-    critic: str = "mixer"  # reference: per-agent V_i mixed by a QMIX-like hypernetwork; "state" = V(s)
+    # reference: per-agent V_i mixed by a QMIX-like hypernetwork; "state" = V(s); "attention" =
+    # MAMBA's critic: every agent's input embedded, one self-attention layer across agents, a value
+    # per agent, their mean
+    critic: str = "mixer"
     mixer_embed_dim: int = 32  # QMIX (pymarl) mixing_embed_dim
     hypernet_hidden: int = 64  # QMIX (pymarl) hypernet_embed
     log_std_min: float = -6.0  # reference log-std bounds [-6, 0] (REFERENCE §2)
@@ -88,8 +91,9 @@ class MAPPOConfig:
     def __post_init__(self):
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
         self.critic_hidden = tuple(int(h) for h in self.critic_hidden)
-        if self.critic not in ("state", "mixer"):
-            raise OffmarlError(f"mappo.critic = {self.critic!r}; choose 'state' (V(s)) or 'mixer' (QMIX-like)")
+        if self.critic not in ("state", "mixer", "attention"):
+            raise OffmarlError(f"mappo.critic = {self.critic!r}; choose 'state' (V(s)), 'mixer' (QMIX-like) or "
+                               "'attention' (MAMBA: attention across agents)")
         if self.entropy_mode not in ("fixed", "adaptive"):
             raise OffmarlError(f"mappo.entropy_mode = {self.entropy_mode!r}; choose 'fixed' or 'adaptive'")
         if not 0.0 < self.entropy_annealing <= 1.0:
@@ -297,6 +301,7 @@ class MAPPOCritic(nn.Module):
     "state": V(s) = MLP(s).
     "mixer": V(s, o) = w2(s)^T elu(W1(s)^T v + b1(s)) + b2(s), v_i = V_i(o_i), with W1, w2 >= 0
     produced by hypernetworks on the state (QMIX's monotonic mixing, applied to values).
+    "attention": V(o) = mean_i MLP(Attn_agents(W o + pos)_i) (MAMBA's critic; the state is unused).
     """
 
     def __init__(self, spec: EnvSpec, cfg: MAPPOConfig):
@@ -307,6 +312,15 @@ class MAPPOCritic(nn.Module):
         self.value_norm = RunningNorm(())
         if cfg.critic == "state":
             self.v = mlp(s, cfg.critic_hidden, 1)
+        elif cfg.critic == "attention":
+            hid = cfg.critic_hidden[0]
+            self.embed_in = nn.Linear(spec.max_obs_dim, hid)
+            self.agent_pos = nn.Parameter(torch.zeros(n, hid))
+            # MAMBA's critic: 1 attention layer (its AttentionEncoder), heads: ours (a divisor of the width)
+            heads = next(h for h in (4, 2, 1) if hid % h == 0)
+            self.attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(hid, heads, 2 * hid, 0.0, batch_first=True),
+                                              1, enable_nested_tensor=False)
+            self.head = mlp(hid, cfg.critic_hidden[1:], 1)
         else:
             e, hh = cfg.mixer_embed_dim, cfg.hypernet_hidden
             self.agent_v = PerAgentMLP(n, spec.max_obs_dim, cfg.critic_hidden, 1, cfg.share_parameters)
@@ -319,6 +333,9 @@ class MAPPOCritic(nn.Module):
         """states: [B, S], obs: [B, N, O], both already normalised -> [B]."""
         if self.kind == "state":
             return self.v(states).squeeze(-1)
+        if self.kind == "attention":
+            x = self.attn(F.relu(self.embed_in(obs)) + self.agent_pos)
+            return self.head(x).squeeze(-1).mean(-1)
         v = self.agent_v(obs).squeeze(-1)  # [B, N]
         w1 = self.hyper_w1(states).abs().view(-1, self.n_agents, self.embed)
         hidden = F.elu(torch.bmm(v.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(states))  # [B, E]

@@ -169,6 +169,23 @@ class LatentWorldModel(nn.Module):
         return torch.zeros(m, self.n, self.cfg.feat, device=device)
 
     # -- posterior over real sequences ----------------------------------------------------------
+    def _posterior_step(self, feat, prev_a, prev_ok, embed, generator):
+        h = self.deterministic(feat, prev_a, prev_ok)
+        prior = self.prior_logits(h)
+        post = self.posterior(torch.cat([h, embed], -1)).unflatten(-1, prior.shape[-2:])
+        z = _sample_onehot(post, generator)[0]
+        z = z + torch.softmax(post, -1) - torch.softmax(post, -1).detach()  # straight-through
+        return torch.cat([h, z.flatten(-2)], -1), prior, post
+
+    def observe_step(self, feat: torch.Tensor, prev_action: torch.Tensor, prev_ok: torch.Tensor, obs: torch.Tensor,
+                     alive: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One posterior step while acting in the env (``observe`` row by row): the previous state
+        feat [M, N, D] (zeros at an episode's start), the previous joint action [M, N] and where it
+        counts prev_ok [M, N] (False at the start and for agents dead before), the new observation
+        obs [M, N, O] and alive [M, N] -> the posterior state [M, N, D]."""
+        embed = self.encoder(obs * alive[..., None].to(obs.dtype))
+        return self._posterior_step(feat, prev_action, prev_ok, embed, generator)[0]
+
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, first: torch.Tensor,
                 generator: torch.Generator | None = None, alive: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
@@ -192,12 +209,7 @@ class LatentWorldModel(nn.Module):
                 prev_ok = cont[:, None].expand(b, self.n)
                 if alive is not None:
                     prev_ok = prev_ok & alive[t - 1]
-            h = self.deterministic(feat, prev_a, prev_ok)
-            prior = self.prior_logits(h)
-            post = self.posterior(torch.cat([h, embed[t]], -1)).unflatten(-1, prior.shape[-2:])
-            z = _sample_onehot(post, generator)[0]
-            z = z + torch.softmax(post, -1) - torch.softmax(post, -1).detach()  # straight-through
-            feat = torch.cat([h, z.flatten(-2)], -1)
+            feat, prior, post = self._posterior_step(feat, prev_a, prev_ok, embed[t], generator)
             feats.append(feat)
             priors.append(prior)
             posts.append(post)
