@@ -396,10 +396,15 @@ def print_online_config(algo: str | None, map_name: str | None, backend: str | N
 
 def online_evaluator(algo, env_name: str, backend: str, seed: int, n_envs: int, device) -> Callable[[int], dict]:
     """``evaluate(episodes)`` for an online run: greedy episodes in the run's map on seeds apart
-    from training's; ``score`` (best checkpoint, progress) is the win rate."""
+    from training's, then as many stochastic ones (the policy samples, as in training; an early
+    policy's greedy action can hide what it learned) logged as ``stochastic_win_rate`` and
+    ``stochastic_return``; ``score`` (best checkpoint, progress) is the greedy win rate."""
     def evaluate(episodes: int) -> dict[str, Any]:
-        res = evaluate_policy(algo.policy, env_name, "local", episodes=episodes, seed=seed * 1000 + 10_000,
-                              n_envs=min(n_envs, episodes), device=device, env_kwargs={"backend": backend})
+        kw = {"episodes": episodes, "seed": seed * 1000 + 10_000, "n_envs": min(n_envs, episodes),
+              "device": device, "env_kwargs": {"backend": backend}}
+        res = evaluate_policy(algo.policy, env_name, "local", **kw)
+        sto = evaluate_policy(algo.policy, env_name, "local", deterministic=False, **kw)
+        res["stochastic_win_rate"], res["stochastic_return"] = sto.get("win_rate"), sto["return_mean"]
         res["env_steps"] = algo.env_steps
         res["score"] = res["win_rate"]
         return res

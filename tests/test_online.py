@@ -4,6 +4,7 @@ SMAX programs are compiled once per machine (JAX's persistent cache, see envs/sm
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -171,3 +172,108 @@ def test_update_per_episode_runs_one_update_per_finished_episode():
             assert algo.mappo.iterations - ppo_before == m["updates"] * algo.cfg.ppo_rounds
             seen.append(m["updates"])
     assert seen and max(seen) >= 2  # 50 steps per copy end several SMAX episodes
+
+
+# -- MAMBA fidelity: dead agents, continuation, per-agent PPO ------------------------------------
+def test_dead_agent_observation_changes_no_loss(collected):
+    """Agent 0 dead from row 4 on: whatever its observation there, every loss term is the same."""
+    model = copy.deepcopy(collected.model)
+    batch = collected.replay.sample(6, 10, torch.Generator().manual_seed(5))
+    batch["alive"] = batch["alive"].clone()
+    batch["alive"][4:, :, 0] = False
+    _, base, _ = model.loss(batch, torch.Generator().manual_seed(9))
+    other = dict(batch, obs=batch["obs"].clone())
+    other["obs"][4:, :, 0] = torch.randn(other["obs"][4:, :, 0].shape, generator=torch.Generator().manual_seed(1))
+    _, changed, _ = model.loss(other, torch.Generator().manual_seed(9))
+    for k in base:
+        assert torch.equal(base[k], changed[k]), k
+    # a living agent's observation does change the loss (the check above can fail)
+    other["obs"][:, :, 1] += 1.0
+    _, living, _ = model.loss(other, torch.Generator().manual_seed(9))
+    assert living["obs_loss"] != base["obs_loss"]
+
+
+def test_previous_action_is_zeros_at_episode_start(collected):
+    """The action before a ``first`` row does not reach that row's state."""
+    model = collected.model
+    batch = collected.replay.sample(3, 10, torch.Generator().manual_seed(2))
+    first = batch["first"].clone()
+    first[5] = True
+    actions = batch["action"].clone()
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    with torch.no_grad():
+        a = model.observe(batch["obs"], actions, first, g(), alive=batch["alive"])["feat"]
+        actions[4] = (actions[4] + 1) % model.k
+        b = model.observe(batch["obs"], actions, first, g(), alive=batch["alive"])["feat"]
+    assert torch.equal(a[5:], b[5:])
+    actions[3] = (actions[3] + 1) % model.k  # within an episode the previous action matters
+    with torch.no_grad():
+        c = model.observe(batch["obs"], actions, first, g(), alive=batch["alive"])["feat"]
+    assert not torch.equal(b[4], c[4])
+
+
+def _cont_bias(model, value: float):
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        last = model.cont_head[-1]
+        last.weight.zero_()
+        last.bias.fill_(value)
+    return model
+
+
+def test_model_that_predicts_termination_ends_imagined_battles(collected):
+    algo = collected
+    start = posterior_starts(algo, 3)
+    ending = _cont_bias(algo.model, -10.0)  # every agent's continuation ~0: the battle ends at once
+    out, info = imagine(ending, algo.policy, start, 5, torch.Generator().manual_seed(1))
+    assert info["imagined_valid_frac"] == pytest.approx(1 / 5)
+    assert out["dones"][0].all() and not out["valid"][1:].any()
+    going = _cont_bias(algo.model, 10.0)  # ~1: no battle ends, the discount is the probability
+    out, info = imagine(going, algo.policy, start, 5, torch.Generator().manual_seed(1))
+    assert info["imagined_valid_frac"] == 1.0 and not out["dones"].any()
+    assert torch.allclose(out["discounts"], torch.sigmoid(torch.tensor(10.0)).expand_as(out["discounts"]))
+
+
+def test_gae_soft_discount():
+    from offmarl.algos.mappo import compute_gae
+    g = torch.Generator().manual_seed(0)
+    r, v, nv = (torch.randn(6, 3, generator=g) for _ in range(3))
+    z = torch.zeros(6, 3, dtype=torch.bool)
+    ok = torch.ones(6, 3, dtype=torch.bool)
+    plain = compute_gae(r, v, nv, z, z, ok, 0.99, 0.95)
+    ones = compute_gae(r, v, nv, z, z, ok, 0.99, 0.95, torch.ones(6, 3))
+    half = compute_gae(r, v, nv, z, z, ok, 0.99, 0.95, torch.full((6, 3), 0.5))
+    assert torch.allclose(plain[0], ones[0])
+    assert torch.allclose(half[0], compute_gae(r, v, nv, z, z, ok, 0.495, 0.95)[0])
+
+
+def test_online_ppo_clips_per_agent_and_offline_keeps_joint_ratio():
+    from offmarl.algos.mappo import MAPPO, MAPPOConfig
+    from offmarl.envs.base import EnvSpec
+    assert MAPPOConfig().joint_ratio and not MAPPOConfig().entropy_per_agent  # offline MOMA-PPO unchanged
+    online = OnlineConfig().mappo
+    assert not online.joint_ratio and online.entropy_per_agent
+    n, o, k, h, b = 3, 4, 5, 4, 8
+    spec = EnvSpec(name="toy", n_agents=n, obs_dims=(o,) * n, state_dim=n * o, discrete=True,
+                   action_dims=(k,) * n, episode_limit=10, obs_scheme="fo")
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(h, b, n, o, generator=g)
+    metrics = {}
+    for joint in (True, False):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(online, joint_ratio=joint, entropy_per_agent=not joint, epochs=1,
+                                  minibatch_size=10_000, actor_hidden=(8,), critic_hidden=(8,))
+        agent = MAPPO(spec, cfg)
+        actions, logp = agent.policy.act(obs.flatten(0, 1), None, None, deterministic=False,
+                                         generator=torch.Generator())
+        actions, logp = actions.view(h, b, n), logp.view(h, b, n).clone()
+        logp[..., 0] += 1.0  # agent 0's ratio e^-1: outside the clip range; the others' ratio 1
+        batch = {"obs": obs, "states": obs.flatten(-2), "actions": actions, "logp": logp,
+                 "rewards": torch.randn(h, b, generator=g), "dones": torch.zeros(h, b, dtype=torch.bool),
+                 "timeouts": torch.zeros(h, b, dtype=torch.bool), "valid": torch.ones(h, b, dtype=torch.bool),
+                 "next_obs": obs, "next_states": obs.flatten(-2)}
+        metrics[joint] = agent.update(batch, torch.Generator().manual_seed(1))
+    assert metrics[True]["clip_frac"] == 1.0  # the joint ratio carries agent 0's deviation to every row
+    assert metrics[False]["clip_frac"] == pytest.approx(1 / n)  # per agent: only agent 0 is clipped
+    # MAMBA's entropy (second run) is the mean over agents: 1/N of the joint (summed) entropy
+    assert metrics[False]["entropy"] == pytest.approx(metrics[True]["entropy"] / n, rel=1e-5)

@@ -49,7 +49,10 @@ class MAPPOConfig:
     history_dim: int = 128  # reference memory width (REFERENCE §2)
     history_heads: int = 4  # ours (reference head count not recorded)
     history_layers: int = 1  # ours: 1 attention block (brief allows 1-2)
-    critic: str = "mixer"  # reference: per-agent V_i mixed by a QMIX-like hypernetwork; "state" = V(s)
+    # reference: per-agent V_i mixed by a QMIX-like hypernetwork; "state" = V(s); "attention" =
+    # MAMBA's critic: every agent's input embedded, one self-attention layer across agents, a value
+    # per agent, their mean
+    critic: str = "mixer"
     mixer_embed_dim: int = 32  # QMIX (pymarl) mixing_embed_dim
     hypernet_hidden: int = 64  # QMIX (pymarl) hypernet_embed
     log_std_min: float = -6.0  # reference log-std bounds [-6, 0] (REFERENCE §2)
@@ -76,6 +79,9 @@ class MAPPOConfig:
     target_entropy: float = -2.0  # reference target JOINT entropy (sum over agents); continuous actions
     entropy_lr: float = 1e-3  # ours: Adam lr of log(entropy_coef) (reference value not recorded)
     entropy_annealing: float = 1.0  # fixed mode: coefficient x this after every actor step (MAMBA 0.99998); 1 = off
+    # reference: the entropy bonus is the JOINT entropy (sum over agents); True = the mean over
+    # agents (MAMBA's actor_loss: per-agent entropy, mean over rows and agents)
+    entropy_per_agent: bool = False
     box_penalty_coef: float = 1.0  # ours: weight of the out-of-box penalty on mean actions (reference has one)
     # offline only: weight of a behaviour-cloning anchor on dataset pairs added to the actor loss,
     # mean over agents of ||mean(o_D) - a_D||^2 (continuous) or -log pi(a_D | o_D) (discrete) — TD3+BC's
@@ -85,8 +91,9 @@ class MAPPOConfig:
     def __post_init__(self):
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
         self.critic_hidden = tuple(int(h) for h in self.critic_hidden)
-        if self.critic not in ("state", "mixer"):
-            raise OffmarlError(f"mappo.critic = {self.critic!r}; choose 'state' (V(s)) or 'mixer' (QMIX-like)")
+        if self.critic not in ("state", "mixer", "attention"):
+            raise OffmarlError(f"mappo.critic = {self.critic!r}; choose 'state' (V(s)), 'mixer' (QMIX-like) or "
+                               "'attention' (MAMBA: attention across agents)")
         if self.entropy_mode not in ("fixed", "adaptive"):
             raise OffmarlError(f"mappo.entropy_mode = {self.entropy_mode!r}; choose 'fixed' or 'adaptive'")
         if not 0.0 < self.entropy_annealing <= 1.0:
@@ -294,6 +301,7 @@ class MAPPOCritic(nn.Module):
     "state": V(s) = MLP(s).
     "mixer": V(s, o) = w2(s)^T elu(W1(s)^T v + b1(s)) + b2(s), v_i = V_i(o_i), with W1, w2 >= 0
     produced by hypernetworks on the state (QMIX's monotonic mixing, applied to values).
+    "attention": V(o) = mean_i MLP(Attn_agents(W o + pos)_i) (MAMBA's critic; the state is unused).
     """
 
     def __init__(self, spec: EnvSpec, cfg: MAPPOConfig):
@@ -304,6 +312,15 @@ class MAPPOCritic(nn.Module):
         self.value_norm = RunningNorm(())
         if cfg.critic == "state":
             self.v = mlp(s, cfg.critic_hidden, 1)
+        elif cfg.critic == "attention":
+            hid = cfg.critic_hidden[0]
+            self.embed_in = nn.Linear(spec.max_obs_dim, hid)
+            self.agent_pos = nn.Parameter(torch.zeros(n, hid))
+            # MAMBA's critic: 1 attention layer (its AttentionEncoder), heads: ours (a divisor of the width)
+            heads = next(h for h in (4, 2, 1) if hid % h == 0)
+            self.attn = nn.TransformerEncoder(nn.TransformerEncoderLayer(hid, heads, 2 * hid, 0.0, batch_first=True),
+                                              1, enable_nested_tensor=False)
+            self.head = mlp(hid, cfg.critic_hidden[1:], 1)
         else:
             e, hh = cfg.mixer_embed_dim, cfg.hypernet_hidden
             self.agent_v = PerAgentMLP(n, spec.max_obs_dim, cfg.critic_hidden, 1, cfg.share_parameters)
@@ -316,6 +333,9 @@ class MAPPOCritic(nn.Module):
         """states: [B, S], obs: [B, N, O], both already normalised -> [B]."""
         if self.kind == "state":
             return self.v(states).squeeze(-1)
+        if self.kind == "attention":
+            x = self.attn(F.relu(self.embed_in(obs)) + self.agent_pos)
+            return self.head(x).squeeze(-1).mean(-1)
         v = self.agent_v(obs).squeeze(-1)  # [B, N]
         w1 = self.hyper_w1(states).abs().view(-1, self.n_agents, self.embed)
         hidden = F.elu(torch.bmm(v.unsqueeze(1), w1).squeeze(1) + self.hyper_b1(states))  # [B, E]
@@ -326,25 +346,31 @@ class MAPPOCritic(nn.Module):
 # Generalised advantage estimation
 # ----------------------------------------------------------------------------------------------
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
-                timeouts: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float):
+                timeouts: torch.Tensor, valid: torch.Tensor, gamma: float, lam: float,
+                discounts: torch.Tensor | None = None):
     """GAE (Schulman et al. 2016) over [H, B] rollouts, a reverse loop over H only.
 
     dones:    terminal by the task: no bootstrap, trace cut.
     timeouts: truncated (time limit, rollout end): bootstrap from next_values, trace cut.
     valid:    False for padding after a rollout ended: zero advantage and return; a valid step
               whose successor is padding is treated as a time-out.
+    discounts: optional [H, B] soft continuation in [0, 1] multiplying gamma at every step (a
+              world model's predicted probability that the episode goes on: MAMBA's
+              ``compute_return`` with ``discount_arr``); None = 1.
     The last step H-1 always bootstraps from next_values.
     -> advantages [H, B], returns [H, B] (= advantages + values on valid steps, 0 elsewhere)
     """
     valid_f = valid.to(values.dtype)
     not_done = 1.0 - dones.to(values.dtype)
     keep_trace = not_done * (1.0 - timeouts.to(values.dtype))
-    deltas = (rewards + gamma * not_done * next_values - values) * valid_f
+    g = gamma if discounts is None else gamma * discounts.to(values.dtype)
+    deltas = (rewards + g * not_done * next_values - values) * valid_f
+    g = torch.as_tensor(g, dtype=values.dtype, device=values.device).expand_as(values)
     advantages = torch.zeros_like(values)
     next_adv = torch.zeros_like(values[0])
     next_valid = torch.zeros_like(values[0])
     for t in range(values.shape[0] - 1, -1, -1):
-        next_adv = deltas[t] + gamma * lam * keep_trace[t] * next_valid * next_adv
+        next_adv = deltas[t] + g[t] * lam * keep_trace[t] * next_valid * next_adv
         advantages[t] = next_adv
         next_valid = valid_f[t]
     return advantages, (advantages + values) * valid_f
@@ -456,9 +482,10 @@ class MAPPO:
         with torch.no_grad():
             values = self.values(flat["states"], flat["obs"]).view(h, b)
             next_values = self.values(flat["next_states"], flat["next_obs"]).view(h, b)
+            discounts = flat["discounts"].view(h, b) if "discounts" in flat else None
             adv, ret = compute_gae(flat["rewards"].view(h, b).float(), values, next_values,
                                    flat["dones"].view(h, b), flat["timeouts"].view(h, b),
-                                   flat["valid"].view(h, b).bool(), cfg.gamma, cfg.gae_lambda)
+                                   flat["valid"].view(h, b).bool(), cfg.gamma, cfg.gae_lambda, discounts)
 
         # keep valid rows only (one host sync for their count)
         idx = flat["valid"].bool().nonzero().squeeze(1)
@@ -524,7 +551,7 @@ class MAPPO:
         log_ratio = log_ratio.clamp(-20.0, 20.0)  # exp() overflow guard; such ratios are clipped anyway
         ratio = log_ratio.exp()
         policy_loss = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
-        joint_entropy = entropy.sum(-1).mean()
+        joint_entropy = entropy.mean() if cfg.entropy_per_agent else entropy.sum(-1).mean()
         if mean is not None:
             outside = (F.relu(mean - self.policy.action_high) + F.relu(self.policy.action_low - mean)) \
                 * self.policy.action_mask

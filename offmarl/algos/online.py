@@ -78,6 +78,8 @@ def _online_mappo() -> MAPPOConfig:
         gae_lambda=0.95,  # MAMBA
         entropy_mode="fixed",  # MAMBA: fixed coefficient, annealed
         entropy_coef=0.001,  # MAMBA ENTROPY
+        entropy_per_agent=True,  # MAMBA: per-agent entropy, mean over agents (the coefficient is per agent)
+        joint_ratio=False,  # MAMBA: each agent's ratio clipped on its own (offline MOMA-PPO keeps the joint ratio)
         entropy_annealing=0.99998,  # MAMBA ENTROPY_ANNEALING, after every actor step
     )
 
@@ -306,12 +308,14 @@ class OnlineAlgorithm:
         self.model.eval()  # no dropout while imagining
         with torch.no_grad():
             batch = self._sample()
-            feat = self.model.observe(batch["obs"], batch["action"], batch["first"], self.generators["imagine"])["feat"]
-            start = feat[~batch["terminal"]]
+            feat = self.model.observe(batch["obs"], batch["action"], batch["first"], self.generators["imagine"],
+                                      alive=batch["alive"])["feat"]
+            keep = ~batch["terminal"]
+            start, start_alive = feat[keep], batch["alive"][keep]
         n_cand = self.cfg.planner.l if self.cfg.method.planner else 1
         t0 = time.perf_counter()
         out, info = imagine(self.model, self.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
-                            l=n_cand, select=self._select)
+                            l=n_cand, select=self._select, alive=start_alive)
         info["imagine_seconds"] = time.perf_counter() - t0
         return out, info
 

@@ -7,12 +7,19 @@ Per agent i, with the agents mixed by attention at every transition:
     x_t     = Transformer_agents( W [z_{t-1}^i, onehot(a_{t-1}^i)] + pos_i )   the agents see each other
     h_t^i   = GRU(x_t^i, h_{t-1}^i)                                 deterministic state
     prior   p(z_t^i | h_t^i)       posterior  q(z_t^i | h_t^i, e_t^i)   G categoricals x C classes
-    heads on feat_t^i = [h_t^i, z_t^i]: observation o_t^i, team reward r_t, continuation
-            (1 - terminal_t), available actions avail_t^i (Bernoulli per action), and the
-            agent's previous action a_{t-1}^i (MAMBA's "info" head)
+    heads on feat_t^i = [h_t^i, z_t^i]: observation o_t^i, team reward r_t, the agent's own
+            continuation (alive_t^i and not terminal_t: MAMBA's per-agent "done"), available
+            actions avail_t^i (Bernoulli per action), and the agent's previous action
+            a_{t-1}^i (MAMBA's "info" head)
 
-Training (``loss``): reconstruction terms + KL balancing (DreamerV2: 0.8 on the prior, 0.2 on
-the posterior), straight-through gradients through the categorical samples.
+The previous action enters as a one-hot, or zeros at an episode's first row and for an agent that
+was dead at the previous row (MAMBA resets the action with the state). A dead agent's observation
+(all zeros in SMAX) is zeroed before the encoder and every loss term is masked to the agents alive
+at that row (MAMBA's ``fake`` mask), so a dead agent's observation changes no loss.
+
+Training (``loss``): reconstruction terms + KL balancing (DreamerV2 / MAMBA: 0.8 on the prior,
+0.2 on the posterior; per categorical, the mean over the G categoricals as MAMBA's
+``state_divergence_loss``), straight-through gradients through the categorical samples.
 
 One latent STATE is one tensor per agent, ``feat`` [..., N, D] with D = deter + G*C, so the MAG
 planner can reshape states freely (planners/mag.py: ``plan``).
@@ -20,8 +27,11 @@ planner can reshape states freely (planners/mag.py: ``plan``).
 Imagination (``imagine``): from posterior states of replayed sequences the CURRENT policy acts
 on the decoded observation, restricted to the predicted available actions (threshold 0.5, the
 most likely action if none passes, so the mask is never empty), and the model steps with its
-prior. A predicted continuation below 0.5 ends the imagined trajectory (later steps are padding:
-valid False), and MA-PPO's GAE(lambda) then computes the lambda-returns.
+prior. The battle continues while any agent continues (its probability: the largest per-agent
+continuation probability); that probability discounts the returns softly (MAMBA's
+``discount_arr``, MA-PPO's ``discounts``), and below 0.5 it ends the imagined battle (later steps
+are padding: valid False). An agent whose own continuation falls below 0.5 is dead for the rest of
+the imagined battle (zero previous action, left out of the reward mean).
 
 MAG (``planner`` given): at every imagined step L candidate next states are L samples of the
 prior (candidate 0 is the sample plain imagination draws, with the same generator calls); each
@@ -60,7 +70,7 @@ class LatentModelConfig:
     attn_layers: int = 1  # CPU preset; MAMBA 3 transformer layers across agents
     attn_heads: int = 4  # CPU preset; MAMBA 8
     dropout: float = 0.0  # CPU preset; MAMBA 0.1
-    kl_balance: float = 0.8  # DreamerV2 / MAMBA KL balancing
+    kl_balance: float = 0.8  # DreamerV2 / MAMBA KL balancing (weight on the prior's term)
     kl_scale: float = 1.0  # DreamerV2 default beta
     free_nats: float = 0.0  # DreamerV2 Atari (no free bits)
     lr: float = 2e-4  # MAMBA Table 1 (MAG appendix B: 5e-4)
@@ -100,9 +110,15 @@ def _sample_onehot(logits: torch.Tensor, generator: torch.Generator | None, n: i
 
 
 def _kl(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """KL(lhs || rhs) of categoricals given by logits [..., G, C], summed over G -> [...]."""
+    """KL(lhs || rhs) of categoricals given by logits [..., G, C], the mean over the G categoricals
+    -> [...] (MAMBA's ``state_divergence_loss``: per-categorical KL, ``mean(-1)``)."""
     lp, lq = torch.log_softmax(lhs, -1), torch.log_softmax(rhs, -1)
-    return (lp.exp() * (lp - lq)).sum((-1, -2))
+    return (lp.exp() * (lp - lq)).sum(-1).mean(-1)
+
+
+def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where the weight w (same shape, 0/1) is set."""
+    return (x * w).sum() / w.sum().clamp_min(1.0)
 
 
 class LatentWorldModel(nn.Module):
@@ -132,10 +148,16 @@ class LatentWorldModel(nn.Module):
         """feat [..., D] -> deter [..., deter], stoch [..., G*C]."""
         return feat[..., :self.cfg.deter], feat[..., self.cfg.deter:]
 
-    def deterministic(self, feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """h_t from the previous state feat [M, N, D] and joint action [M, N] (long) -> [M, N, deter]."""
+    def deterministic(self, feat: torch.Tensor, actions: torch.Tensor,
+                      act_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """h_t from the previous state feat [M, N, D] and joint action [M, N] (long) -> [M, N, deter].
+        act_mask [M, N] (bool/float): where False the previous action enters as zeros (episode
+        start, dead agent)."""
         h, z = self.split(feat)
-        x = F.elu(self.in_proj(torch.cat([z, F.one_hot(actions, self.k).to(z.dtype)], -1))) + self.agent_pos
+        onehot = F.one_hot(actions, self.k).to(z.dtype)
+        if act_mask is not None:
+            onehot = onehot * act_mask.to(z.dtype)[..., None]
+        x = F.elu(self.in_proj(torch.cat([z, onehot], -1))) + self.agent_pos
         x = self.mixer(x)
         m = x.shape[0]
         return self.gru(x.reshape(m * self.n, -1), h.reshape(m * self.n, -1)).view(m, self.n, -1)
@@ -147,26 +169,47 @@ class LatentWorldModel(nn.Module):
         return torch.zeros(m, self.n, self.cfg.feat, device=device)
 
     # -- posterior over real sequences ----------------------------------------------------------
+    def _posterior_step(self, feat, prev_a, prev_ok, embed, generator):
+        h = self.deterministic(feat, prev_a, prev_ok)
+        prior = self.prior_logits(h)
+        post = self.posterior(torch.cat([h, embed], -1)).unflatten(-1, prior.shape[-2:])
+        z = _sample_onehot(post, generator)[0]
+        z = z + torch.softmax(post, -1) - torch.softmax(post, -1).detach()  # straight-through
+        return torch.cat([h, z.flatten(-2)], -1), prior, post
+
+    def observe_step(self, feat: torch.Tensor, prev_action: torch.Tensor, prev_ok: torch.Tensor, obs: torch.Tensor,
+                     alive: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One posterior step while acting in the env (``observe`` row by row): the previous state
+        feat [M, N, D] (zeros at an episode's start), the previous joint action [M, N] and where it
+        counts prev_ok [M, N] (False at the start and for agents dead before), the new observation
+        obs [M, N, O] and alive [M, N] -> the posterior state [M, N, D]."""
+        embed = self.encoder(obs * alive[..., None].to(obs.dtype))
+        return self._posterior_step(feat, prev_action, prev_ok, embed, generator)[0]
+
     def observe(self, obs: torch.Tensor, actions: torch.Tensor, first: torch.Tensor,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """obs [T, B, N, O], actions [T, B, N] (taken AT each row), first [T, B] bool
-        -> feat [T, B, N, D] (posterior, straight-through samples), prior / post logits
-        [T, B, N, G, C]. The state is reset before every ``first`` row and before row 0."""
+                generator: torch.Generator | None = None, alive: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """obs [T, B, N, O], actions [T, B, N] (taken AT each row), first [T, B] bool, alive
+        [T, B, N] bool (None: every agent alive) -> feat [T, B, N, D] (posterior, straight-through
+        samples), prior / post logits [T, B, N, G, C]. The state is reset before every ``first``
+        row and before row 0; the previous action is zeros there and for agents dead at the
+        previous row; dead agents' observations are zeroed before the encoder."""
         t_len, b = obs.shape[:2]
+        if alive is not None:
+            obs = obs * alive[..., None].to(obs.dtype)
         embed = self.encoder(obs)
         feat = self.initial(b, obs.device)
         prev_a = torch.zeros(b, self.n, dtype=torch.long, device=obs.device)
+        prev_ok = torch.zeros(b, self.n, dtype=torch.bool, device=obs.device)
         feats, priors, posts = [], [], []
         for t in range(t_len):
-            keep = (~first[t]).to(feat.dtype)[:, None, None] if t else torch.zeros_like(feat[:, :1, :1])
-            feat = feat * keep
-            prev_a = prev_a * keep[..., 0].long()
-            h = self.deterministic(feat, prev_a)
-            prior = self.prior_logits(h)
-            post = self.posterior(torch.cat([h, embed[t]], -1)).unflatten(-1, prior.shape[-2:])
-            z = _sample_onehot(post, generator)[0]
-            z = z + torch.softmax(post, -1) - torch.softmax(post, -1).detach()  # straight-through
-            feat = torch.cat([h, z.flatten(-2)], -1)
+            if t:
+                cont = ~first[t]
+                feat = feat * cont.to(feat.dtype)[:, None, None]
+                prev_ok = cont[:, None].expand(b, self.n)
+                if alive is not None:
+                    prev_ok = prev_ok & alive[t - 1]
+            feat, prior, post = self._posterior_step(feat, prev_a, prev_ok, embed[t], generator)
             feats.append(feat)
             priors.append(prior)
             posts.append(post)
@@ -177,21 +220,32 @@ class LatentWorldModel(nn.Module):
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """batch from SequenceReplay.sample ([T, B, ...]) -> (total loss, terms, feat [T, B, N, D])."""
         cfg = self.cfg
-        out = self.observe(batch["obs"], batch["action"], batch["first"], generator)
+        alive = batch["alive"]
+        out = self.observe(batch["obs"], batch["action"], batch["first"], generator, alive=alive)
         feat = out["feat"]
-        obs_loss = 0.5 * (self.obs_head(feat) - batch["obs"]).square().sum(-1).mean()
-        reward_loss = 0.5 * (self.reward_head(feat).squeeze(-1) - batch["reward"][..., None]).square().mean()
-        cont_target = (~batch["terminal"]).float()[..., None].expand(feat.shape[:-1])
-        cont_loss = F.binary_cross_entropy_with_logits(self.cont_head(feat).squeeze(-1), cont_target)
-        avail_loss = F.binary_cross_entropy_with_logits(self.avail_head(feat), batch["avail"].float())
-        # previous action: rows 1.. that continue an episode
+        w = alive.to(feat.dtype)  # [T, B, N]: every term counts the agents alive at the row only
+        obs_err = 0.5 * (self.obs_head(feat) - batch["obs"]).square().sum(-1)
+        obs_loss = _masked_mean(obs_err, w)
+        reward_err = 0.5 * (self.reward_head(feat).squeeze(-1) - batch["reward"][..., None]).square()
+        reward_loss = _masked_mean(reward_err, w)
+        # per-agent continuation: the agent lives on and the battle goes on; learned at the rows
+        # where the agent was alive the row before (its death is learned, its time dead is not)
+        cont_target = (alive & ~batch["terminal"][..., None]).to(feat.dtype)
+        was_alive = torch.cat([alive[:1], alive[:-1] & ~batch["first"][1:, :, None]
+                               | alive[1:] & batch["first"][1:, :, None]], 0).to(feat.dtype)
+        cont_ce = F.binary_cross_entropy_with_logits(self.cont_head(feat).squeeze(-1), cont_target, reduction="none")
+        cont_loss = _masked_mean(cont_ce, was_alive)
+        avail_ce = F.binary_cross_entropy_with_logits(self.avail_head(feat), batch["avail"].to(feat.dtype),
+                                                      reduction="none").mean(-1)
+        avail_loss = _masked_mean(avail_ce, w)
+        # previous action: rows 1.. that continue an episode, agents alive at the previous row
         prev_logits = self.prev_action_head(feat[1:])
-        has_prev = (~batch["first"][1:]).float()[..., None].expand(prev_logits.shape[:-1])
+        has_prev = ((~batch["first"][1:])[..., None] & alive[:-1]).to(feat.dtype)
         ce = F.cross_entropy(prev_logits.flatten(0, -2), batch["action"][:-1].flatten(), reduction="none")
-        prev_loss = (ce * has_prev.flatten()).sum() / has_prev.sum().clamp_min(1.0)
+        prev_loss = _masked_mean(ce.view(has_prev.shape), has_prev)
         # KL balancing: train the prior towards the posterior faster than the reverse
-        kl_prior = _kl(out["post"].detach(), out["prior"]).mean()
-        kl_post = _kl(out["post"], out["prior"].detach()).mean()
+        kl_prior = _masked_mean(_kl(out["post"].detach(), out["prior"]), w)
+        kl_post = _masked_mean(_kl(out["post"], out["prior"].detach()), w)
         kl = (cfg.kl_balance * kl_prior.clamp_min(cfg.free_nats)
               + (1 - cfg.kl_balance) * kl_post.clamp_min(cfg.free_nats))
         total = obs_loss + reward_loss + cont_loss + avail_loss + prev_loss + cfg.kl_scale * kl
@@ -202,26 +256,38 @@ class LatentWorldModel(nn.Module):
         return total, terms, feat
 
     # -- heads used in imagination --------------------------------------------------------------
-    def decode(self, feat: torch.Tensor, outcome: bool = True) -> dict[str, torch.Tensor]:
+    def decode(self, feat: torch.Tensor, outcome: bool = True, alive: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
         """feat [M, N, D] -> obs [M, N, O], avail [M, N, K] bool (never empty), and with ``outcome``
-        reward [M] (mean over agents' predictions of the team reward), cont [M] (mean continuation
-        probability). The planner's look-ahead needs only what the policy acts on (outcome=False)."""
+        reward [M] (mean over the ``alive`` [M, N] agents' predictions of the team reward; all
+        agents when None or none alive), cont_agents [M, N] (per-agent continuation probability)
+        and cont [M] (the battle continues while any agent does: their largest probability).
+        The planner's look-ahead needs only what the policy acts on (outcome=False)."""
         avail_p = torch.sigmoid(self.avail_head(feat))
         avail = avail_p > 0.5
         best = F.one_hot(avail_p.argmax(-1), self.k).bool()
         avail = torch.where(avail.any(-1, keepdim=True), avail, best)
         out = {"obs": self.obs_head(feat), "avail": avail}
         if outcome:
-            out["reward"] = self.reward_head(feat).squeeze(-1).mean(-1)
-            out["cont"] = torch.sigmoid(self.cont_head(feat).squeeze(-1)).mean(-1)
+            r = self.reward_head(feat).squeeze(-1)
+            if alive is None:
+                out["reward"] = r.mean(-1)
+            else:
+                w = alive.to(r.dtype)
+                w = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))
+                out["reward"] = (r * w).sum(-1) / w.sum(-1)
+            out["cont_agents"] = torch.sigmoid(self.cont_head(feat).squeeze(-1))
+            out["cont"] = out["cont_agents"].max(-1).values
         return out
 
     def candidates(self, feat: torch.Tensor, actions: torch.Tensor, l: int, generator: torch.Generator | None,
-                   plan_generator: torch.Generator | None = None) -> torch.Tensor:
+                   plan_generator: torch.Generator | None = None, act_mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
         """L candidate next states per row: feat [M, N, D], actions [M, N] -> [M, L, N, D].
         Candidate 0 is the prior sample drawn with ``generator`` (what plain imagination draws);
-        candidates 1..L-1 are further samples of the same prior drawn with ``plan_generator``."""
-        h = self.deterministic(feat, actions)
+        candidates 1..L-1 are further samples of the same prior drawn with ``plan_generator``.
+        act_mask [M, N]: agents whose action enters as zeros where False (dead)."""
+        h = self.deterministic(feat, actions, act_mask)
         logits = self.prior_logits(h)
         z = _sample_onehot(logits, generator)
         if l > 1:
@@ -286,15 +352,19 @@ Selector = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, generator: torch.Generator | None,
-            l: int = 1, select: Selector | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """H imagined steps from posterior states ``start`` [B, N, D] under ``policy`` (MAPPOPolicy).
+            l: int = 1, select: Selector | None = None, alive: torch.Tensor | None = None
+            ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """H imagined steps from posterior states ``start`` [B, N, D] under ``policy`` (MAPPOPolicy);
+    ``alive`` [B, N]: the agents alive at the start rows (None: all).
 
     l, select: MAG. ``select(candidates [B, L, N, D], plan_generator) -> (idx [B], scores [B, L])``
     picks each start state's candidate (the algorithm passes ``planners.mag.plan`` over a
     ``LatentLookahead``); l = 1 (MAMBA) never calls it.
     -> MA-PPO batch of [H, B, ...] tensors (states = the agents' decoded observations
     concatenated [H, B, N*O], obs [H, B, N, O], avail, actions, logp, rewards, dones, timeouts,
-    valid, next_states, next_obs) and info (planner_frac_replaced, planner_score_gain).
+    valid, discounts (the battle's continuation probability at the next state), next_states,
+    next_obs) and info (imagined_valid_frac, imagined_reward_mean, imagined_cont_mean,
+    planner_frac_replaced, planner_score_gain).
     """
     b = start.shape[0]
     dev = start.device
@@ -305,15 +375,16 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=dev))
         plan_gen = torch.Generator(device=dev).manual_seed(seed)
     rows = torch.arange(b, device=dev)
-    feat, alive = start, torch.ones(b, dtype=torch.bool, device=dev)
-    d = model.decode(feat)
-    keys = ("obs", "avail", "actions", "logp", "rewards", "dones", "valid", "next_obs")
+    agents = torch.ones(start.shape[:2], dtype=torch.bool, device=dev) if alive is None else alive.bool()
+    feat, alive = start, torch.ones(b, dtype=torch.bool, device=dev)  # alive: the imagined battle goes on
+    d = model.decode(feat, outcome=False)
+    keys = ("obs", "avail", "actions", "logp", "rewards", "dones", "valid", "discounts", "next_obs")
     rec: dict[str, list] = {k: [] for k in keys}
     # planner statistics summed on the device and read once after the loop (no host sync per step)
     replaced, gain, n_valid = (torch.zeros((), device=dev) for _ in range(3))
     for _ in range(horizon):
         actions, logp = policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
-        cand = model.candidates(feat, actions, l, generator, plan_gen)
+        cand = model.candidates(feat, actions, l, generator, plan_gen, act_mask=agents)
         if l > 1:
             idx, scores = select(cand, plan_gen)
             chosen = scores.gather(1, idx[:, None]).squeeze(1)
@@ -323,20 +394,23 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
             nxt = cand[rows, idx]
         else:
             nxt = cand[:, 0]
-        nd = model.decode(nxt)
+        nd = model.decode(nxt, alive=agents)
         done = nd["cont"] < 0.5
         for k, v in (("obs", d["obs"]), ("avail", d["avail"]), ("actions", actions), ("logp", logp),
                      ("rewards", nd["reward"]), ("dones", done & alive), ("valid", alive.clone()),
-                     ("next_obs", nd["obs"])):
+                     ("discounts", nd["cont"]), ("next_obs", nd["obs"])):
             rec[k].append(v)
         alive = alive & ~done
+        agents = agents & (nd["cont_agents"] >= 0.5)
         feat, d = nxt, nd
     batch = {k: torch.stack(v) for k, v in rec.items()}
     batch["states"] = batch["obs"].flatten(-2)
     batch["next_states"] = batch["next_obs"].flatten(-2)
     batch["timeouts"] = torch.zeros_like(batch["dones"])
-    info = {"imagined_valid_frac": float(batch["valid"].float().mean()),
-            "imagined_reward_mean": float(batch["rewards"][batch["valid"]].mean()) if batch["valid"].any() else 0.0}
+    valid = batch["valid"]
+    info = {"imagined_valid_frac": float(valid.float().mean()),
+            "imagined_reward_mean": float(batch["rewards"][valid].mean()) if valid.any() else 0.0,
+            "imagined_cont_mean": float(batch["discounts"][valid].mean()) if valid.any() else 0.0}
     if l > 1:
         info["planner_frac_replaced"] = float(replaced / n_valid.clamp_min(1.0))
         info["planner_score_gain"] = float(gain / n_valid.clamp_min(1.0))

@@ -1,0 +1,130 @@
+"""Does imagination improve REAL play? The frozen-model transfer experiment (docs/online.md).
+
+1. collect ``--collect`` real SMAX env steps with the initial (untrained) MA-PPO policy;
+2. fit the online world model on them for ``--model-steps`` gradient steps, then FREEZE it;
+3. run ``--rounds`` imagination + MA-PPO rounds (MAMBA: L = 1, no planner) on posterior starts of
+   that fixed replay, nothing real collected any more;
+4. every ``--eval-every`` rounds (and at round 0) play ``--episodes`` greedy and as many
+   stochastic REAL episodes (the driver's evaluation seeds), and log the imagined return (the
+   mean over imagined trajectories of their summed valid rewards, H steps) next to the real ones.
+
+One JSON line per evaluation, the whole record in ``--out``; ``--plot`` draws imagined vs real
+return of one or more record files.
+
+    OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --out frozen-s0.json
+    python benchmarks/frozen_model_transfer.py --plot frozen-s0.json frozen-s1.json --png frozen.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from offmarl.algos.online import OnlineAlgorithm, OnlineConfig
+from offmarl.evaluation import evaluate_policy
+
+
+def real_eval(algo: OnlineAlgorithm, episodes: int, seed: int) -> dict:
+    kw = {"episodes": episodes, "seed": seed * 1000 + 10_000, "n_envs": min(32, episodes), "device": "cpu",
+          "env_kwargs": {"backend": algo.cfg.backend}}
+    greedy = evaluate_policy(algo.policy, algo.env_name, "local", **kw)
+    sto = evaluate_policy(algo.policy, algo.env_name, "local", deterministic=False, **kw)
+    n = max(episodes, 1)
+    return {"greedy_return": greedy["return_mean"], "greedy_return_se": greedy["return_std"] / np.sqrt(n),
+            "greedy_win_rate": greedy["win_rate"], "greedy_length": greedy["length_mean"],
+            "stochastic_return": sto["return_mean"], "stochastic_return_se": sto["return_std"] / np.sqrt(n),
+            "stochastic_win_rate": sto["win_rate"], "stochastic_length": sto["length_mean"]}
+
+
+def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int = 1500, rounds: int = 200,
+        eval_every: int = 50, episodes: int = 32, config: OnlineConfig | None = None, log=print) -> dict:
+    torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
+    cfg = config or OnlineConfig(algo="mamba", map=map_name)
+    cfg.algo = "mamba"  # L = 1: plain imagination
+    algo = OnlineAlgorithm(None, cfg, "cpu", seed=seed)
+    t0 = time.perf_counter()
+    algo.cfg.collect_steps = collect
+    algo._reset()
+    algo._collect_into_replay()
+    t_collect = time.perf_counter() - t0
+    algo.cfg.model_updates = model_steps
+    fit = algo._train_model()
+    t_fit = time.perf_counter() - t0 - t_collect
+    record = {"seed": seed, "map": cfg.map, "collect": collect, "model_steps": model_steps, "rounds": rounds,
+              "episodes": episodes, "train_episodes": algo.episodes, "collect_seconds": round(t_collect, 1),
+              "fit_seconds": round(t_fit, 1), "fit": {k: round(v, 4) for k, v in fit.items()}, "evals": []}
+    frozen = [p.detach().clone() for p in algo.model.parameters()]
+    imagined: list[float] = []
+    for r in range(rounds + 1):
+        if r % eval_every == 0:
+            row = {"round": r, **real_eval(algo, episodes, seed),
+                   "imagined_return": float(np.mean(imagined[-eval_every:])) if imagined else None,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            record["evals"].append(row)
+            log(json.dumps(row))
+        if r == rounds:
+            break
+        batch, info = algo.imagine_batch()
+        ret = (batch["rewards"] * batch["valid"]).sum(0)
+        imagined.append(float(ret.mean()))
+        metrics = algo.mappo.update(batch, algo.generators["ppo"])
+        if (r + 1) % eval_every == 0:
+            log(json.dumps({"round": r + 1, "imagined_valid_frac": round(info["imagined_valid_frac"], 3),
+                            "imagined_cont_mean": round(info.get("imagined_cont_mean", 1.0), 3),
+                            "entropy": round(metrics["entropy"], 3), "clip_frac": round(metrics["clip_frac"], 3)}))
+    first, last = record["evals"][0], record["evals"][-1]
+    record["gain"] = {m: last[m] - first[m] for m in ("greedy_return", "stochastic_return")}
+    record["model_unchanged"] = all(torch.equal(a, b) for a, b in zip(frozen, algo.model.parameters()))
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def plot(paths: list[str], png: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    recs = [json.load(open(p)) for p in paths]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, style, label in (("imagined_return", ":", "imagined (H-step, model)"),
+                              ("greedy_return", "-", "real, greedy"), ("stochastic_return", "--", "real, stochastic")):
+        for i, rec in enumerate(recs):
+            xs = [e["round"] for e in rec["evals"] if e[key] is not None]
+            ys = [e[key] for e in rec["evals"] if e[key] is not None]
+            ax.plot(xs, ys, style, color=f"C{i}", label=f"seed {rec['seed']}: {label}")
+    ax.set_xlabel("imagination + PPO rounds (model frozen)")
+    ax.set_ylabel("return")
+    ax.set_title(f"Frozen-model transfer, SMAX {recs[0]['map']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--map", default="2s3z")
+    p.add_argument("--collect", type=int, default=5000)
+    p.add_argument("--model-steps", type=int, default=1500)
+    p.add_argument("--rounds", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--out", default=None)
+    p.add_argument("--plot", nargs="*", default=None, help="record files to plot (no run)")
+    p.add_argument("--png", default="frozen_model_transfer.png")
+    args = p.parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.png)
+        return
+    rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes)
+    print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k != "evals"}}), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rec, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
