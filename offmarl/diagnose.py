@@ -251,8 +251,8 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
     dead_real = float((~alive_real[ts, es]).sum(-1).float().mean())
     res["bias"] = {"dead_per_row_real": dead_real}
     runs = [("plain", 1)] + ([("planner", p.l)] if algo.error_model is not None and p.l > 1 else [])
-    for name, l in runs:
-        out, _ = imagine(model, policy, f0, hi, torch.Generator(device=algo.device).manual_seed(seed + 10), l=l,
+    for name, n_cand in runs:
+        out, _ = imagine(model, policy, f0, hi, torch.Generator(device=algo.device).manual_seed(seed + 10), l=n_cand,
                          select=algo._select)
         v = out["valid"]
         dead = (~alive_fn(out["avail"])).sum(-1).float()
@@ -317,12 +317,14 @@ def table(res: dict[str, Any]) -> str:
         ol = ", ".join(f"k={k}: {v:.3f}" for k, v in m["open_loop_error"].items())
         lines.append(f"  model open-loop error   {ol}   (mean-observation baseline {m['baseline_error']:.3f})")
     if "reward" in res:
-        lines.append(f"  reward MAE              {res['reward']['mae']:.4f}   (baseline {res['reward']['baseline_mae']:.4f})")
+        rw = res["reward"]
+        lines.append(f"  reward MAE              {rw['mae']:.4f}   (baseline {rw['baseline_mae']:.4f})")
     if "planner" in res:
         pl = res["planner"]
         lines += [f"  planner Spearman        {pl['spearman']:.3f} per start state (goal >= 0.3); one-step "
                   f"{pl['spearman_one_step']:.3f}; across states {pl['spearman_across_states']:.3f}",
-                  f"  pick beats candidate 0  {pl['pick_beats_first']:.1%} (goal >= 60%; replaced {pl['replaced']:.1%})",
+                  f"  pick beats candidate 0  {pl['pick_beats_first']:.1%} (goal >= 60%; "
+                  f"replaced {pl['replaced']:.1%})",
                   f"  pick error vs random    {pl['pick_error_change']:+.2%} (goal <= -5%); oracle "
                   f"{pl['oracle_error_change']:+.2%}",
                   f"  score repeatability     {pl['score_repeatability']:.3f} (Spearman of two scorings)"]
