@@ -307,6 +307,147 @@ def make_n_actions(cfg) -> int:
     return make_env(f"smac-{cfg.map}", backend=cfg.backend).spec.n_actions
 
 
+# ---------------------------------------------------------------- offline (MOMA-PPO ± MAG)
+def holdout_rows(model, n: int, device) -> torch.Tensor:
+    """The world model's holdout transitions, recomputed from its seed (worldmodel/trainer.py
+    ``holdout_split``: the first min(fraction * n, max_holdout) of one permutation)."""
+    c = model.config
+    n_hold = min(int(n * c.holdout_fraction), c.max_holdout) if c.max_holdout is not None else int(
+        n * c.holdout_fraction)
+    perm = torch.randperm(n, generator=torch.Generator(device=device).manual_seed(c.seed), device=device)
+    return perm[:n_hold]
+
+
+@torch.no_grad()
+def diagnose_offline(algo, ds, seed: int | None = None, max_starts: int = 512, continuations: int | None = None,
+                     real_samples: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The diagnosis of a loaded MOMA-PPO algorithm (its ensemble, policy and MAG planner if any) on
+    its dataset: start transitions from the world model's holdout split (never trained on; the
+    real rows after the first one may be training rows), continued under the dataset's real actions."""
+    from offmarl.planners.mag import plan
+    from offmarl.worldmodel.rollout import (
+        EnsembleLookahead,
+        clip_states,
+        executed_actions,
+        model_rollout,
+        shift_history,
+    )
+
+    model, policy, obs_fn, dev = algo.model, algo.policy, algo.env.observe, algo.device
+    planner, rcfg, box = algo.planner, algo.rollout_cfg, algo.box if algo.rollout_cfg.clip_to_box else None
+    done_fn = algo.done_rule or (algo.env.terminated if algo.env.has_termination_rule else None)
+    seed = 4242 if seed is None else seed
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    t = ds.tensors(dev)
+    n = len(ds)
+    h = planner.h if planner is not None else 4
+    ks = sorted({1, 5, h, rcfg.horizon})
+    span = max(ks)
+    ends = (t["terminals"] | t["timeouts"]).bool()
+    hold = holdout_rows(model, n, dev)
+    ok = hold + span - 1 < n
+    for j in range(span - 1):
+        ok &= ~ends[(hold + j).clamp_max(n - 1)]
+    starts = hold[ok]
+    if len(starts) == 0:
+        raise OffmarlError("diagnose: no held-out start transition with a long enough real future")
+    if len(starts) > max_starts:
+        starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:max_starts]
+                        .to(dev)]
+    b = len(starts)
+    res: dict[str, Any] = {"kind": "offline", "algo": "moma-ppo" + ("+mag" if planner is not None else ""),
+                           "dataset": ds.meta.name, "obs": ds.meta.obs_scheme, "start_states": b, "seed": seed}
+
+    def obs_err(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """per-agent-mean observation error of predicted states [M, S] vs the real next_states[rows]."""
+        return (obs_fn(states) - obs_fn(t["next_states"][rows].float())).norm(dim=-1).mean(-1)
+
+    def continue_real(states: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """states [M, S] reached after transition rows [M]; continue under the real actions -> [M, k]."""
+        out, s = [], states
+        for j in range(k):
+            out.append(obs_err(s, rows + j))
+            if j < k - 1:
+                step = model.step(s, model.encode_actions(t["actions"][rows + j + 1]), gen, sample=rcfg.sample)
+                s = clip_states(step["next_states"], box)
+        return torch.stack(out, -1)
+
+    s0, a0 = t["states"][starts].float(), t["actions"][starts]
+    joint0 = model.encode_actions(a0.float() if a0.is_floating_point() else a0)
+    step0 = model.step(s0, joint0, gen, sample=rcfg.sample)
+    ol = continue_real(clip_states(step0["next_states"], box), starts, span)
+    obs_all = obs_fn(t["next_states"].float())
+    mean_obs = obs_all.mean(0)
+    base = torch.stack([(mean_obs - obs_all[starts + j]).norm(dim=-1).mean(-1) for j in range(span)], -1)
+    res["model"] = {"open_loop_error": {str(k): float(ol[:, k - 1].mean()) for k in ks},
+                    "baseline_error": float(base.mean()),
+                    "baseline_error_by_k": {str(k): float(base[:, k - 1].mean()) for k in ks}}
+    r_real = t["rewards"][starts].float()
+    res["reward"] = {"mae": float((step0["rewards"] - r_real).abs().mean()),
+                     "baseline_mae": float((t["rewards"].float().mean() - r_real).abs().mean())}
+    # termination on every held-out transition
+    sh, ah = t["states"][hold].float(), t["actions"][hold]
+    st_h = model.step(sh, model.encode_actions(ah.float() if ah.is_floating_point() else ah), gen)
+    pred_end = (done_fn(st_h["next_states"]).bool() if done_fn is not None
+                else st_h["done_prob"] > rcfg.done_threshold)
+    term = t["terminals"][hold].bool()
+    res["continuation"] = {"accuracy": float((pred_end == term).float().mean()), "terminal_rows": int(term.sum()),
+                           "terminal_recall": float(pred_end[term].float().mean()) if term.any() else float("nan"),
+                           "false_end_rate": float(pred_end[~term].float().mean())}
+
+    hist = None
+    if algo.k > 0:
+        hidx, valid = ds.history_indices(starts, algo.k)
+        o, a = t["observations"][hidx], t["actions"][hidx]
+        hist = {"hist_obs": o * valid.view(*valid.shape, *([1] * (o.dim() - 2))),
+                "hist_actions": a * valid.view(*valid.shape, *([1] * (a.dim() - 2))).to(a.dtype),
+                "hist_mask": valid}
+    if planner is not None and planner.l > 1:
+        k_cont = planner.continuations if continuations is None else int(continuations)
+        pgen = torch.Generator(device=dev).manual_seed(seed + 3)
+        cand = model.sample_candidates(s0, joint0, planner.l, gen, pgen, planner.candidates, rcfg.sample)
+        cs, cr = cand["next_states"], cand["rewards"]
+        if box is not None:
+            cs, cr = clip_states(cs, box), cr.clamp(min=box["reward_low"], max=box["reward_high"])
+        world = EnsembleLookahead(model, policy, obs_fn, planner.scorer, box, rcfg.sample,
+                                  done_fn if rcfg.termination == "env" else None, rcfg.done_threshold)
+        ctx = {"states": s0, "joint": joint0, "rewards": cr, "unclipped": cand["next_states"],
+               "done_prob": cand["done_prob"], "elite_means": cand["elite_means"]}
+        if getattr(getattr(planner.scorer, "error_model", None), "transition", True) is False:
+            ctx = None  # R_m(s, a): the j = 0 term is the same for every candidate
+        mem = None if hist is None else shift_history(hist, obs_fn(s0), executed_actions(policy, a0))
+        scores = []
+        for i in (1, 2):
+            g = torch.Generator(device=dev).manual_seed(seed + 10 * i)
+            scores.append(plan(cs, mem, world, h, planner.discount, g, ctx, k_cont)[1])
+        l_n = planner.l
+        flat = cs.reshape(b * l_n, -1).repeat_interleave(real_samples, 0)
+        real = continue_real(flat, starts.repeat_interleave(l_n * real_samples), h)
+        real = real.view(b, l_n, real_samples, h).mean(2)
+        res["planner"] = planner_figures(scores[0], scores[1], real.mean(-1), real[..., 0])
+        res["planner"].update({"l": l_n, "h": h, "continuations": k_cont, "real_samples": real_samples})
+
+    # -- bias and policy: model rollouts from the held-out start states, with and without the planner
+    start = {"states": s0}
+    if hist is not None:
+        start.update(hist)
+    res["bias"] = {}
+    for name, pl in [("plain", None)] + ([("planner", planner)] if planner is not None else []):
+        batch, info = model_rollout(model, policy, start, obs_fn, rcfg, algo.box,
+                                    torch.Generator(device=dev).manual_seed(seed + 20), done_fn=done_fn,
+                                    gamma=algo.gamma, history=algo.k, planner=pl)
+        res["bias"][f"terminated_frac_{name}"] = info["frac_model_terminated"]
+        res["bias"][f"uncertain_frac_{name}"] = info["frac_uncertainty_terminated"]
+        res["bias"][f"mean_length_{name}"] = info["mean_length"]
+        v = batch["valid"]
+        if name == "plain":
+            hr = rcfg.horizon
+            res["policy"] = {"imagined_return": float((batch["raw_rewards"] * v).sum(0).mean()),
+                             "real_return": float(sum(t["rewards"][starts + j].float() for j in range(hr)).mean()),
+                             "horizon": hr, "note": "real: the dataset's actions; imagined: the policy's"}
+    return res
+
+
 # ---------------------------------------------------------------- output
 def table(res: dict[str, Any]) -> str:
     """A short text table of the diagnosis."""
