@@ -345,12 +345,20 @@ def diagnose_offline(algo, ds, seed: int | None = None, max_starts: int = 512, c
     span = max(ks)
     ends = (t["terminals"] | t["timeouts"]).bool()
     hold = holdout_rows(model, n, dev)
-    ok = hold + span - 1 < n
-    for j in range(span - 1):
-        ok &= ~ends[(hold + j).clamp_max(n - 1)]
-    starts = hold[ok]
+
+    def windows(k: int) -> torch.Tensor:
+        ok = hold + k - 1 < n
+        for j in range(k - 1):
+            ok &= ~ends[(hold + j).clamp_max(n - 1)]
+        return hold[ok]
+
+    starts = windows(span)
+    while len(starts) < 8 and span > 1:  # short episodes: the longest horizon the data has
+        span -= 1
+        starts = windows(span)
+    ks = [k for k in ks if k <= span]
     if len(starts) == 0:
-        raise OffmarlError("diagnose: no held-out start transition with a long enough real future")
+        raise OffmarlError("diagnose: no held-out start transition in the data")
     if len(starts) > max_starts:
         starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:max_starts]
                         .to(dev)]
@@ -402,7 +410,9 @@ def diagnose_offline(algo, ds, seed: int | None = None, max_starts: int = 512, c
         hist = {"hist_obs": o * valid.view(*valid.shape, *([1] * (o.dim() - 2))),
                 "hist_actions": a * valid.view(*valid.shape, *([1] * (a.dim() - 2))).to(a.dtype),
                 "hist_mask": valid}
-    if planner is not None and planner.l > 1:
+    if planner is not None and planner.l > 1 and h > span:
+        res["planner"] = {"note": f"episodes shorter than the planner's H = {h}: no real continuation to compare"}
+    elif planner is not None and planner.l > 1:
         k_cont = planner.continuations if continuations is None else int(continuations)
         pgen = torch.Generator(device=dev).manual_seed(seed + 3)
         cand = model.sample_candidates(s0, joint0, planner.l, gen, pgen, planner.candidates, rcfg.sample)

@@ -178,20 +178,26 @@ def test_diagnose_tiny_online_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_diagnose_tiny_offline_run(tmp_path, coordination_file):
-    path = coordination_file(size=1000)
-    over = ["world_model.hidden=[16,16]", "world_model.max_steps=100", "world_model.eval_every=50",
-            "rollout_batch=64", "rollout.horizon=3", "ppo.minibatch_size=64", "ppo.epochs=1",
+def test_diagnose_tiny_offline_run(tmp_path):
+    env = {**ENV, "OFFMARL_DATA_DIR": str(tmp_path / "data")}
+    g = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "datasets", "generate", "reacher-expert-mix",
+                        "--size", "3000"], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert g.returncode == 0, g.stderr[-2000:]
+    over = ["world_model.hidden=[32,32]", "world_model.max_steps=300", "world_model.eval_every=100",
+            "rollout_batch=64", "rollout.horizon=5", "ppo.minibatch_size=64", "ppo.epochs=1",
             "loop.eval_every=4", "loop.eval_episodes=1", "loop.final_eval_episodes=1", "planner.kind=mag",
-            "planner.l=2", "planner.h=3", "planner.error_steps=50", "planner.error_hidden=[16,16]",
+            "planner.l=2", "planner.h=3", "planner.error_steps=100", "planner.error_hidden=[16,16]",
             f"cache_dir={tmp_path / 'cache'}"]
-    args = ["train", "--dataset", str(path), "--steps", "2", "--out", str(tmp_path / "runs"), "--no-progress"]
+    args = ["train", "--dataset", "reacher-expert-mix", "--obs", "po", "--steps", "2", "--out", str(tmp_path / "runs"),
+            "--no-progress"]
     for o in over:
         args += ["--set", o]
-    r = _offmarl(*args)
+    r = subprocess.run([sys.executable, "-m", "offmarl.cli.main", *args], capture_output=True, text=True, env=env,
+                       timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     (run,) = (tmp_path / "runs").iterdir()
-    d = _offmarl("diagnose", str(run), "--starts", "32", "--json", str(tmp_path / "d.json"))
+    d = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "diagnose", str(run), "--starts", "32", "--json",
+                        str(tmp_path / "d.json")], capture_output=True, text=True, env=env, timeout=1800, check=False)
     assert d.returncode == 0, d.stderr[-2000:]
     res = _check_keys(tmp_path / "d.json")
     assert "bias.terminated_frac_planner" in res and "bias.terminated_frac_plain" in res
