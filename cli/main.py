@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
 
 import offmarl
 from offmarl.cli import datasets as datasets_cmd
+from offmarl.cli import diagnose as diagnose_cmd
 from offmarl.cli import envs as envs_cmd
 from offmarl.cli import online as online_cmd
 from offmarl.cli import report as report_cmd
@@ -49,6 +50,7 @@ app.command("evaluate")(train_cmd.evaluate)
 app.command("report")(report_cmd.report)
 app.command("sweep", context_settings={"allow_extra_args": True})(sweep_cmd.sweep)  # --algo a b c
 app.command("online")(online_cmd.online)
+app.command("diagnose")(diagnose_cmd.diagnose)
 
 
 def _version(value: bool):

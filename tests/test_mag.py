@@ -44,7 +44,7 @@ class FirstDimScorer:
     """Fake R_m: the error is |state[0]| (small near 0), so the best candidate depends on the start."""
     uses_ensemble = False
 
-    def __call__(self, states, joint, out=None):
+    def __call__(self, states, joint, out):
         return states[:, 0].abs()
 
 
@@ -156,7 +156,9 @@ def test_error_model_fits_and_caches(fitted, tmp_path, linear_toy):
     assert info2["cached"] and info2["path"] == info["path"]
     x = ds.tensors("cpu")
     joint = model.encode_actions(x["actions"][:5])
-    assert torch.equal(rm(x["states"][:5], joint), rm2(x["states"][:5], joint))
+    step = model.step(x["states"][:5], joint, torch.Generator().manual_seed(0))
+    args = (x["states"][:5], joint, step["next_states"], step["rewards"])
+    assert torch.equal(rm(*args), rm2(*args))
     # used as the planner's scorer end to end
     planner = MAGPlanner(ErrorModelScorer(rm), l=2, h=3)
     batch, _ = model_rollout(model, linear_toy.policy(), {"states": x["states"][:8]}, linear_toy.observe,
@@ -213,11 +215,13 @@ def test_plan_takes_latent_states_of_any_shape():
 
         def advance(self, states, memory, generator, last):
             score = states.abs().sum(dim=(1, 2))
-            return (None if last else states / 2), memory + 1, score
+            ones = torch.ones_like(score)
+            return (None if last else states / 2), memory + 1, score, ones, ones.bool()
 
     b, l, n, d = 3, 4, 2, 5
     cands = torch.arange(b * l * n * d, dtype=torch.float32).view(b, l, n, d) % 7 - 3
     idx, scores = plan(cands, torch.zeros(b), Halving(), h=3, discount=0.5)
     flat = cands.abs().sum(dim=(2, 3))
-    torch.testing.assert_close(scores, flat + 0.5 * flat / 2)  # j = 1: the candidate, j = 2: its successor
+    # j = 1: the candidate (weight 0.5), j = 2: its successor (weight 0.25); the weighted mean
+    torch.testing.assert_close(scores, (0.5 * flat + 0.25 * flat / 2) / 0.75)
     assert idx.tolist() == flat.argmin(dim=1).tolist()

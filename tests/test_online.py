@@ -111,7 +111,9 @@ def test_planner_picks_per_start_state(collected):
             cand[b, c, :, 0] = (c - b) % l_n
 
     class FirstFeature(torch.nn.Module):
-        def forward(self, feat, actions):
+        transition = True
+
+        def forward(self, feat, actions, next_obs, next_reward):
             return feat[..., 0].abs()
 
     world = LatentLookahead(algo.model, algo.policy, FirstFeature())

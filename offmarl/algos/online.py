@@ -92,6 +92,8 @@ class PlannerSettings:
     l: int = 4  # noqa: E741 (MAG's L)
     h: int = 5
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
+    continuations: int = 1  # K continuations averaged per candidate (ours; noise control, docs/mag.md)
+    error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
 
 
 @dataclass
@@ -135,6 +137,11 @@ class OnlineConfig:
             raise OffmarlError(f"online.update_per = {self.update_per!r}; choose one of {', '.join(UPDATE_PER)}")
         if self.collect_steps < self.n_envs:
             raise OffmarlError(f"online.collect_steps ({self.collect_steps}) must be >= online.n_envs ({self.n_envs})")
+        if self.planner.error_inputs not in ("transition", "state_action"):
+            raise OffmarlError(f"online.planner.error_inputs = {self.planner.error_inputs!r}; choose transition or "
+                               "state_action")
+        if self.planner.continuations < 1:
+            raise OffmarlError(f"online.planner.continuations = {self.planner.continuations}; must be >= 1")
         if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
             raise OffmarlError(f"online.planner: l={self.planner.l}, h={self.planner.h}; need l >= 1 and h >= 2 "
                                "when l > 1")
@@ -186,7 +193,8 @@ class OnlineAlgorithm:
             self.model = LatentWorldModel(n, o, k, cfg.model).to(self.device)
             self.model_opt = _adam(self.model.parameters(), cfg.model.lr)
             if cfg.method.planner:
-                self.error_model = ErrorPredictor(cfg.model.feat, k, cfg.model.error_hidden).to(self.device)
+                self.error_model = ErrorPredictor(cfg.model.feat, k, cfg.model.error_hidden, o,
+                                                  cfg.planner.error_inputs == "transition").to(self.device)
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
             if build_env:
                 self.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, n, o, k)
@@ -282,24 +290,36 @@ class OnlineAlgorithm:
             terms["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.model.grad_clip)
             self.model_opt.step()
             if self.error_model is not None:
-                labels, valid = error_labels(self.model, feat.detach(), batch, self.generators["model"])
-                pred = self.error_model(feat.detach()[:-1].flatten(0, 1), batch["action"][:-1].flatten(0, 1))
-                w = valid.flatten().float()[:, None]
-                err_loss = ((pred - labels.flatten(0, 1)).square() * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1)
-                self.error_opt.zero_grad(set_to_none=True)
-                err_loss.backward()
-                self.error_opt.step()
-                terms["error_model_loss"] = err_loss.detach()
-                terms["error_label_mean"] = (labels.flatten(0, 1) * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1)
+                terms.update(self.train_error_model(feat.detach(), batch))
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {k: v / self.cfg.model_updates for k, v in sums.items()}
 
-    def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator):
+    def train_error_model(self, feat: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One R_m step on real sequences (after each model step: as often as the model), MAG's
+        label on the transitions of agents alive at t (latent.error_labels)."""
+        lab = error_labels(self.model, feat, batch, self.generators["model"])
+        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"])
+        w = lab["weight"].float()
+        err_loss = ((pred - lab["labels"]).square() * w).sum() / w.sum().clamp_min(1)
+        self.error_opt.zero_grad(set_to_none=True)
+        err_loss.backward()
+        self.error_opt.step()
+        return {"error_model_loss": err_loss.detach(),
+                "error_label_mean": (lab["labels"] * w).sum() / w.sum().clamp_min(1)}
+
+    def lookahead(self) -> LatentLookahead:
+        """The planner's look-ahead world: the model, the current policy, R_m, alive agents from
+        the decoded available actions."""
+        backend = self.cfg.backend
+        return LatentLookahead(self.model, self.policy, self.error_model,
+                               lambda avail: avail[..., 0] if backend == "smax" else ~avail[..., 0])
+
+    def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator, context: dict | None = None):
         t0 = time.perf_counter()
-        world = LatentLookahead(self.model, self.policy, self.error_model)
         p = self.cfg.planner
-        out = plan(candidates, None, world, p.h, p.discount, plan_gen)
+        ctx = context if self.error_model.transition else None  # R_m(feat, a): the j = 0 term is the same for all
+        out = plan(candidates, None, self.lookahead(), p.h, p.discount, plan_gen, ctx, p.continuations)
         self._planner_seconds += time.perf_counter() - t0
         return out
 

@@ -1,4 +1,4 @@
-"""MAG planner: choose each imagined next state by the model error its continuation accumulates.
+"""MAG planner: choose each imagined next state by the model error R_m predicts for it and its continuation.
 
 MAG (Models as AGents, AAAI 2023) treats the world model's predictions as the actions of "model
 agents" and the current joint policy as their environment; the model agents' reward is minus the
@@ -6,23 +6,35 @@ model error. Its practical form is random shooting (Algorithm 1, lines 8-13), he
 
     for t = 0 .. k-1 (the rollout's steps; the loop is the model's, e.g. worldmodel.model_rollout):
         a_t ~ pi(o_t)
-        candidates s^c_{t+1}, c = 0..L-1                      offered by the model (sample_candidates)
+        candidates (s^c_{t+1}, r^c_{t+1}), c = 0..L-1         offered by the model (sample_candidates)
+        term j = 0:   R_m(s_t, a_t, s^c_{t+1}, r^c_{t+1})       the candidate itself is judged (``judge``)
         continuation of each candidate, j = 1 .. H-1:         a^c_{t+j} ~ pi(obs(s^c_{t+j}));
-                                                              s^c_{t+j+1} = model step (random elite)
-        score_c = sum_{j=1}^{H-1} discount^{j-1} err(s^c_{t+j}, a^c_{t+j})   (``plan``)
+                                                              s^c_{t+j+1}, r^c_{t+j+1} = model step
+                      R_m(s^c_{t+j}, a^c_{t+j}, s^c_{t+j+1}, r^c_{t+j+1})   (``advance``)
+        score_c = the discount^j-weighted MEAN of these terms over the steps the look-ahead takes
         c*(b) = argmin_c score_c(b)                           PER START STATE b
         the loop commits candidate c*(b)'s first step as its step t
 
-The paper's sum also has the j = 0 term err(s_t, a_t); it is the same for every candidate, so it is
-left out. All B x L continuations run as one batch of B*L rows; the only Python loop is over H.
+R_m takes the TRANSITION (paper, "Approximating R_m": the model agents' action a_m is the
+prediction (o', R) itself), so the j = 0 term differs between candidates and is kept. Per step
+the error is averaged over the agents alive at the step's start (a dead agent's observation is
+zeros and trivially "predicted"; summing it would favour futures in which agents die), and the
+look-ahead of a candidate stops where the model predicts termination (continuation < 0.5).
+
+Deviations from the MAG release / paper, on purpose:
+  * one candidate for the whole batch there (argmin over L of the batch-averaged score); here the
+    argmin per start state (``select_candidates``);
+  * the paper sums the H terms; we average over the steps actually taken (the same ranking when
+    no candidate terminates; a sum would favour futures that end early);
+  * ``continuations`` = K > 1 averages K independent continuations per candidate (noise control:
+    one stochastic continuation is a noisy estimate; ``offmarl diagnose`` measures the score's
+    repeatability).
 
 The planner knows no model: it looks ahead through a ``LookaheadWorld`` (the model, the current
-policy and a scorer of model error behind ``tile`` / ``advance``), so the SAME ``plan`` serves the
-offline ensemble (states [M, S], worldmodel/rollout.py:EnsembleLookahead) and an online latent
-model (states [M, N, D]).
-
-Deviation from the MAG release, on purpose: it takes ONE candidate for the whole batch (argmin over
-L of the batch-averaged score); we take the argmin per start state (``select_candidates``).
+policy and a scorer of model error behind ``judge`` / ``tile`` / ``advance``), so the SAME ``plan``
+serves the offline ensemble (states [M, S], worldmodel/rollout.py:EnsembleLookahead) and an online
+latent model (states [M, N, D], worldmodel/latent.py:LatentLookahead). All B x L x K continuations
+run as one batch; the only Python loop is over H.
 
 Randomness (so that L = 1 reproduces plain rollouts exactly and resume stays exact): the rollout's
 own generator draws only what a plain rollout draws (policy actions, candidate 0). With L > 1, one
@@ -41,6 +53,7 @@ from offmarl.errors import OffmarlError
 KINDS = ("none", "mag")
 CANDIDATE_MODES = ("elites", "samples", "both")
 SCORES = ("error_model", "uncertainty")
+ERROR_INPUTS = ("transition", "state_action")
 
 
 @dataclass
@@ -49,7 +62,8 @@ class PlannerConfig:
     l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo.yaml `mag`)
     h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
     score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network)
-    discount: float = 1.0       # discount^(j-1) on the continuation's scores (MAG Algorithm 1: plain sum)
+    discount: float = 1.0       # discount^j on look-ahead step j's score (MAG Algorithm 1: plain sum)
+    continuations: int = 1      # K continuations averaged per candidate (ours; noise control, docs/mag.md)
     candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both
     error_hidden: tuple[int, ...] = (256, 256, 256, 256)  # R_m widths (MAG appendix B: 4 x 256)
     error_steps: int = 3_000    # R_m Adam steps (ours)
@@ -57,61 +71,83 @@ class PlannerConfig:
     error_batch_size: int = 256  # R_m batch (ours)
     error_max_labels: int = 200_000  # dataset transitions labelled with the model's error (ours)
     error_seed: int = 0         # R_m labels, split and init
+    error_inputs: str = "transition"  # transition (MAG paper: R_m(s, a, s', r)) | state_action (before: R_m(s, a))
 
     def __post_init__(self):
         self.error_hidden = tuple(int(x) for x in self.error_hidden)
+        if self.continuations < 1:
+            raise OffmarlError(f"planner.continuations={self.continuations} must be >= 1")
         for key, value, allowed in (("kind", self.kind, KINDS), ("score", self.score, SCORES),
-                                    ("candidates", self.candidates, CANDIDATE_MODES)):
+                                    ("candidates", self.candidates, CANDIDATE_MODES),
+                                    ("error_inputs", self.error_inputs, ERROR_INPUTS)):
             if value not in allowed:
                 raise OffmarlError(f"planner.{key}={value!r} is unknown; choose one of {', '.join(allowed)}")
 
 
 class Scorer(Protocol):
-    """Predicted one-step model error at (states, joint actions); lower is better."""
-    uses_ensemble: bool  # True: needs the model's prediction at (states, joint) (``out`` below)
+    """Predicted one-step model error of transitions; lower is better."""
+    uses_ensemble: bool  # True: needs the ensemble's elite predictions in ``out`` (not only the chosen one)
 
-    def __call__(self, states: torch.Tensor, joint: torch.Tensor, out: dict[str, torch.Tensor] | None
-                 ) -> torch.Tensor:
-        """states [M, ...], joint [M, NA], out = the model's step from there or None -> error [M]."""
+    def __call__(self, states: torch.Tensor, joint: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """states [M, ...], joint [M, NA], out = the model's step from there (next_states [M, ...],
+        rewards [M], and elite_means when ``uses_ensemble``) -> error [M]."""
 
 
 class LookaheadWorld(Protocol):
     """What the planner looks ahead in: a model, the current joint policy and a scorer behind one
     interface, so that the SAME planner serves the offline ensemble (states [M, S]) and the online
-    latent model (states [M, N, D]). Rows are independent; row ``b * L + c`` is candidate c of
-    start state b."""
+    latent model (states [M, N, D]). Rows are independent; row ``(b * L + c) * K + k`` is
+    continuation k of candidate c of start state b."""
+
+    def judge(self, context: Any, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The j = 0 term: the scorer on the committed step's transition to each candidate.
+        context: what the loop knows of the step (start states, actions, candidate rewards);
+        candidates [B, L, ...] -> (score [B*L], weight [B*L] (0: nothing to score), continues
+        [B*L] bool (False: the candidate is predicted terminal, the look-ahead stops there))."""
 
     def tile(self, memory: Any, l: int) -> Any:
         """Each start state's memory (policy history, recurrent context; None if there is none)
-        repeated L times, row ``b * L + c`` as above."""
+        repeated ``l`` times, row ``b * l + c``."""
 
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool
-                ) -> tuple[torch.Tensor | None, Any, torch.Tensor]:
-        """One look-ahead step from ``states`` [M, ...]: the current policy acts, the scorer gives
-        the predicted one-step model error of (states, actions) [M], and unless ``last`` the model
-        predicts the next states. -> (next_states [M, ...] or None, next memory, score [M])."""
+                ) -> tuple[torch.Tensor | None, Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One look-ahead step from ``states`` [M, ...]: the current policy acts, the model predicts
+        the next states and the scorer scores the transition. -> (next_states [M, ...] (None if
+        ``last``), next memory, score [M], weight [M], continues [M] bool)."""
 
 
 @torch.no_grad()
 def plan(candidates: torch.Tensor, memory: Any, world: LookaheadWorld, h: int, discount: float = 1.0,
-         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAG's choice (Algorithm 1): for each start state, the candidate next state whose (H-1)-step
-    continuation under the current joint policy accumulates the least predicted error.
+         generator: torch.Generator | None = None, context: Any = None, continuations: int = 1
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAG's choice (Algorithm 1): for each start state, the candidate next state with the least
+    predicted model error over its own transition (j = 0, ``world.judge``; skipped when
+    ``context`` is None) and its (H-1)-step continuation under the current joint policy.
 
     candidates: [B, L, ...] next-state candidates of B start states; memory: the start states'
-    memory AFTER the committed step (``world.tile`` repeats it per candidate); generator: the
-    planning stream (``MAGPlanner.plan_generator``).
-    returns idx [B] (``select_candidates``), scores [B, L]. All B x L continuations run as one
-    batch; the only Python loop is over the H - 1 look-ahead steps.
+    memory AFTER the committed step (``world.tile`` repeats it per continuation); generator: the
+    planning stream (``MAGPlanner.plan_generator``); continuations: K continuations per candidate,
+    their scores averaged.
+    returns idx [B] (``select_candidates``), scores [B, L]: the weighted mean of the step scores
+    over the steps each look-ahead takes (weight discount^j, times the world's weight).
     """
     b, l = candidates.shape[:2]
-    states = candidates.reshape(b * l, *candidates.shape[2:])
-    mem = world.tile(memory, l)
-    score = states.new_zeros(b * l)
+    k = int(continuations)
+    flat = candidates.reshape(b * l, *candidates.shape[2:])
+    total, weight = flat.new_zeros(b * l), flat.new_zeros(b * l)
+    live = torch.ones(b * l, dtype=torch.bool, device=flat.device)
+    if context is not None:
+        s0, w0, live = world.judge(context, candidates)
+        total, weight = s0 * w0, w0.to(total.dtype)
+    if k > 1:
+        flat, total, weight, live = (x.repeat_interleave(k, 0) for x in (flat, total, weight, live))
+    states, mem = flat, world.tile(memory, l * k)
     for j in range(1, h):
-        states, mem, s = world.advance(states, mem, generator, last=j == h - 1)
-        score += (discount ** (j - 1)) * s
-    scores = score.view(b, l)
+        states, mem, s, w, cont = world.advance(states, mem, generator, last=j == h - 1)
+        wj = (discount ** j) * w * live
+        total, weight = total + wj * s, weight + wj
+        live = live & cont
+    scores = (total / weight.clamp_min(1e-12)).view(b, l, k).mean(-1)
     return select_candidates(scores), scores
 
 
@@ -126,19 +162,22 @@ class MAGPlanner:
     LookaheadWorld). ``info`` describes how the scorer was made (e.g. R_m's fit)."""
 
     def __init__(self, scorer: Scorer, l: int = 4, h: int = 4, discount: float = 1.0, candidates: str = "elites",
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, continuations: int = 1):
         if candidates not in CANDIDATE_MODES:
             raise OffmarlError(f"MAG planner: candidates={candidates!r}; choose one of {', '.join(CANDIDATE_MODES)}")
         if l < 1:
             raise OffmarlError(f"MAG planner: l={l} must be >= 1 (1 = plain model rollouts)")
         if l > 1 and h < 2:
             raise OffmarlError(f"MAG planner: h={h} gives no lookahead to compare {l} candidates; use h >= 2")
+        if continuations < 1:
+            raise OffmarlError(f"MAG planner: continuations={continuations} must be >= 1")
         self.scorer, self.l, self.h, self.discount, self.candidates = scorer, l, h, discount, candidates
+        self.continuations = int(continuations)
         self.info = dict(info or {})
 
     @classmethod
     def from_config(cls, cfg: PlannerConfig, scorer: Scorer, info: dict[str, Any] | None = None) -> MAGPlanner:
-        return cls(scorer, cfg.l, cfg.h, cfg.discount, cfg.candidates, info)
+        return cls(scorer, cfg.l, cfg.h, cfg.discount, cfg.candidates, info, cfg.continuations)
 
     def plan_generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
         """The planning stream of one rollout: seeded by ONE draw from the rollout's generator when
@@ -149,6 +188,6 @@ class MAGPlanner:
         return torch.Generator(device=device).manual_seed(seed)
 
     def choose(self, candidates: torch.Tensor, memory: Any, world: LookaheadWorld,
-               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``plan`` with this planner's H and discount -> idx [B], scores [B, L]."""
-        return plan(candidates, memory, world, self.h, self.discount, generator)
+               generator: torch.Generator | None, context: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``plan`` with this planner's H, discount and K -> idx [B], scores [B, L]."""
+        return plan(candidates, memory, world, self.h, self.discount, generator, context, self.continuations)

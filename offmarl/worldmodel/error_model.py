@@ -8,7 +8,12 @@ dataset, labelled with the model's error on them (paper, "Approximating R_m"):
     (s_hat', r_hat) = one model step from (s, a): a random elite's mean, as in rollouts
     o_hat_i = obs_fn(s_hat')_i,   o_i = obs_fn(s')_i       (each agent's observation scheme)
 
-    R_m(s, a) = MLP(standardise([s, joint a]))  ~  label        (MSE on standardised labels)
+    R_m(s, a, s_hat', r_hat) = MLP(standardise([s, joint a, s_hat', r_hat]))  ~  label   (MSE, standardised labels)
+
+R_m takes the TRANSITION it judges, as in the paper ("Approximating R_m": the model agents'
+action is the prediction (o', R)): the planner asks it about each candidate's own predicted next
+state and reward, so candidates of the same (s, a) get different scores. ``inputs="state_action"``
+is the earlier R_m(s, a) (kept to measure the difference: docs/mag.md).
 
 Deviation from the MAG release, on purpose: it labels R_m differently from the paper; we use the
 paper's label. Its input is the global state + joint action (our model's input), not MAMBA's
@@ -34,7 +39,7 @@ from offmarl.nn.layers import Standardiser, mlp
 from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 
-FORMAT = "offmarl-error-model-v1"
+FORMAT = "offmarl-error-model-v2"  # v2: transition inputs
 
 
 @dataclass
@@ -46,9 +51,12 @@ class ErrorModelConfig:
     holdout_fraction: float = 0.1  # ours: held-out transitions for the reported fit quality
     max_labels: int = 200_000     # ours: label at most this many dataset transitions (labels cost one model step each)
     seed: int = 0                 # label elites, split, init and batches
+    inputs: str = "transition"    # MAG paper: (s, a, s_hat', r_hat) | state_action: the earlier R_m(s, a)
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        if self.inputs not in ("transition", "state_action"):
+            raise OffmarlError(f"ErrorModelConfig: inputs={self.inputs!r}; choose transition or state_action")
         if self.steps < 1 or self.batch_size < 1:
             raise OffmarlError("ErrorModelConfig: steps and batch_size must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
@@ -61,36 +69,49 @@ class ErrorModelConfig:
 
 
 class ErrorModel(nn.Module):
-    """R_m(s, a): predicted model error of the world model at (state [B, S], joint action [B, NA])."""
+    """R_m: predicted model error of the world model on the transition (state [B, S], joint action
+    [B, NA], predicted next state [B, S], predicted reward [B]); ``inputs="state_action"``: (s, a)."""
 
     def __init__(self, state_dim: int, joint_action_dim: int, config: ErrorModelConfig | None = None):
         super().__init__()
         self.config = config or ErrorModelConfig()
         self.state_dim, self.joint_action_dim = state_dim, joint_action_dim
-        self.input_norm = Standardiser(state_dim + joint_action_dim)
+        self.transition = self.config.inputs == "transition"
+        width = state_dim + joint_action_dim + (state_dim + 1 if self.transition else 0)
+        self.input_norm = Standardiser(width)
         self.label_norm = Standardiser(1)
-        self.net = mlp(state_dim + joint_action_dim, list(self.config.hidden), 1)
+        self.net = mlp(width, list(self.config.hidden), 1)
         self.metadata: dict[str, Any] = {}
 
-    def _raw(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(torch.cat([states, joint_actions.to(states.dtype)], dim=-1))
-        return self.net(x).squeeze(-1)
+    def inputs(self, states: torch.Tensor, joint_actions: torch.Tensor, next_states: torch.Tensor | None = None,
+               rewards: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [states, joint_actions.to(states.dtype)]
+        if self.transition:
+            if next_states is None or rewards is None:
+                raise OffmarlError("R_m takes the transition: give the predicted next states and rewards")
+            parts += [next_states.to(states.dtype), rewards.to(states.dtype).unsqueeze(-1)]
+        return torch.cat(parts, dim=-1)
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.input_norm(x)).squeeze(-1)
 
     @torch.no_grad()
-    def forward(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, states: torch.Tensor, joint_actions: torch.Tensor, next_states: torch.Tensor | None = None,
+                rewards: torch.Tensor | None = None) -> torch.Tensor:
         """-> predicted error [B] in label units (>= 0)."""
-        out = self.label_norm.inverse(self._raw(states, joint_actions).unsqueeze(-1)).squeeze(-1)
-        return out.clamp_min(0.0)
+        raw = self._raw(self.inputs(states, joint_actions, next_states, rewards))
+        return self.label_norm.inverse(raw.unsqueeze(-1)).squeeze(-1).clamp_min(0.0)
 
     def fit(self, states: torch.Tensor, joint_actions: torch.Tensor, labels: torch.Tensor,
-            generator: torch.Generator | None = None) -> dict[str, Any]:
+            generator: torch.Generator | None = None, next_states: torch.Tensor | None = None,
+            rewards: torch.Tensor | None = None) -> dict[str, Any]:
         """Supervised fit on labelled transitions (worldmodel/trainer.py: ``steps`` plain steps, no early
         stopping); returns {loss_first, loss_last, holdout_mse (label units), holdout_label_var, steps,
         seconds} (holdout_mse < holdout_label_var means R_m explains some error)."""
         cfg, dev = self.config, states.device
         if generator is None:
             generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        x = torch.cat([states, joint_actions.to(states.dtype)], dim=-1)
+        x = self.inputs(states, joint_actions, next_states, rewards)
         y: dict[str, torch.Tensor] = {}
 
         def prepare(tr: torch.Tensor) -> None:
@@ -100,7 +121,7 @@ class ErrorModel(nn.Module):
             y["y"] = self.label_norm(labels.unsqueeze(-1)).squeeze(-1)
 
         def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-            return ((self._raw(states[idx], joint_actions[idx]) - y["y"][idx]) ** 2).mean()
+            return ((self._raw(x[idx]) - y["y"][idx]) ** 2).mean()
 
         tcfg = trainer.TrainerConfig(lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.steps,
                                      holdout_fraction=cfg.holdout_fraction)
@@ -111,7 +132,7 @@ class ErrorModel(nn.Module):
                  "n_train": res["n_train"], "n_holdout": res["n_holdout"], "label_mean": float(labels.mean())}
         if len(ho):
             with torch.no_grad():
-                pred = self(states[ho], joint_actions[ho])
+                pred = self.label_norm.inverse(self._raw(x[ho]).unsqueeze(-1)).squeeze(-1).clamp_min(0.0)
                 stats["holdout_mse"] = float(((pred - labels[ho]) ** 2).mean())
                 stats["holdout_label_var"] = float(labels[ho].var())
         stats["seconds"] = res["seconds"]
@@ -123,18 +144,23 @@ class ErrorModel(nn.Module):
 def model_error_labels(model: EnsembleWorldModel, states: torch.Tensor, actions: torch.Tensor,
                        next_states: torch.Tensor, rewards: torch.Tensor,
                        obs_fn: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None = None,
-                       chunk: int = 8192) -> torch.Tensor:
+                       chunk: int = 8192, predictions: bool = False):
     """MAG's label on real transitions: sum_i ||o_hat_i - o_i|| + |r_hat - r| -> [T].
 
     states/next_states [T, S], actions [T, N, A] (or [T, N] int), rewards [T]; the prediction is one
     ``model.step`` (a random elite's mean per row, exactly as rollouts draw it).
+    predictions: also return the labelled predictions -> (labels [T], next_states_hat [T, S], rewards_hat [T]).
     """
-    out = []
+    out, ns_hat, r_hat = [], [], []
     for i in range(0, len(states), chunk):
         s, ns = states[i:i + chunk], next_states[i:i + chunk]
         step = model.step(s, model.encode_actions(actions[i:i + chunk]), generator)
         obs_err = (obs_fn(step["next_states"]) - obs_fn(ns)).norm(dim=-1).sum(-1)  # [b]; padded dims are 0 in both
         out.append(obs_err + (step["rewards"] - rewards[i:i + chunk]).abs())
+        ns_hat.append(step["next_states"])
+        r_hat.append(step["rewards"])
+    if predictions:
+        return torch.cat(out), torch.cat(ns_hat), torch.cat(r_hat)
     return torch.cat(out)
 
 
@@ -156,14 +182,14 @@ def fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.
     states, actions = t["states"][idx].float(), t["actions"][idx]
     if actions.is_floating_point():
         actions = actions.float()
-    labels = model_error_labels(model, states, actions, t["next_states"][idx].float(), t["rewards"][idx].float(),
-                                obs_fn, gen)
+    labels, ns_hat, r_hat = model_error_labels(model, states, actions, t["next_states"][idx].float(),
+                                               t["rewards"][idx].float(), obs_fn, gen, predictions=True)
     joint = model.encode_actions(actions)
     with torch.random.fork_rng(devices=[]):  # repeatable init without touching the global RNG
         torch.manual_seed(cfg.seed)
         rm = ErrorModel(model.state_dim, joint.shape[-1], cfg)
     rm.to(dev)
-    rm.fit(states, joint, labels, gen)
+    rm.fit(states, joint, labels, gen, ns_hat, r_hat)
     return rm.eval()
 
 

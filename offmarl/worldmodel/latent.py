@@ -34,14 +34,18 @@ are padding: valid False). An agent whose own continuation falls below 0.5 is de
 the imagined battle (zero previous action, left out of the reward mean).
 
 MAG (``planner`` given): at every imagined step L candidate next states are L samples of the
-prior (candidate 0 is the sample plain imagination draws, with the same generator calls); each
-candidate is continued H-1 steps under the current policy, R_m sums the predicted per-agent error
-along the way, and each start state keeps its own best candidate (``offmarl.planners.mag.plan``).
-With L = 1 the planner draws nothing and imagination is plain imagination, bit for bit.
+prior (candidate 0 is the sample plain imagination draws, with the same generator calls); R_m
+judges each candidate's own transition and its H-1 step continuation under the current policy
+(mean over the agents alive at each step's start, stopping at predicted termination), and each
+start state keeps its own best candidate (``offmarl.planners.mag.plan``). With L = 1 the planner
+draws nothing and imagination is plain imagination, bit for bit.
 
-R_m (``ErrorPredictor``) is trained on real sequences with MAG's label: for agent i at row t,
-||o_hat_{t+1}^i - o_{t+1}^i|| + |r_hat_{t+1}^i - r_{t+1}|, the error of the model's one-step
-prior prediction from the posterior state at t under the action taken.
+R_m (``ErrorPredictor``) takes the transition, per agent i: (feat_t^i, a_t^i, o_hat_{t+1}^i,
+r_hat_{t+1}^i), the predicted next observation and reward of the prior sample it judges (MAG:
+the model agents' action is the prediction). It is trained on real sequences with MAG's label
+for that same sample: ||o_hat_{t+1}^i - o_{t+1}^i|| + |r_hat_{t+1}^i - r_{t+1}|, from the
+posterior state at t under the action taken, for agents alive at t (a dead agent's observation
+is zeros: nothing to judge).
 """
 from __future__ import annotations
 
@@ -297,57 +301,100 @@ class LatentWorldModel(nn.Module):
 
 
 class ErrorPredictor(nn.Module):
-    """MAG's R_m on the latent model: (feat [M, N, D], action [M, N]) -> predicted one-step
-    error per agent [M, N], shared weights across agents."""
+    """MAG's R_m on the latent model: per agent, (feat [M, N, D], action [M, N], predicted next
+    observation [M, N, O], predicted next reward [M, N]) -> predicted one-step error [M, N],
+    shared weights across agents. ``transition=False``: the earlier R_m(feat, action)."""
 
-    def __init__(self, feat_dim: int, n_actions: int, hidden: tuple[int, ...]):
+    def __init__(self, feat_dim: int, n_actions: int, hidden: tuple[int, ...], obs_dim: int = 0,
+                 transition: bool = True):
         super().__init__()
-        self.k = n_actions
-        self.net = mlp(feat_dim + n_actions, hidden, 1)
+        self.k, self.transition = n_actions, bool(transition and obs_dim > 0)
+        self.net = mlp(feat_dim + n_actions + (obs_dim + 1 if self.transition else 0), hidden, 1)
 
-    def forward(self, feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([feat, F.one_hot(actions, self.k).to(feat.dtype)], -1)
-        return F.softplus(self.net(x).squeeze(-1))  # errors are >= 0
+    def forward(self, feat: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None,
+                next_reward: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [feat, F.one_hot(actions, self.k).to(feat.dtype)]
+        if self.transition:
+            parts += [next_obs.to(feat.dtype), next_reward.to(feat.dtype).unsqueeze(-1)]
+        return F.softplus(self.net(torch.cat(parts, -1)).squeeze(-1))  # errors are >= 0
+
+
+def predicted_outcome(model: LatentWorldModel, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What R_m sees of a predicted next state nxt [M, N, D]: per-agent observation [M, N, O] and
+    reward [M, N], and the mean continuation probability [M]."""
+    return (model.obs_head(nxt), model.reward_head(nxt).squeeze(-1),
+            torch.sigmoid(model.cont_head(nxt).squeeze(-1)).mean(-1))
 
 
 @torch.no_grad()
 def error_labels(model: LatentWorldModel, feat: torch.Tensor, batch: dict[str, torch.Tensor],
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     """MAG's R_m label on real sequences: from the posterior state at row t and the action taken,
-    the model's prior step to t+1; label_i = ||o_hat^i - o^i||_2 + |r_hat^i - r| at t+1.
-    feat [T, B, N, D] -> labels [T-1, B, N], valid [T-1, B] (row t+1 continues row t's episode)."""
+    one prior sample of t+1; label_i = ||o_hat^i - o^i||_2 + |r_hat^i - r| at t+1.
+    feat [T, B, N, D] -> labels [T-1, B, N], weight [T-1, B, N] (row t+1 continues row t's episode
+    and agent i is alive at t), next_obs [T-1, B, N, O] and next_reward [T-1, B, N] (the sample's
+    predictions: R_m's transition input)."""
     t_len, b = feat.shape[:2]
     src = feat[:-1].flatten(0, 1)
     act = batch["action"][:-1].flatten(0, 1)
     nxt = model.candidates(src, act, 1, generator)[:, 0]
-    o_hat = model.obs_head(nxt)
-    r_hat = model.reward_head(nxt).squeeze(-1)
+    o_hat, r_hat, _ = predicted_outcome(model, nxt)
     o, r = batch["obs"][1:].flatten(0, 1), batch["reward"][1:].flatten(0, 1)
     labels = (o_hat - o).norm(dim=-1) + (r_hat - r[:, None]).abs()
     valid = ~batch["first"][1:] & ~batch["terminal"][:-1]
-    return labels.view(t_len - 1, b, -1), valid
+    weight = valid[..., None] & batch["alive"][:-1]
+    shape = (t_len - 1, b, -1)
+    return {"labels": labels.view(shape), "weight": weight, "next_obs": o_hat.view(t_len - 1, b, *o_hat.shape[1:]),
+            "next_reward": r_hat.view(shape)}
+
+
+def _all_alive(avail: torch.Tensor) -> torch.Tensor:
+    return torch.ones(avail.shape[:-1], dtype=torch.bool, device=avail.device)
 
 
 class LatentLookahead:
     """``LookaheadWorld`` (planners/mag.py) over the latent model: states are feat [M, N, D]; the
-    current policy acts on decoded observations within the predicted available actions; the score
-    is R_m summed over agents. No memory (the latent state is the memory)."""
+    current policy acts on decoded observations within the predicted available actions; a step's
+    score is R_m's per-agent error averaged over the agents alive at the step's start
+    (``alive_fn(avail [M, N, K]) -> [M, N]``, from the decoded available actions; None = all), and a
+    look-ahead stops where the predicted continuation is below 0.5. No memory (the latent state
+    is the memory). An R_m(feat, a) (``transition=False``) scores as before the transition input:
+    the sum over all agents, no stop (kept to measure the difference)."""
 
-    def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor):
+    def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor,
+                 alive_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.policy, self.error_model = model, policy, error_model
+        self.alive_fn = alive_fn or _all_alive
 
     def tile(self, memory: Any, l: int) -> Any:
         return None
 
+    def _score(self, feat, actions, avail, nxt):
+        o_hat, r_hat, cont = predicted_outcome(self.model, nxt)
+        err = self.error_model(feat, actions, o_hat, r_hat)
+        if not self.error_model.transition:
+            return err.sum(-1), torch.ones_like(cont), torch.ones_like(cont, dtype=torch.bool)
+        alive = self.alive_fn(avail).to(err.dtype)
+        n_alive = alive.sum(-1)
+        score = (err * alive).sum(-1) / n_alive.clamp_min(1.0)
+        return score, (n_alive > 0).to(err.dtype), cont >= 0.5
+
+    def judge(self, context: dict[str, torch.Tensor], candidates: torch.Tensor):
+        """context: feat [B, N, D], actions [B, N], avail [B, N, K] of the committed step;
+        candidates [B, L, N, D]."""
+        b, l = candidates.shape[:2]
+        rep = {k: v.repeat_interleave(l, 0) for k, v in context.items()}
+        return self._score(rep["feat"], rep["actions"], rep["avail"], candidates.reshape(b * l, *candidates.shape[2:]))
+
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool):
         d = self.model.decode(states, outcome=False)
         actions, _ = self.policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
-        score = self.error_model(states, actions).sum(-1)
-        nxt = None if last else self.model.candidates(states, actions, 1, generator)[:, 0]
-        return nxt, None, score
+        nxt = self.model.candidates(states, actions, 1, generator)[:, 0]
+        score, w, cont = self._score(states, actions, d["avail"], nxt)
+        return (None if last else nxt), None, score, w, cont
 
 
-Selector = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+Selector = Callable[[torch.Tensor, torch.Generator, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -357,9 +404,9 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     """H imagined steps from posterior states ``start`` [B, N, D] under ``policy`` (MAPPOPolicy);
     ``alive`` [B, N]: the agents alive at the start rows (None: all).
 
-    l, select: MAG. ``select(candidates [B, L, N, D], plan_generator) -> (idx [B], scores [B, L])``
-    picks each start state's candidate (the algorithm passes ``planners.mag.plan`` over a
-    ``LatentLookahead``); l = 1 (MAMBA) never calls it.
+    l, select: MAG. ``select(candidates [B, L, N, D], plan_generator, context) -> (idx [B], scores
+    [B, L])`` picks each start state's candidate (context: the step's feat, actions, avail; the
+    algorithm passes ``planners.mag.plan`` over a ``LatentLookahead``); l = 1 (MAMBA) never calls it.
     -> MA-PPO batch of [H, B, ...] tensors (states = the agents' decoded observations
     concatenated [H, B, N*O], obs [H, B, N, O], avail, actions, logp, rewards, dones, timeouts,
     valid, discounts (the battle's continuation probability at the next state), next_states,
@@ -386,7 +433,7 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
         actions, logp = policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
         cand = model.candidates(feat, actions, l, generator, plan_gen, act_mask=agents)
         if l > 1:
-            idx, scores = select(cand, plan_gen)
+            idx, scores = select(cand, plan_gen, {"feat": feat, "actions": actions, "avail": d["avail"]})
             chosen = scores.gather(1, idx[:, None]).squeeze(1)
             replaced += ((idx != 0) & alive).sum()
             gain += ((scores[:, 0] - chosen) * alive).sum()
@@ -417,4 +464,5 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     return batch, info
 
 
-__all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine"]
+__all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
+           "predicted_outcome"]

@@ -164,13 +164,33 @@ def initial_history(start: dict, obs: torch.Tensor, model: EnsembleWorldModel, k
 class EnsembleLookahead:
     """The offline ensemble as the MAG planner's LookaheadWorld (planners/mag.py): states [M, S], the
     memory is the policy's history dict (or None); each look-ahead step the current policy acts on
-    obs_fn(state), ``scorer`` scores (state, joint action), and one ``model.step`` (a random elite,
-    as rollouts step) predicts the next state, clipped to ``box`` (None: no clipping)."""
+    obs_fn(state), one ``model.step`` (a random elite, as rollouts step) predicts the next state
+    (clipped to ``box``; None: no clipping) and reward, and ``scorer`` scores that transition. The
+    look-ahead stops where the step is predicted terminal (``done_fn``, the env's rule on the
+    unclipped prediction, else the model's done_prob > ``done_threshold``)."""
 
     def __init__(self, model: EnsembleWorldModel, policy: Policy, obs_fn: Callable[[torch.Tensor], torch.Tensor],
-                 scorer: Scorer, box: dict[str, torch.Tensor] | None = None, sample: bool = False):
+                 scorer: Scorer, box: dict[str, torch.Tensor] | None = None, sample: bool = False,
+                 done_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, done_threshold: float = 0.5):
         self.model, self.policy, self.obs_fn, self.scorer, self.box, self.sample = \
             model, policy, obs_fn, scorer, box, sample
+        self.done_fn, self.done_threshold = done_fn, done_threshold
+
+    def _done(self, unclipped: torch.Tensor, done_prob: torch.Tensor) -> torch.Tensor:
+        if self.done_fn is not None:
+            return self.done_fn(unclipped).to(torch.bool)
+        return done_prob > self.done_threshold
+
+    def judge(self, context: dict[str, torch.Tensor], candidates: torch.Tensor):
+        """context: states [B, S], joint [B, NA], rewards [B, L] (the candidates'), unclipped [B, L, S],
+        done_prob [B, L], elite_means [Ee, B, S+1]; candidates [B, L, S] (clipped)."""
+        b, l = candidates.shape[:2]
+        em = context["elite_means"]
+        out = {"next_states": candidates.reshape(b * l, -1), "rewards": context["rewards"].reshape(b * l),
+               "elite_means": em.repeat_interleave(l, dim=1)}
+        score = self.scorer(context["states"].repeat_interleave(l, 0), context["joint"].repeat_interleave(l, 0), out)
+        done = self._done(context["unclipped"].reshape(b * l, -1), context["done_prob"].reshape(b * l))
+        return score, torch.ones_like(score), ~done
 
     def tile(self, memory: dict[str, torch.Tensor] | None, l: int) -> dict[str, torch.Tensor] | None:
         return None if memory is None else {k: v.repeat_interleave(l, dim=0) for k, v in memory.items()}
@@ -181,14 +201,17 @@ class EnsembleLookahead:
         actions, _ = self.policy.act(obs, memory, avail=None, deterministic=False, generator=generator)
         env_actions = executed_actions(self.policy, actions)
         joint = self.model.encode_actions(env_actions)
-        out = (self.model.step(states, joint, generator, sample=self.sample)
-               if (not last or self.scorer.uses_ensemble) else None)
-        score = self.scorer(states, joint, out)
+        out = self.model.step(states, joint, generator, sample=self.sample)
+        nxt = clip_states(out["next_states"], self.box)
+        r = out["rewards"] if self.box is None else out["rewards"].clamp(min=self.box["reward_low"],
+                                                                           max=self.box["reward_high"])
+        score = self.scorer(states, joint, {**out, "next_states": nxt, "rewards": r})
+        cont = ~self._done(out["next_states"], out["done_prob"])
         if last:
-            return None, memory, score
+            return None, memory, score, torch.ones_like(score), cont
         if memory is not None:
             memory = shift_history(memory, obs, env_actions)
-        return clip_states(out["next_states"], self.box), memory, score
+        return nxt, memory, score, torch.ones_like(score), cont
 
 
 def halt_reward(cfg: RolloutConfig, box: dict[str, torch.Tensor] | None, like: torch.Tensor) -> torch.Tensor:
@@ -275,7 +298,8 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
         raise OffmarlError("model_rollout: clip_to_box=True needs a box (see dataset_box)")
     l, mode = (planner.l, planner.candidates) if planner is not None else (1, "elites")
     plan_gen = planner.plan_generator(generator, dev) if planner is not None else None
-    world = (EnsembleLookahead(model, policy, obs_fn, planner.scorer, box if cfg.clip_to_box else None, cfg.sample)
+    world = (EnsembleLookahead(model, policy, obs_fn, planner.scorer, box if cfg.clip_to_box else None, cfg.sample,
+                               done_fn if cfg.termination == "env" else None, cfg.done_threshold)
              if l > 1 else None)
     obs = obs_fn(states)
     hist = initial_history(start, obs, model, history)
@@ -299,7 +323,9 @@ def model_rollout(model: EnsembleWorldModel, policy: Policy, start: dict[str, to
             cand_r = cand_r.clamp(min=box["reward_low"], max=box["reward_high"])
         nxt = None if hist is None else shift_history(hist, obs, env_actions)
         if world is not None:
-            idx, scores = planner.choose(cand_states, nxt, world, plan_gen)
+            context = {"states": states, "joint": model.encode_actions(env_actions), "rewards": cand_r,
+                       "unclipped": unclipped, "done_prob": cand["done_prob"], "elite_means": cand["elite_means"]}
+            idx, scores = planner.choose(cand_states, nxt, world, plan_gen, context)
             chosen = scores.gather(1, idx[:, None]).squeeze(1)
             replaced = replaced + ((idx != 0) & alive).sum()
             gain = gain + ((scores[:, 0] - chosen) * alive).sum()

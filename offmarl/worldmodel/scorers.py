@@ -1,7 +1,8 @@
 """What the MAG planner minimises over the offline ensemble, and the planner built from its config.
 
     error_model   MAG's R_m (worldmodel/error_model.py): a learned predictor of the model's one-step
-                  error, fitted on the dataset's real transitions and cached next to the world model
+                  error on a transition (s, a, predicted s', predicted r), fitted on the dataset's
+                  real transitions and cached next to the world model
     uncertainty   the ensemble's disagreement eps_g at (state, joint action): no extra network, no labels
 """
 from __future__ import annotations
@@ -19,21 +20,22 @@ from offmarl.worldmodel.uncertainty import eps_g
 
 
 class ErrorModelScorer:
-    """MAG's scorer: the learned model-error predictor R_m."""
+    """MAG's scorer: the learned model-error predictor R_m on the transition (state, joint action,
+    the model's predicted next state and reward in ``out``)."""
     uses_ensemble = False
 
     def __init__(self, error_model: ErrorModel):
         self.error_model = error_model
 
-    def __call__(self, states, joint, out=None):
-        return self.error_model(states, joint)
+    def __call__(self, states, joint, out):
+        return self.error_model(states, joint, out["next_states"], out["rewards"])
 
 
 class UncertaintyScorer:
     """Ensemble disagreement eps_g at (state, joint action)."""
     uses_ensemble = True
 
-    def __call__(self, states, joint, out=None):
+    def __call__(self, states, joint, out):
         return eps_g(out["elite_means"])
 
 
@@ -48,7 +50,7 @@ def make_planner(cfg: PlannerConfig, model: EnsembleWorldModel, dataset,
     if cfg.score == "error_model":
         ecfg = ErrorModelConfig(hidden=tuple(cfg.error_hidden), steps=cfg.error_steps, lr=cfg.error_lr,
                                 batch_size=cfg.error_batch_size, max_labels=cfg.error_max_labels,
-                                seed=cfg.error_seed)
+                                seed=cfg.error_seed, inputs=cfg.error_inputs)
         rm, info = load_or_fit_error_model(model, dataset, obs_fn, ecfg, cache_dir, device)
         log(("loaded" if info.get("cached") else "fitted") + f" MAG error model R_m {info.get('path')} "
             f"(holdout mse {info.get('holdout_mse', float('nan')):.4g} vs label variance "
