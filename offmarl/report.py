@@ -1,6 +1,6 @@
 """Results tables and plots from run directories: ``offmarl report DIR... --out REPORT_DIR``.
 
-The protocol is OG-MARL's / rliable's (REFERENCE.md §7; Agarwal et al., "Deep RL at the Edge of
+The protocol is OG-MARL's / rliable's (github.com/instadeepai/og-marl; Agarwal et al., "Deep RL at the Edge of
 the Statistical Precipice", NeurIPS 2021): per algorithm x dataset x observation scheme, the
 final normalised score of every seed, summarised by the interquartile mean (IQM: the mean of
 the middle 50% of runs, ``scipy.stats.trim_mean(x, 0.25)``) with a 95% stratified-bootstrap
