@@ -34,6 +34,29 @@ from offmarl.cli import train as train_cmd
 from offmarl.cli.common import err_console
 from offmarl.errors import EXIT_DIVERGED, EXIT_USAGE, DivergedError, OffmarlError
 
+
+def _plain_usage_names() -> None:
+    """Usage lines as click writes them (``offmarl evaluate [OPTIONS] RUN_DIR...``): typer 0.2x
+    writes a required argument as ``{RUN_DIR...}...`` or ``{name}``, which reads like a set. Only
+    the usage line changes; the typer method it replaces exists from typer 0.16 on."""
+    from typer.core import TyperArgument
+
+    if not hasattr(TyperArgument, "_usage_display_name"):
+        return
+
+    def usage_name(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        if not self.required:
+            name = f"[{name}]"
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name
+
+    TyperArgument._usage_display_name = usage_name
+
+
+_plain_usage_names()
+
 app = typer.Typer(
     name="offmarl",
     help="Offline multi-agent RL: MOMA-PPO + MAG, offline baselines, online MAG on SMAC.\n\n"

@@ -38,8 +38,9 @@ class RichProgress:
 
 
 class PlainProgress:
-    """``step 1000/2000  score 0.412  412 steps/s  elapsed 0:00:05  eta 0:00:05`` at the start, then
-    at most every ``every_s`` seconds, and at the end."""
+    """``step 1000/2000  score 0.412  412 steps/s  elapsed 0:00:05  eta 0:00:05`` (``5.2 s/step`` when
+    a step takes longer than a second) at the start, then at most every ``every_s`` seconds, and at
+    the end."""
 
     def __init__(self, every_s: float = 30.0):
         self.every_s = every_s
@@ -63,8 +64,18 @@ class PlainProgress:
         rate = (self.step - self.first) / max(now - self.t0, 1e-9)
         eta = _clock((self.total - self.step) / rate) if rate > 0 else "-"
         score = "-" if self.score is None else f"{self.score:.3f}"
-        console.print(f"step {self.step}/{self.total}  score {score}  {rate:.0f} steps/s  "
+        console.print(f"step {self.step}/{self.total}  score {score}  {_rate(rate)}  "
                       f"elapsed {_clock(now - self.t0)}  eta {eta}", highlight=False)
+
+
+def _rate(steps_per_s: float) -> str:
+    """``412 steps/s``, or ``5.2 s/step`` below one step a second (a MOMA-PPO iteration takes
+    seconds: "0 steps/s" said nothing); ``- steps/s`` before the first step."""
+    if steps_per_s <= 0:
+        return "- steps/s"
+    if steps_per_s < 1:
+        return f"{1 / steps_per_s:.1f} s/step"
+    return f"{steps_per_s:.0f} steps/s"
 
 
 def _clock(seconds: float) -> str:

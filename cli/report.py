@@ -29,3 +29,6 @@ def report(
     if res["unfinished"]:
         msg += f"; {len(res['unfinished'])} unfinished runs left out"
     console.print(msg)
+    if res["duplicates"]:
+        console.print(f"warning: {len(res['duplicates'])} run(s) repeat an (algo, dataset, obs, seed) already counted "
+                      f"and are left out (the newest counts once): {' '.join(res['duplicates'])}", highlight=False)

@@ -70,8 +70,12 @@ def sweep(
     # and the next run resumes them (a shell's background jobs start with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    with Live(_table([]), console=console, refresh_per_second=1, transient=False) as live:
-        states = run_sweep(cfg, on_update=lambda sts: live.update(_table(sts)))
+    if console.is_terminal:
+        with Live(_table([]), console=console, refresh_per_second=1, transient=False) as live:
+            states = run_sweep(cfg, on_update=lambda sts: live.update(_table(sts)))
+    else:  # a pipe or a log file: a live table shows nothing until the end, so one line per finished trial
+        states = run_sweep(cfg, on_update=_PlainLines())
+        console.print(_table(states))
     for st in states:
         if st.status == "failed":
             console.print(f"[red]failed[/] {st.trial.name}:\n{st.error}")
@@ -80,6 +84,22 @@ def sweep(
                                                                              "--out REPORT_DIR")
     if counts.get("failed"):
         raise typer.Exit(1)
+
+
+class _PlainLines:
+    """``on_update`` without a terminal: ``done iql__coordination-neutral__fo__s0  score 1.000  runs/...``
+    once per trial when it finishes (or is found finished, or fails)."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, states) -> None:
+        for st in states:
+            if st.status in ("done", "skipped", "failed") and st.trial.name not in self.seen:
+                self.seen.add(st.trial.name)
+                score = "-" if st.score is None else f"{st.score:.3f}"
+                where = st.run_dir if st.run_dir else "-"
+                console.print(f"{st.status} {st.trial.name}  score {score}  {where}", highlight=False, markup=False)
 
 
 def _interrupt(signum, frame):

@@ -95,7 +95,8 @@ def evaluate(
     checkpoint: str = typer.Option("latest", "--checkpoint", help="latest (the final agents) | best (the best "
                                    "periodic evaluation: a pick on few episodes, biased upwards)"),
     cross_play: bool = typer.Option(False, "--cross-play", help="Also pair agents from different runs."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="Where the policies run: auto (a GPU when there is one) | "
+                               "cpu | cuda | cuda:N. The environments always step on the CPU."),
     seed: int = typer.Option(12345, "--seed", help="Seed of the evaluation episodes."),
     json_out: Path = typer.Option(None, "--json", metavar="FILE", help="Write the results to this JSON file."),
 ):
@@ -119,15 +120,26 @@ def evaluate(
         if not parent.is_dir():
             raise OffmarlError(f"--json {json_out}: the folder {parent} does not exist (or is a file)")
     res = evaluate_runs([str(r) for r in run_dirs], episodes, checkpoint, device, seed, cross_play, log=console.print)
-    table = Table(title="evaluation")
-    for col in ("run", "checkpoint", "return", "normalised"):
+    wins = any("win_rate" in r for r in res["runs"].values())  # SMAC runs (online or offline)
+    table = Table(title=f"evaluation ({episodes} deterministic episodes per run)")
+    for col in ("run", "checkpoint", "return", "normalised") + (("win rate",) if wins else ()):
         table.add_column(col)
     for path, r in res["runs"].items():
         norm = f"{r['normalised_mean']:.3f} ± {r['normalised_std']:.3f}" if "normalised_mean" in r else "-"
-        table.add_row(Path(path).name, r["checkpoint"], f"{r['return_mean']:.3f} ± {r['return_std']:.3f}", norm)
+        row = [Path(path).name, r["checkpoint"], f"{r['return_mean']:.3f} ± {r['return_std']:.3f}", norm]
+        if wins:
+            row.append(f"{r['win_rate']:.2f}" if "win_rate" in r else "-")
+        table.add_row(*row)
     console.print(table)
+    for path, r in res["runs"].items():  # one plain line per run: what a script or a doc can grep
+        line = f"{Path(path).name}: return {r['return_mean']:.3f}"
+        if "normalised_mean" in r:
+            line += f", normalised score {r['normalised_mean']:.3f}"
+        if "win_rate" in r:
+            line += f", win rate {r['win_rate']:.2f}"
+        console.print(line + f" over {r['episodes']} episodes", highlight=False)
     if res.get("cross_play"):
-        t2 = Table(title="cross-play (agent i plays run assignment[i])")
+        t2 = Table(title="cross-play (agent i plays the policy of run assignment\\[i])")
         for col in ("assignment", "return", "normalised"):
             t2.add_column(col)
         for row in res["cross_play"]:

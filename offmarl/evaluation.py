@@ -9,7 +9,7 @@ and an optional ``history_len`` attribute (K > 0: the evaluator keeps each agent
 
 Several env copies are stepped together so that the policy runs one batched forward per step.
 Scores are normalised with the dataset's reference returns:
-(R - ref_min) / (ref_max - ref_min) (ant: the D4RL references, REFERENCE.md §1.1).
+(R - ref_min) / (ref_max - ref_min) (ant: the D4RL references, as the MOMA-PPO slides use).
 """
 from __future__ import annotations
 

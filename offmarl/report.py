@@ -1,6 +1,6 @@
 """Results tables and plots from run directories: ``offmarl report DIR... --out REPORT_DIR``.
 
-The protocol is OG-MARL's / rliable's (REFERENCE.md §7; Agarwal et al., "Deep RL at the Edge of
+The protocol is OG-MARL's / rliable's (github.com/instadeepai/og-marl; Agarwal et al., "Deep RL at the Edge of
 the Statistical Precipice", NeurIPS 2021): per algorithm x dataset x observation scheme, the
 final normalised score of every seed, summarised by the interquartile mean (IQM: the mean of
 the middle 50% of runs, ``scipy.stats.trim_mean(x, 0.25)``) with a 95% stratified-bootstrap
@@ -130,6 +130,17 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[Path]]:
     return runs, unfinished
 
 
+def drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[Path]]:
+    """One run per (algo, dataset, obs, seed): the same command run twice is one seed, not two (it
+    would count twice in the IQM and its CI). The newest (latest eval.json) is kept; returns (kept
+    runs, the run directories left out)."""
+    newest: dict[tuple[str, str, str, int], Run] = {}
+    for r in sorted(runs, key=lambda r: ((r.path / "eval.json").stat().st_mtime, str(r.path))):
+        newest[(r.algo, r.dataset, r.obs, r.seed)] = r
+    kept = [r for r in runs if newest[(r.algo, r.dataset, r.obs, r.seed)] is r]
+    return kept, [r.path for r in runs if newest[(r.algo, r.dataset, r.obs, r.seed)] is not r]
+
+
 # ---------------------------------------------------------------------------- statistics
 def iqm(x) -> float:
     """Interquartile mean: ``scipy.stats.trim_mean(x, 0.25)`` (rliable.metrics.aggregate_iqm)."""
@@ -235,7 +246,7 @@ def cell_rows(cells: list[Cell], refs: list[dict[str, Any]]) -> list[dict[str, A
             "mean": float(s.mean()), "std": float(s.std()), "seeds": len(s),
             "seed_list": " ".join(str(r.seed) for r in sorted(c.runs, key=lambda r: r.seed)),
             "eval_episodes": "/".join(map(str, episodes)), "steps": "/".join(map(str, steps)),
-            "normalised": all(r.normalised for r in c.runs),
+            "normalised": all(r.normalised for r in c.runs), "unit": _unit(c.runs),
             "paper_mean": None if ref is None else ref["mean"], "paper_std": None if ref is None else ref.get("std"),
             "paper_source": None if ref is None else ref["source"],
         })
@@ -245,16 +256,22 @@ def cell_rows(cells: list[Cell], refs: list[dict[str, Any]]) -> list[dict[str, A
 def aggregate_rows(cells: list[Cell]) -> list[dict[str, Any]]:
     """Per algorithm over its cells: IQM of all runs, CI by bootstrap stratified by cell (the
     rliable aggregate; runs per cell are cut to the smallest count so the matrix is square)."""
-    by_algo: dict[str, list[Cell]] = defaultdict(list)
-    for c in cells:
-        by_algo[c.algo].append(c)
+    by_algo: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for c in cells:  # normalised scores and raw returns (e.g. SMAX) are never pooled
+        by_algo[(c.algo, _unit(c.runs))].append(c)
     rows = []
-    for algo, cs in sorted(by_algo.items()):
+    for (algo, unit), cs in sorted(by_algo.items()):
         n = min(len(c.runs) for c in cs)
         mat = np.stack([c.scores[:n] for c in cs], axis=1)  # [runs, tasks]
         point, lo, hi = iqm_ci(mat)
-        rows.append({"algo": algo, "iqm": point, "ci_low": lo, "ci_high": hi, "cells": len(cs), "runs_per_cell": n})
+        rows.append({"algo": algo, "unit": unit, "iqm": point, "ci_low": lo, "ci_high": hi, "cells": len(cs),
+                     "runs_per_cell": n})
     return rows
+
+
+def _unit(runs: list[Run]) -> str:
+    """What a cell's scores are: ``normalised`` (D4RL-style normalised return) or ``return`` (raw)."""
+    return "normalised" if all(r.normalised for r in runs) else "return"
 
 
 # ---------------------------------------------------------------------------- writing
@@ -268,6 +285,7 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
                  plots: bool = True, command: str | None = None) -> dict[str, Any]:
     """Read the runs under ``paths`` and write the report into ``out``; returns what was written."""
     runs, unfinished = find_runs(paths)
+    runs, duplicates = drop_duplicates(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     refs = paper_references(refs_file)
@@ -293,37 +311,42 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
             rec = json.loads(f.read_text())
             sweeps += [c for c in rec.get("commands") or [rec.get("command")] if c and c not in sweeps]
     (out / "results.md").write_text(_markdown(rows, agg, refs, unfinished, cmd, [p.name for p in written[3:]],
-                                              sweeps))
-    return {"runs": len(runs), "unfinished": [str(p) for p in unfinished], "cells": len(cells), "files": written}
+                                              sweeps, duplicates))
+    return {"runs": len(runs), "unfinished": [str(p) for p in unfinished], "cells": len(cells), "files": written,
+            "duplicates": [str(p) for p in duplicates]}
 
 
-def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds) -> str:
+def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds, duplicates=()) -> str:
     used = {r["paper_source"] for r in rows if r["paper_source"]}
     lines = ["# Results", ""] + [f"Runs trained by `{c}`." for c in sweep_cmds] + [
         f"Produced by `{cmd}`.", "",
         ("Score: the final policy's normalised return (eval.json), no checkpoint selection on evaluation returns. "
          "IQM = interquartile mean over seeds with its 95% stratified-bootstrap CI (rliable, "
          f"{CI_REPS} replications); mean ± population std beside it; episodes = evaluation episodes per seed; "
-         "steps = training steps per run (MOMA-PPO: iterations)."), "",
-        "| dataset | obs | algorithm | IQM [95% CI] | mean ± std | seeds | episodes | steps | paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+         "steps = training steps per run (MOMA-PPO: iterations); score = normalised return, or the raw "
+         "return where the environment has no reference returns (SMAX: at most ~2)."), "",
+        "| dataset | obs | algorithm | score | IQM [95% CI] | mean ± std | seeds | episodes | steps | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = "–" if r["paper_mean"] is None else (
             _fmt(r["paper_mean"]) + (f" ± {_fmt(r['paper_std'])}" if r["paper_std"] is not None else "")
             + f" [{r['paper_source']}]")
-        unit = "" if r["normalised"] else " (return)"
-        lines.append(f"| {r['dataset']} | {r['obs']} | {r['algo']} | {_fmt(r['iqm'])} [{_fmt(r['ci_low'])}, "
-                     f"{_fmt(r['ci_high'])}]{unit} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['seeds']} "
-                     f"({r['seed_list']}) | {r['eval_episodes']} | {r['steps']} | {paper} |")
+        lines.append(f"| {r['dataset']} | {r['obs']} | {r['algo']} | {r['unit']} | {_fmt(r['iqm'])} "
+                     f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['mean'])} ± {_fmt(r['std'])} | "
+                     f"{r['seeds']} ({r['seed_list']}) | {r['eval_episodes']} | {r['steps']} | {paper} |")
     lines += _pivot(rows)
     lines += ["", "Per algorithm, over all its cells (IQM of every run; CI stratified by cell):", "",
-              "| algorithm | IQM [95% CI] | cells | runs per cell |", "|---|---|---|---|"]
-    lines += [f"| {a['algo']} | {_fmt(a['iqm'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}] | {a['cells']} | "
-              f"{a['runs_per_cell']} |" for a in agg]
+              "| algorithm | score | IQM [95% CI] | cells | runs per cell |", "|---|---|---|---|---|"]
+    lines += [f"| {a['algo']} | {a['unit']} | {_fmt(a['iqm'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}] | "
+              f"{a['cells']} | {a['runs_per_cell']} |" for a in agg]
     if used:
         cites = {r["source"]: r["citation"] for r in refs}
         lines += ["", "Paper numbers:"] + [f"- [{s}] {cites[s]}" for s in sorted(used)]
+    if duplicates:
+        lines += ["", f"Repeated runs of an (algorithm, dataset, obs, seed) already counted (the newest is used), "
+                  f"not counted: {len(duplicates)}"]
+        lines += [f"- {p}" for p in duplicates]
     if unfinished:
         lines += ["", f"Unfinished runs (no eval.json), not counted: {len(unfinished)}"]
         lines += [f"- {p}" for p in unfinished]

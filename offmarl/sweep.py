@@ -26,6 +26,12 @@ world-model settings) (offmarl/filelock.py, ``S/locks/``): the first such trial 
 until its log says the world model is ready ("fitted/loaded world model"), then leaves a marker;
 the others wait for the lock, see the marker and load the cached model. On a cluster
 (``--address``) the lock works when S is on a filesystem all nodes share.
+
+Ray's own files: a local Ray keeps its session folder (logs, sockets, spilled objects) and its
+authentication token in ``ray_dir()`` = $OFFMARL_CACHE_DIR/ray, else $OFFMARL_DATA_DIR/cache/ray,
+else ~/.offmarl/cache/ray, instead of /tmp/ray and ~/.ray/auth_token. RAY_TMPDIR, RAY_AUTH_TOKEN or
+RAY_AUTH_TOKEN_PATH set by the user win. Ray's object store still uses shared memory (/dev/shm).
+Joining a cluster (``--address``) leaves Ray's settings alone.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -354,6 +361,44 @@ def _run_sweep(cfg: SweepConfig, out: Path, on_update, poll_s: float) -> list[Tr
     return states
 
 
+def ray_dir() -> Path:
+    """Where a local Ray's session files and token go (the module docstring)."""
+    if os.environ.get("OFFMARL_CACHE_DIR"):
+        return Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "ray"
+    if os.environ.get("OFFMARL_DATA_DIR"):
+        return Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "ray"
+    return Path.home() / ".offmarl" / "cache" / "ray"
+
+
+# Ray puts sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a Unix
+# socket path may not exceed 107 bytes: a longer folder is reached through a short symbolic link.
+_RAY_TEMP_MAX = 40
+
+
+def _local_ray_files(kw: dict[str, Any]) -> None:
+    """Point a local Ray's temp folder and auth token at ``ray_dir()`` (see the module docstring)."""
+    root = ray_dir().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        token = root / "auth_token"
+        if not token.exists():  # what Ray would write to ~/.ray/auth_token: a random secret, owner-only
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex())
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)  # read by ray.init and the processes it starts
+    if os.environ.get("RAY_TMPDIR"):
+        return
+    temp = root
+    if len(str(temp)) > _RAY_TEMP_MAX:
+        link = Path(tempfile.gettempdir()) / f"offmarl-ray-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+        if not (link.is_symlink() and Path(os.readlink(link)) == root):
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(root, target_is_directory=True)
+        temp = link
+    kw["_temp_dir"] = str(temp)
+
+
 def _init_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
@@ -364,6 +409,10 @@ def _init_ray(cfg: SweepConfig) -> None:
         kw["num_cpus"] = cfg.num_cpus or os.cpu_count()
         kw["num_gpus"] = None
         kw["include_dashboard"] = False
+        try:
+            _local_ray_files(kw)
+        except OSError as e:
+            raise SweepError(f"cannot prepare Ray's folder {ray_dir()}: {e}") from None
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:

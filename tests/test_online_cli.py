@@ -57,6 +57,7 @@ def test_acceptance_2000_steps_writes_eval_json(algo, tmp_path):
     assert res["env_steps"] >= 2000
     ev = offmarl("evaluate", str(run), "--episodes", "4", "--checkpoint", "latest")
     assert ev.returncode == 0, ev.stderr[-2000:]
+    assert f"{run.name}: return " in ev.stdout and "win rate" in ev.stdout  # the win rate, not only the return
 
 
 @pytest.mark.slow

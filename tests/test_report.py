@@ -71,7 +71,8 @@ def test_report_tables_and_plots(tmp_path):
     assert mi["seeds"] == "5" and mi["seed_list"] == "0 1 2 3 4" and mi["eval_episodes"] == "32"
     assert float(mi["ci_low"]) <= 1.0 and float(mi["paper_mean"]) == 0.9 and mi["paper_source"] == "moma-ppo"
     md = (out / "results.md").read_text()
-    assert "| coordination-neutral | fo | ma-iql | 1.00 [" in md and "0.80 ± 0.40 | 5 (0 1 2 3 4) | 32 | 300 |" in md
+    assert "| coordination-neutral | fo | ma-iql | normalised | 1.00 [" in md
+    assert "0.80 ± 0.40 | 5 (0 1 2 3 4) | 32 | 300 |" in md
     assert "0.90 ± 0.10 [moma-ppo]" in md and "Barde et al." in md and "Unfinished runs" in md
     assert "offmarl report" in md
     # the paper's layout: obs rows x algorithm columns, ours then the paper's
@@ -97,3 +98,23 @@ def test_report_cli_and_errors(tmp_path):
     bad.write_text("sources: {a: cite}\nresults:\n  - {dataset: x, obs: fo, algo: iql, mean: 1, source: b}\n")
     with pytest.raises(ReportError, match=r"results\[0\] names source 'b'"):
         paper_references(bad)
+
+
+def test_report_counts_a_repeated_seed_once(tmp_path):
+    """The same command run twice (two runs of seed 0) is one seed: a one-line warning names the
+    left-out run, and the IQM, its CI and the seed count use the newest run only."""
+    import os
+
+    old = make_run(tmp_path / "r", "iql", "coordination-neutral", 0, 0.0)
+    os.utime(old / "eval.json", (1, 1))  # older than the repeat below
+    make_run(tmp_path / "r", "iql", "coordination-neutral", 0, 1.0)
+    make_run(tmp_path / "r", "iql", "coordination-neutral", 1, 1.0)
+    proc = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "report", str(tmp_path / "r"), "--out",
+                           str(tmp_path / "rep"), "--no-plots"], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "1 run(s) repeat" in warnings[0] and str(old) in warnings[0]
+    (row,) = csv.DictReader((tmp_path / "rep" / "results.csv").read_text().splitlines())
+    assert row["seeds"] == "2" and row["seed_list"] == "0 1" and float(row["mean"]) == 1.0
+    assert float(row["ci_low"]) == 1.0 and row["unit"] == "normalised"
+    assert "Repeated runs" in (tmp_path / "rep" / "results.md").read_text()

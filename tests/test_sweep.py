@@ -148,3 +148,26 @@ def test_world_model_lock_serialises_first_fit(tmp_path):
                             None, None, 1)
     assert res["rc"] == 1 and res["stderr_tail"].endswith("boom: bad option")
     assert json.dumps(res)
+
+
+@pytest.mark.slow
+def test_cli_sweep_in_a_pipe_prints_lines_and_writes_nothing_under_home(tmp_path):
+    """`offmarl sweep ... | cat`: a plain line per finished trial and a final newline; Ray's session
+    folder and auth token go under $OFFMARL_DATA_DIR/cache/ray, nothing under HOME."""
+    import os
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OFFMARL_", "RAY_"))}
+    env.update(HOME=str(home), OFFMARL_DATA_DIR=str(data), OFFMARL_NUM_THREADS="1")
+    sets = [a for kv in TINY for a in ("--set", kv)]
+    r = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "sweep", "--algo", "iql", "--dataset",
+                        "coordination-neutral", "--seeds", "0", *sets, "--num-cpus", "1", "--device", "cpu",
+                        "--out", str(tmp_path / "sweep")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("done iql__coordination-neutral__") and "  score " in line for line in lines)
+    assert r.stdout.endswith("\n") and "1 done; report: offmarl report" in r.stdout
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
+    ray = data / "cache" / "ray"
+    assert (ray / "auth_token").is_file() and any(ray.glob("session_*"))

@@ -1,6 +1,6 @@
 """IQL (Kostrikov et al. 2022) as ONE centralised agent acting on the joint action.
 
-The MOMA-PPO paper's "IQL" column (REFERENCE.md §1.1, §5): a single learner sees the global
+The MOMA-PPO paper's "IQL" column (Barde et al., MOMA-PPO slides): a single learner sees the global
 state and picks the joint action, so agreeing on a convention is free — the upper bound on
 strategy agreement that decentralised methods are measured against.
 

@@ -1,4 +1,4 @@
-"""MOMA-PPO: MA-PPO on uncertainty-penalised rollouts of a world-model ensemble (REFERENCE.md §2).
+"""MOMA-PPO: MA-PPO on uncertainty-penalised rollouts of a world-model ensemble (Barde et al.; PBarde/moma-ppo).
 
     dataset ──► EnsembleWorldModel.fit (cached by the data's dynamics checksum + config: fo/po share it)
             └─► every iteration: B start states (+ each agent's last K (obs, action) pairs)
@@ -170,8 +170,9 @@ class Algorithm:
             thr = calibrate_eps_g_threshold(self.model, dataset, quantile=cfg.calibrate_eps_g, generator=g,
                                             device=self.device)
             self.rollout_cfg = dataclasses.replace(self.rollout_cfg, eps_g_threshold=float(thr))
-        log(f"eps_g termination threshold {self.rollout_cfg.eps_g_threshold:.4g}; HALT reward/step "
-            f"{float(self.box['halt_reward']):.4g} (quantile {cfg.rollout.halt_quantile} of the data's rewards)")
+        log(f"model rollouts stop where the ensemble disagrees (eps_g > {self.rollout_cfg.eps_g_threshold:.4g}) and "
+            f"are valued as an absorbing HALT state worth {float(self.box['halt_reward']):.4g}/step (quantile "
+            f"{cfg.rollout.halt_quantile} of the data's rewards)")
         self.done_rule = termination_rule(self.env, dataset, cfg.termination_margin, self.device)
         if self.done_rule is not None and cfg.calibrate_termination:
             g = torch.Generator().manual_seed(seed + 2)

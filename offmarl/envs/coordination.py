@@ -1,4 +1,4 @@
-"""The two-player coordination matrix game of MOMA-PPO (REFERENCE.md §1.1).
+"""The two-player coordination matrix game of MOMA-PPO (Barde et al., MOMA-PPO slides).
 
 Two agents each pick left (0) or right (1); the shared payoff is 1 when they pick the same
 action and 0 otherwise. Episodes last one step. There is nothing to observe: the state and

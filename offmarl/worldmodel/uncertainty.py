@@ -3,7 +3,7 @@
 Notation: the elites' MEAN predictions of [next state, reward] for one transition form the rows of
 M [E, D]; m = mean over rows; X = M - m (centred, [E, D]).
 
-    eps_g = || Cov_E(M) ||_F,   Cov_E(M) = X^T X / (E - 1)                 (REFERENCE.md §2)
+    eps_g = || Cov_E(M) ||_F,   Cov_E(M) = X^T X / (E - 1)                 (MOMA-PPO reference code)
     eps_r = Var_E(M[:, -1])     (unbiased, divides by E - 1)
     eps_a = max_e || sqrt(exp(logvar_e)) ||_2                               (MOPO aleatoric)
     r~    = r - lambda_g * eps_g - lambda_r * eps_r - lambda_a * eps_a
