@@ -208,4 +208,4 @@ def test_print_config_names_each_values_source(tmp_path):
     assert rows["model.lr"] == ("0.0005", "online.yaml:mag-reference")
     assert rows["model.deter"] == ("256", "online.yaml:mamba-reference")
     assert rows["planner.l"] == ("4", "online.yaml:mag-reference maps.3s_vs_4z (= default)")
-    assert rows["planner.h"] == ("7", "--set") and rows["loop.env_steps"] == ("5000", "--steps")
+    assert rows["planner.h"] == ("7", "--set") and rows["loop.steps"] == ("5000", "--steps")
