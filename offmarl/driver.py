@@ -125,7 +125,7 @@ def user_blocks(file: str, own: dict[str, dict], config: str, prefix: str = "",
     if config in own:
         return expand_block(config, own[config], own, f"{file}.yaml", map_name)
     if Path(config).is_file():
-        return expand_block(config, read_yaml(Path(config)), own, "", map_name)
+        return expand_block(config, read_yaml(Path(config)), own, "", map_name, blocks_label=f"{file}.yaml")
     choices = ", ".join(own) or "none"
     close = difflib.get_close_matches(config.removeprefix(prefix), list(own), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
