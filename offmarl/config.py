@@ -151,11 +151,14 @@ BLOCK_KEYS = ("extends", "maps")
 
 
 def expand_block(name: str, block: dict[str, Any], blocks: dict[str, dict[str, Any]], label: str,
-                 map_name: str | None = None, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+                 map_name: str | None = None, _seen: tuple[str, ...] = (),
+                 blocks_label: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """One block -> the layers it stands for, in order, as (name, mapping): the blocks it
-    ``extends`` (of ``blocks``, the same file, named ``label:NAME``), the block's own keys, then
-    its ``maps`` entry for ``map_name``. A map-less command refuses a block with ``maps``
-    (nothing else would read it); a cycle of ``extends`` is an error."""
+    ``extends`` (of ``blocks``, a file of blocks named ``blocks_label``, default ``label``:
+    layers ``blocks_label:NAME``), the block's own keys (``label:name``, or ``name`` when
+    ``label`` is empty: a user's file), then its ``maps`` entry for ``map_name``. A map-less
+    command refuses a block with ``maps`` (nothing else would read it); a cycle of ``extends``
+    is an error."""
     where = f"{label}:{name}" if label else name
     if name in _seen:
         raise ConfigError(f"{where}: 'extends' loops back to itself ({' -> '.join((*_seen, name))})")
@@ -168,8 +171,10 @@ def expand_block(name: str, block: dict[str, Any], blocks: dict[str, dict[str, A
         if parent not in blocks:
             close = difflib.get_close_matches(parent, list(blocks), n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{where}: extends {parent!r}, which is not a block of the same file.{hint}")
-        layers += expand_block(parent, blocks[parent], blocks, label, map_name, (*_seen, name))
+            raise ConfigError(f"{where}: extends {parent!r}, which is not a block of "
+                              f"{blocks_label or label or 'the same file'}.{hint}")
+        parents_label = label if blocks_label is None else blocks_label
+        layers += expand_block(parent, blocks[parent], blocks, parents_label, map_name, (*_seen, name))
     own = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
     if own:
         layers.append((where, own))

@@ -125,7 +125,7 @@ def user_blocks(file: str, own: dict[str, dict], config: str, prefix: str = "",
     if config in own:
         return expand_block(config, own[config], own, f"{file}.yaml", map_name)
     if Path(config).is_file():
-        return expand_block(config, read_yaml(Path(config)), own, "", map_name)
+        return expand_block(config, read_yaml(Path(config)), own, "", map_name, blocks_label=f"{file}.yaml")
     choices = ", ".join(own) or "none"
     close = difflib.get_close_matches(config.removeprefix(prefix), list(own), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -348,12 +348,16 @@ def _train_in(run: RunDir, mod, cfg, ds, seed: int, dev, resume: bool, progress:
 
 
 def online_loop_config(cfg) -> LoopConfig:
-    """The loop's settings for an online run: its steps are iterations of ``cfg.iteration_steps``
-    env steps; evaluation, log rows and checkpoints follow ``cfg.loop`` (env steps)."""
-    every = max(1, round(cfg.loop.eval_every / cfg.iteration_steps))
-    return LoopConfig(steps=cfg.iterations, eval_every=every, eval_episodes=cfg.loop.eval_episodes,
-                      final_eval_episodes=cfg.loop.final_eval_episodes, eval_envs=cfg.loop.eval_envs, log_every=1,
-                      checkpoint_every=every)
+    """The loop's settings for an online run: ``cfg.loop`` (a LoopConfig in env steps) in
+    iterations of ``cfg.iteration_steps`` env steps, each period at least one iteration
+    (``eval_every`` 0 stays 0: evaluate only at the end)."""
+    def iterations(env_steps: int) -> int:
+        return max(1, round(env_steps / cfg.iteration_steps))
+
+    loop = cfg.loop
+    return dataclasses.replace(loop, steps=cfg.iterations,
+                               eval_every=iterations(loop.eval_every) if loop.eval_every else 0,
+                               log_every=iterations(loop.log_every), checkpoint_every=iterations(loop.checkpoint_every))
 
 
 def online_config_layers(algo: str | None, map_name: str | None, backend: str | None,
@@ -368,7 +372,7 @@ def online_config_layers(algo: str | None, map_name: str | None, backend: str | 
     layers = []
     for name in _configs(config):
         layers += user_blocks("online", own, name, map_name=str(map_for_blocks))
-    named = {"--steps": {"loop.env_steps": int(steps)} if steps is not None else {},
+    named = {"--steps": {"loop.steps": int(steps)} if steps is not None else {},
              "--algo": {"algo": algo} if algo is not None else {},
              "--map": {"map": map_name} if map_name is not None else {},
              "--backend": {"backend": backend} if backend is not None else {}}
@@ -442,9 +446,9 @@ def online_from_options(map_name: str | None = None, algo: str | None = None, ba
                                "`offmarl train --resume`")
         run.lock()
         try:
-            cfg = from_dict(online.Config, saved["config"])
+            cfg = saved_config(online, saved)
             if steps is not None:
-                cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, env_steps=int(steps)))
+                cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, steps=int(steps)))
             check_extension(run, "online", cfg.iterations, steps is not None, unit=cfg.iteration_steps,
                             name="env step")
             seed = saved["seed"]
@@ -490,7 +494,7 @@ def online_from_options(map_name: str | None = None, algo: str | None = None, ba
 
 def _load_online(run: RunDir, saved: dict, checkpoint: str, dev, log):
     """load_trained for an ``offmarl online`` run: no dataset; a stand-in with the run's env."""
-    cfg = from_dict(online.Config, saved["config"])
+    cfg = saved_config(online, saved)
     algo = ONLINE_ALGORITHMS[cfg.algo].Algorithm.for_evaluation(None, cfg, dev, saved["seed"], log=log)
     name = checkpoint if run.has_checkpoint(checkpoint) else "latest"
     algo.load_state_dict(run.load_checkpoint(name, map_location=dev)["algo"])

@@ -208,4 +208,16 @@ def test_print_config_names_each_values_source(tmp_path):
     assert rows["model.lr"] == ("0.0005", "online.yaml:mag-reference")
     assert rows["model.deter"] == ("256", "online.yaml:mamba-reference")
     assert rows["planner.l"] == ("4", "online.yaml:mag-reference maps.3s_vs_4z (= default)")
-    assert rows["planner.h"] == ("7", "--set") and rows["loop.env_steps"] == ("5000", "--steps")
+    assert rows["planner.h"] == ("7", "--set") and rows["loop.steps"] == ("5000", "--steps")
+
+
+def test_a_users_file_extends_a_shipped_block(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("extends: mag-reference\nmodel: {batch: 8}\n")
+    cfg, applied = resolve_online_config("mag", "3s_vs_4z", None, [str(f)], None, None)
+    assert applied == ["online.yaml:mamba-reference", "online.yaml:mag-reference",
+                       "online.yaml:mag-reference maps.3s_vs_4z", str(f)]
+    assert (cfg.model.batch, cfg.model.lr, cfg.planner.h) == (8, 5e-4, 10)
+    f.write_text("extends: mag-refrence\n")
+    with pytest.raises(ConfigError, match="not a block of online.yaml. Did you mean: mag-reference"):
+        resolve_online_config("mag", "2s3z", None, [str(f)], None, None)

@@ -98,7 +98,7 @@ def test_every_online_block_builds_and_mag_reference_brings_its_map():
     assert applied == [] and (cfg.planner.l, cfg.planner.h) == (4, 5)
     cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mamba-reference", ["planner.h=7"], 5000)
     assert applied == ["online.yaml:mamba-reference"]
-    assert (cfg.planner.l, cfg.planner.h, cfg.model.deter, cfg.loop.env_steps) == (4, 7, 256, 5000)
+    assert (cfg.planner.l, cfg.planner.h, cfg.model.deter, cfg.loop.steps) == (4, 7, 256, 5000)
     # MAG's reference settings bring MAG's per-map planner (3s_vs_4z: L 4, H 10; 2s3z: L 5, H 10)
     cfg, applied = resolve_online_config("mag", "3s_vs_4z", "smax", "mag-reference", None, None)
     assert applied == ["online.yaml:mamba-reference", "online.yaml:mag-reference",

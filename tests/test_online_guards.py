@@ -112,3 +112,22 @@ def test_online_run_writes_eval_json_once_and_resume_extends_it(tmp_path, monkey
     res = online_from_options(resume=res["run_dir"], steps=400, device="cpu", log=_quiet)
     assert len(writes) == 2 and res["env_steps"] == 400
     assert not (RunDir.open(res["run_dir"]).lock_path).exists()
+
+
+def test_online_loop_is_the_loop_config_in_env_steps():
+    from offmarl.algos import online
+    from offmarl.driver import online_loop_config
+    from offmarl.loop import LoopConfig
+
+    cfg, _ = resolve_online_config("mamba", "2s3z", None, None, ["loop.eval_every=1000", "loop.checkpoint_every=250"],
+                                   2000)
+    assert isinstance(cfg.loop, LoopConfig) and cfg.iteration_steps == 100
+    loop = online_loop_config(cfg)  # iterations of 100 env steps
+    assert (loop.steps, loop.eval_every, loop.checkpoint_every, loop.log_every) == (20, 10, 2, 1)
+    cfg, _ = resolve_online_config("mamba", "2s3z", None, None, ["loop.eval_every=0"], None)
+    assert online_loop_config(cfg).eval_every == 0  # 0: only the final evaluation, as offline
+    # config.yaml of a run written when the online budget was loop.env_steps still loads
+    old = to_dict(cfg)
+    old["loop"] = {"env_steps": 3000, "eval_every": 500, "eval_episodes": 4, "final_eval_episodes": 4, "eval_envs": 4}
+    migrated = online.migrate_saved_config(old)
+    assert migrated["loop"]["steps"] == 3000 and "env_steps" not in migrated["loop"]

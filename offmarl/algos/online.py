@@ -35,6 +35,7 @@ from offmarl.data.replay import SequenceReplay
 from offmarl.envs import SMAC_BACKENDS, VecMultiAgentEnv, make_env, make_vec_env
 from offmarl.envs.base import EnvSpec
 from offmarl.errors import OffmarlError
+from offmarl.loop import LoopConfig
 from offmarl.planners.mag import plan
 from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
 from offmarl.worldmodel.latent import (
@@ -96,14 +97,27 @@ class PlannerSettings:
     error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
 
 
-@dataclass
-class OnlineLoop:
-    """Budget and evaluation in ENV steps (the loop's own steps are iterations)."""
-    env_steps: int = 100_000  # issue 12 target budget (MAMBA/MARIE report 100k on these maps)
-    eval_every: int = 5_000  # env steps between greedy evaluations (MARIE: every 500 with 10 episodes)
-    eval_episodes: int = 32  # issue 12: win rate over 32 separate greedy episodes
-    final_eval_episodes: int = 32
-    eval_envs: int = 32  # env copies of the evaluation
+def _online_loop() -> LoopConfig:
+    """The training loop's settings (offmarl/loop.py, the offline algorithms' LoopConfig), counted
+    in ENV steps here: offmarl/driver.py ``online_loop_config`` turns them into iterations."""
+    return LoopConfig(
+        steps=100_000,  # env steps: the budget MAMBA and MARIE report on these maps
+        eval_every=5_000,  # env steps between greedy evaluations (MARIE: every 500 with 10 episodes)
+        eval_episodes=32,  # win rate over 32 separate greedy episodes (OG-MARL's protocol)
+        final_eval_episodes=32,  # OG-MARL's protocol
+        eval_envs=32,  # env copies of the evaluation (ours: one batch of 32 episodes)
+        log_every=1,  # env steps: a metrics row every iteration (ours)
+        checkpoint_every=5_000,  # env steps; also at every evaluation (ours)
+    )
+
+
+def migrate_saved_config(data: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml of online runs written before the loop settings became a LoopConfig: their
+    ``loop.env_steps`` is ``loop.steps`` (env steps)."""
+    loop = data.get("loop")
+    if isinstance(loop, dict) and "env_steps" in loop:
+        data = {**data, "loop": {("steps" if k == "env_steps" else k): v for k, v in loop.items()}}
+    return data
 
 
 @dataclass
@@ -126,7 +140,7 @@ class OnlineConfig:
     model: LatentModelConfig = field(default_factory=LatentModelConfig)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     mappo: MAPPOConfig = field(default_factory=_online_mappo)
-    loop: OnlineLoop = field(default_factory=OnlineLoop)
+    loop: LoopConfig = field(default_factory=_online_loop)  # in env steps
 
     def __post_init__(self):
         if self.algo not in ALGOS:
@@ -158,7 +172,7 @@ class OnlineConfig:
 
     @property
     def iterations(self) -> int:
-        return -(-self.loop.env_steps // self.iteration_steps)
+        return -(-self.loop.steps // self.iteration_steps)
 
 
 def policy_spec(spec: EnvSpec) -> EnvSpec:
@@ -423,5 +437,5 @@ class OnlineAlgorithm:
 Algorithm = OnlineAlgorithm
 Config = OnlineConfig
 
-__all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "Method", "OnlineAlgorithm", "OnlineConfig", "OnlineLoop",
-           "PlannerSettings", "policy_spec"]
+__all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "Method", "OnlineAlgorithm", "OnlineConfig",
+           "PlannerSettings", "migrate_saved_config", "policy_spec"]
