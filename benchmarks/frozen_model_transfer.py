@@ -112,6 +112,8 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--agent-input", default="obs", choices=["obs", "latent"], help="online.agent_input")
+    p.add_argument("--critic", default=None, choices=["state", "mixer", "attention"], help="online.mappo.critic")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", nargs="*", default=None, help="record files to plot (no run)")
     p.add_argument("--png", default="frozen_model_transfer.png")
@@ -119,7 +121,12 @@ def main(argv=None) -> None:
     if args.plot:
         plot(args.plot, args.png)
         return
-    rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes)
+    cfg = OnlineConfig(algo="mamba", map=args.map, agent_input=args.agent_input)
+    if args.critic:
+        cfg.mappo.critic = args.critic
+    rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes,
+              config=cfg)
+    rec["agent_input"], rec["critic"] = cfg.agent_input, cfg.mappo.critic
     print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k != "evals"}}), flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -333,15 +333,17 @@ class LatentLookahead:
     current policy acts on decoded observations within the predicted available actions; the score
     is R_m summed over agents. No memory (the latent state is the memory)."""
 
-    def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor):
+    def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor, features: bool = False):
         self.model, self.policy, self.error_model = model, policy, error_model
+        self.features = features  # the policy reads the states themselves (latent agents)
 
     def tile(self, memory: Any, l: int) -> Any:
         return None
 
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool):
         d = self.model.decode(states, outcome=False)
-        actions, _ = self.policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
+        inputs = states if self.features else d["obs"]
+        actions, _ = self.policy.act(inputs, None, d["avail"], deterministic=False, generator=generator)
         score = self.error_model(states, actions).sum(-1)
         nxt = None if last else self.model.candidates(states, actions, 1, generator)[:, 0]
         return nxt, None, score
@@ -352,10 +354,12 @@ Selector = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, generator: torch.Generator | None,
-            l: int = 1, select: Selector | None = None, alive: torch.Tensor | None = None
-            ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+            l: int = 1, select: Selector | None = None, alive: torch.Tensor | None = None,
+            features: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """H imagined steps from posterior states ``start`` [B, N, D] under ``policy`` (MAPPOPolicy);
-    ``alive`` [B, N]: the agents alive at the start rows (None: all).
+    ``alive`` [B, N]: the agents alive at the start rows (None: all). ``features``: the policy
+    reads the latent states (prior features, MAMBA) instead of the decoded observations; the
+    batch's obs / next_obs are then the features.
 
     l, select: MAG. ``select(candidates [B, L, N, D], plan_generator) -> (idx [B], scores [B, L])``
     picks each start state's candidate (the algorithm passes ``planners.mag.plan`` over a
@@ -383,7 +387,8 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     # planner statistics summed on the device and read once after the loop (no host sync per step)
     replaced, gain, n_valid = (torch.zeros((), device=dev) for _ in range(3))
     for _ in range(horizon):
-        actions, logp = policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
+        inputs = feat if features else d["obs"]
+        actions, logp = policy.act(inputs, None, d["avail"], deterministic=False, generator=generator)
         cand = model.candidates(feat, actions, l, generator, plan_gen, act_mask=agents)
         if l > 1:
             idx, scores = select(cand, plan_gen)
@@ -396,9 +401,9 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
             nxt = cand[:, 0]
         nd = model.decode(nxt, alive=agents)
         done = nd["cont"] < 0.5
-        for k, v in (("obs", d["obs"]), ("avail", d["avail"]), ("actions", actions), ("logp", logp),
+        for k, v in (("obs", inputs), ("avail", d["avail"]), ("actions", actions), ("logp", logp),
                      ("rewards", nd["reward"]), ("dones", done & alive), ("valid", alive.clone()),
-                     ("discounts", nd["cont"]), ("next_obs", nd["obs"])):
+                     ("discounts", nd["cont"]), ("next_obs", nxt if features else nd["obs"])):
             rec[k].append(v)
         alive = alive & ~done
         agents = agents & (nd["cont_agents"] >= 0.5)
