@@ -64,7 +64,7 @@ _STOP = {"smax": 4, "sc2": 1}
 
 
 def _online_mappo() -> MAPPOConfig:
-    """MA-PPO as MAMBA trains it (paper Table 1 / REFERENCE §4), sized for CPU."""
+    """MA-PPO as MAMBA trains it (paper Table 1), sized for CPU."""
     return MAPPOConfig(
         actor_hidden=(128, 128),  # CPU preset; MAMBA 256-wide actor
         critic_hidden=(128, 128),  # CPU preset

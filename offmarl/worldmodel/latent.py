@@ -1,5 +1,6 @@
 """The online world model: MAMBA's per-agent recurrent latent model (DreamerV2 style), its
-imagination, and MAG's error predictor R_m on top of it (REFERENCE §4).
+imagination, and MAG's error predictor R_m on top of it
+(MAMBA: Egorov & Shpilman, AAMAS 2022; github.com/jbr-ai-labs/mamba).
 
 Per agent i, with the agents mixed by attention at every transition:
 
@@ -61,7 +62,7 @@ from offmarl.nn.layers import mlp
 @dataclass
 class LatentModelConfig:
     """Sizes: the default is a CPU preset; ``mamba-reference`` in configs/online.yaml sets
-    MAMBA's (paper Table 1 / REFERENCE §4)."""
+    MAMBA's (paper Table 1)."""
     embed: int = 128  # CPU preset; MAMBA 256
     deter: int = 128  # CPU preset; MAMBA 256 (GRU state)
     stoch_groups: int = 16  # CPU preset; MAMBA 32 categoricals
