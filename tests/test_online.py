@@ -314,6 +314,10 @@ def test_latent_agents_read_features_and_saved_policy_evaluates_with_only_the_en
     a2, l2 = ev.policy.act(obs, None, avail, True, torch.Generator().manual_seed(1))
     assert torch.equal(a1, a2) and torch.equal(l1, l2)
     assert torch.equal(algo.policy.state[0], ev.policy.state[0])
+    collecting = [t.clone() for t in algo.collector.state]
     res = evaluate_policy(ev.policy, "smac-2s3z", "local", episodes=2, n_envs=2, seed=0,
                           env_kwargs={"backend": "smax"})
     assert len(res["returns"]) == 2 and all(np.isfinite(res["returns"])) and 0 <= res["win_rate"] <= 1
+    # evaluating the run's own policy leaves the collection's recurrent state (its open episodes) alone
+    evaluate_policy(algo.policy, "smac-2s3z", "local", episodes=2, n_envs=2, seed=0, env_kwargs={"backend": "smax"})
+    assert all(torch.equal(a, b) for a, b in zip(collecting, algo.collector.state))

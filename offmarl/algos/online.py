@@ -237,7 +237,10 @@ class OnlineAlgorithm:
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
             if build_env:
                 self.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, n, o, k)
+        # latent agents: one acting path for evaluation, one for collection (each with its own
+        # recurrent state, so an evaluation between iterations leaves the collection's episodes intact)
         self.agent = LatentAgent(self.model, self.mappo.policy, cfg.backend) if latent else None
+        self.collector = LatentAgent(self.model, self.mappo.policy, cfg.backend) if latent else None
         self.env_steps = 0
         self.episodes = 0
         self._obs: np.ndarray | None = None
@@ -262,8 +265,8 @@ class OnlineAlgorithm:
     def _reset(self) -> None:
         obs, _, avail = self.env.reset(seed=self.seed)
         self._obs = obs
-        if self.agent is not None:
-            self.agent.reset_state()
+        if self.collector is not None:
+            self.collector.reset_state()
         if self.model is not None:
             self._add_rows(obs, avail, np.zeros(self.cfg.n_envs, np.float32), first=True, terminal=None)
 
@@ -277,8 +280,9 @@ class OnlineAlgorithm:
     def _act(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         obs = torch.tensor(self._obs, device=self.device)  # a copy: JAX hands out read-only arrays
         avail = self.env.avail_actions()
-        actions, logp = self.policy.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
-                                        generator=self.generators["collect"])
+        actor = self.collector if self.collector is not None else self.policy
+        actions, logp = actor.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
+                                  generator=self.generators["collect"])
         return actions, logp, avail
 
     def _finish_episodes(self, done, info) -> None:
@@ -297,8 +301,8 @@ class OnlineAlgorithm:
                            reward, first=False, terminal=info["terminated"])
             if done.any():  # the next episode's first row, only for the copies that were reset
                 self._add_rows(obs, info["avail_actions"], np.zeros_like(reward), first=True, terminal=None, valid=done)
-                if self.agent is not None:
-                    self.agent.reset_state(done)
+                if self.collector is not None:
+                    self.collector.reset_state(done)
             self._obs = obs
             self.env_steps += self.cfg.n_envs
             self._finish_episodes(done, info)
@@ -428,8 +432,9 @@ class OnlineAlgorithm:
     def state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"mappo": self.mappo.state_dict(), "env_steps": self.env_steps, "episodes": self.episodes,
                               "obs": arrays_to_tensors(self._obs), "recent": list(self._recent)}
-        if self.agent is not None:  # the acting posterior's recurrent state (exact resume)
-            st["agent_state"] = None if self.agent.state is None else [t.clone() for t in self.agent.state]
+        if self.collector is not None:  # the collecting posterior's recurrent state (exact resume)
+            state = self.collector.state
+            st["agent_state"] = None if state is None else [t.clone() for t in state]
         # the env (JAX state) and the replay keep numpy arrays: stored as tensors, checkpoints stay plain data
         if self.env is not None:
             st["env"] = arrays_to_tensors(self.env.state_dict())
@@ -447,8 +452,8 @@ class OnlineAlgorithm:
             self.model.load_state_dict(st["model"])
         if self.env is None:  # evaluation only needs the policy (and, with latent agents, the model)
             return
-        if self.agent is not None:
-            self.agent.state = None if st.get("agent_state") is None else tuple(st["agent_state"])
+        if self.collector is not None:
+            self.collector.state = None if st.get("agent_state") is None else tuple(st["agent_state"])
         self.env_steps, self.episodes = int(st["env_steps"]), int(st["episodes"])
         self._obs, self._recent = tensors_to_arrays(st["obs"]), list(st["recent"])
         if self.env is not None and "env" in st:
