@@ -83,11 +83,47 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
     return record
 
 
+def load_record(path: str) -> dict:
+    """A record file (--out), or the log of a run (its evaluation lines; an unfinished run)."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        evals = [r for r in rows if "greedy_return" in r]
+        summary = next((r for r in rows if r.get("summary")), {})
+        return {"seed": summary.get("seed", path), "map": summary.get("map", "2s3z"), "evals": evals}
+
+
+def table(paths: list[str]) -> str:
+    """Markdown: per evaluated round, mean ± standard error over the runs of imagined, greedy and
+    stochastic return and the win rates (n = runs that reached the round)."""
+    recs = [load_record(p) for p in paths]
+    rounds = sorted({e["round"] for r in recs for e in r["evals"]})
+    lines = ["| round | runs | imagined return | real greedy return | real stochastic return | greedy win | "
+             "stochastic win |", "|---|---|---|---|---|---|---|"]
+
+    def ms(xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "-"
+        se = np.std(xs, ddof=1) / np.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+        return f"{np.mean(xs):.3f} ± {se:.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+    for rd in rounds:
+        es = [e for r in recs for e in r["evals"] if e["round"] == rd]
+        lines.append(f"| {rd} | {len(es)} | {ms([e['imagined_return'] for e in es])} | "
+                     f"{ms([e['greedy_return'] for e in es])} | {ms([e['stochastic_return'] for e in es])} | "
+                     f"{ms([e['greedy_win_rate'] for e in es])} | {ms([e['stochastic_win_rate'] for e in es])} |")
+    return "\n".join(lines)
+
+
 def plot(paths: list[str], png: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    recs = [json.load(open(p)) for p in paths]
+    recs = [load_record(p) for p in paths]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for key, style, label in (("imagined_return", ":", "imagined (H-step, model)"),
                               ("greedy_return", "-", "real, greedy"), ("stochastic_return", "--", "real, stochastic")):
@@ -112,14 +148,25 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--agent-input", default="obs", choices=["obs", "latent"], help="online.agent_input")
+    p.add_argument("--critic", default=None, choices=["state", "mixer", "attention"], help="online.mappo.critic")
     p.add_argument("--out", default=None)
-    p.add_argument("--plot", nargs="*", default=None, help="record files to plot (no run)")
+    p.add_argument("--plot", nargs="*", default=None, help="record (or log) files to plot (no run)")
+    p.add_argument("--table", nargs="*", default=None, help="record (or log) files: markdown table (no run)")
     p.add_argument("--png", default="frozen_model_transfer.png")
     args = p.parse_args(argv)
     if args.plot:
         plot(args.plot, args.png)
         return
-    rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes)
+    if args.table:
+        print(table(args.table))
+        return
+    cfg = OnlineConfig(algo="mamba", map=args.map, agent_input=args.agent_input)
+    if args.critic:
+        cfg.mappo.critic = args.critic
+    rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes,
+              config=cfg)
+    rec["agent_input"], rec["critic"] = cfg.agent_input, cfg.mappo.critic
     print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k != "evals"}}), flush=True)
     if args.out:
         with open(args.out, "w") as f:

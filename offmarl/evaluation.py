@@ -75,6 +75,8 @@ def evaluate_policy(policy, env_name: str, obs_scheme: str | None = None, episod
             for b in range(wave):
                 obs[b] = envs[b].reset(seed=seed + next_ep + b)[0]
             next_ep += wave
+            if hasattr(policy, "reset_state"):  # a recurrent policy (online latent agents) starts new episodes
+                policy.reset_state()
             alive = np.ones(wave, dtype=bool)
             ret = np.zeros(wave)
             length = np.zeros(wave, dtype=np.int64)

@@ -324,7 +324,7 @@ def test_user_errors_name_the_fix():
     with pytest.raises(OffmarlError, match="max_obs_dim"):
         agent.policy.act(torch.zeros(2, 3, 4), {"hist_obs": None, "hist_actions": None})
     with pytest.raises(OffmarlError, match="critic"):
-        MAPPOConfig(critic="attention")
+        MAPPOConfig(critic="qmix")
     with pytest.raises(OffmarlError, match="unknown mappo option"):
         MAPPOConfig.from_dict({"learning_rate": 1e-3})
 

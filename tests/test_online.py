@@ -143,19 +143,27 @@ def _numbers(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
 
 
-@pytest.mark.parametrize("name", ["mag", "mappo"])
+def _named(name: str) -> OnlineConfig:
+    if name == "mamba-latent":
+        cfg = tiny("mamba", agent_input="latent")
+        cfg.mappo.critic = "attention"
+        return cfg
+    return tiny(name)
+
+
+@pytest.mark.parametrize("name", ["mag", "mappo", "mamba-latent"])
 def test_same_seed_same_numbers_and_exact_resume(name, tmp_path):
     """Two runs with one seed agree; a run checkpointed after 2 iterations and resumed in a fresh
     process-like object continues with the same metrics as the uninterrupted run."""
-    whole = _numbers(_run(OnlineAlgorithm(None, tiny(name), "cpu", seed=3), range(3)))
-    again = OnlineAlgorithm(None, tiny(name), "cpu", seed=3)
+    whole = _numbers(_run(OnlineAlgorithm(None, _named(name), "cpu", seed=3), range(3)))
+    again = OnlineAlgorithm(None, _named(name), "cpu", seed=3)
     first = _numbers(_run(again, range(2)))
     assert first == whole[:2]
     assert any("policy_loss" in r for r in whole)
     path = tmp_path / "ckpt.pt"
     torch.save({"algo": again.state_dict(), "gens": {k: g.get_state() for k, g in again.generators.items()}}, path)
     ckpt = torch.load(path, weights_only=False)
-    resumed = OnlineAlgorithm(None, tiny(name), "cpu", seed=3)
+    resumed = OnlineAlgorithm(None, _named(name), "cpu", seed=3)
     resumed.load_state_dict(ckpt["algo"])
     for k, g in resumed.generators.items():
         g.set_state(ckpt["gens"][k])
@@ -279,3 +287,39 @@ def test_online_ppo_clips_per_agent_and_offline_keeps_joint_ratio():
     assert metrics[False]["clip_frac"] == pytest.approx(1 / n)  # per agent: only agent 0 is clipped
     # MAMBA's entropy (second run) is the mean over agents: 1/N of the joint (summed) entropy
     assert metrics[False]["entropy"] == pytest.approx(metrics[True]["entropy"] / n, rel=1e-5)
+
+
+# -- latent agents (MAMBA: actor and critic on the model's features) ----------------------------
+def test_latent_agents_read_features_and_saved_policy_evaluates_with_only_the_env(tmp_path):
+    from offmarl.evaluation import evaluate_policy
+    cfg = _named("mamba-latent")
+    algo = OnlineAlgorithm(None, cfg, "cpu", seed=4)
+    _run(algo, range(2))
+    n, d = algo.spec.n_agents, cfg.model.feat
+    assert algo.mappo.policy.obs_dim == d  # the actor reads features
+    g = torch.Generator().manual_seed(0)
+    batch = algo.replay.sample(2, 10, g)
+    with torch.no_grad():
+        start = algo.model.observe(batch["obs"], batch["action"], batch["first"], g, alive=batch["alive"])["feat"]
+    out, _ = imagine(algo.model, algo.mappo.policy, start.flatten(0, 1), 3, g, features=True)
+    assert out["obs"].shape == (3, 20, n, d) and out["states"].shape == (3, 20, n * d)
+    assert torch.equal(out["obs"][0], start.flatten(0, 1))  # the posterior start, then prior features
+    assert algo.mappo.values(out["states"][0], out["obs"][0]).shape == (20,)  # attention critic over agents
+    # the checkpoint's policy acts from real observations alone: model + actor restored
+    path = tmp_path / "ckpt.pt"
+    torch.save(algo.state_dict(), path)
+    ev = OnlineAlgorithm.for_evaluation(None, cfg, "cpu", seed=4)
+    ev.load_state_dict(torch.load(path, weights_only=False))
+    obs, avail = batch["obs"][0], batch["avail"][0]
+    algo.policy.reset_state()
+    a1, l1 = algo.policy.act(obs, None, avail, True, torch.Generator().manual_seed(1))
+    a2, l2 = ev.policy.act(obs, None, avail, True, torch.Generator().manual_seed(1))
+    assert torch.equal(a1, a2) and torch.equal(l1, l2)
+    assert torch.equal(algo.policy.state[0], ev.policy.state[0])
+    collecting = [t.clone() for t in algo.collector.state]
+    res = evaluate_policy(ev.policy, "smac-2s3z", "local", episodes=2, n_envs=2, seed=0,
+                          env_kwargs={"backend": "smax"})
+    assert len(res["returns"]) == 2 and all(np.isfinite(res["returns"])) and 0 <= res["win_rate"] <= 1
+    # evaluating the run's own policy leaves the collection's recurrent state (its open episodes) alone
+    evaluate_policy(algo.policy, "smac-2s3z", "local", episodes=2, n_envs=2, seed=0, env_kwargs={"backend": "smax"})
+    assert all(torch.equal(a, b) for a, b in zip(collecting, algo.collector.state))

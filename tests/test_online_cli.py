@@ -55,6 +55,7 @@ def test_acceptance_2000_steps_writes_eval_json(algo, tmp_path):
     res = json.loads((run / "eval.json").read_text())
     assert 0 <= res["win_rate"] <= 1 and res["episodes"] == 32 and -0.01 <= res["return_mean"] <= 2.01
     assert res["env_steps"] >= 2000
+    assert 0 <= res["stochastic_win_rate"] <= 1 and -0.01 <= res["stochastic_return"] <= 2.01  # both evaluations
     ev = offmarl("evaluate", str(run), "--episodes", "4", "--checkpoint", "latest")
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert f"{run.name}: return " in ev.stdout and "win rate" in ev.stdout  # the win rate, not only the return

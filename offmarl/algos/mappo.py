@@ -1,7 +1,8 @@
 """MA-PPO: multi-agent PPO with decentralised actors and a centralised critic.
 
 The one MA-PPO of offmarl. MOMA-PPO trains it on world-model rollouts (offline); the online
-SMAC loop trains it on imagined trajectories (REFERENCE §2, §4). It reads top to bottom:
+SMAC loop trains it on imagined trajectories (MOMA-PPO: github.com/PBarde/moma-ppo;
+MAMBA: Egorov & Shpilman, AAMAS 2022). It reads top to bottom:
 
     MAPPOConfig        every hyper-parameter with its source (reference preset: MAPPOConfig.reference())
     RunningNorm        running mean/var of observations, states and returns
@@ -42,11 +43,11 @@ from offmarl.nn.layers import PerAgentMLP, mlp
 @dataclass
 class MAPPOConfig:
     # networks
-    actor_hidden: tuple[int, ...] = (256, 256)  # MOMA-PPO reference: Gaussian actor 2x256 (REFERENCE §2)
+    actor_hidden: tuple[int, ...] = (256, 256)  # MOMA-PPO reference: Gaussian actor 2x256 (MOMA-PPO code)
     critic_hidden: tuple[int, ...] = (256, 256)  # ours: same width as the actor (reference width not recorded)
     share_parameters: bool = False  # reference: separate networks per agent; True = one net + agent one-hot (MAMBA §4)
     history_len: int = 0  # K past (obs, action) pairs in the memory; reference 10 under PO; 0 = no memory
-    history_dim: int = 128  # reference memory width (REFERENCE §2)
+    history_dim: int = 128  # reference memory width (MOMA-PPO code)
     history_heads: int = 4  # ours (reference head count not recorded)
     history_layers: int = 1  # ours: 1 attention block (brief allows 1-2)
     # reference: per-agent V_i mixed by a QMIX-like hypernetwork; "state" = V(s); "attention" =
@@ -55,7 +56,7 @@ class MAPPOConfig:
     critic: str = "mixer"
     mixer_embed_dim: int = 32  # QMIX (pymarl) mixing_embed_dim
     hypernet_hidden: int = 64  # QMIX (pymarl) hypernet_embed
-    log_std_min: float = -6.0  # reference log-std bounds [-6, 0] (REFERENCE §2)
+    log_std_min: float = -6.0  # reference log-std bounds [-6, 0] (MOMA-PPO code)
     log_std_max: float = 0.0  # reference
     normalise_obs: bool = True  # ours: running mean/var of obs and states (SB3 VecNormalize practice)
     obs_clip: float = 10.0  # SB3 VecNormalize clip_obs
@@ -125,7 +126,7 @@ class MAPPOConfig:
 
     @classmethod
     def reference(cls, **overrides) -> MAPPOConfig:
-        """The MOMA-PPO reference schedule (REFERENCE §2): lr 5e-5, minibatch 64, 5 epochs, on
+        """The MOMA-PPO reference schedule (MOMA-PPO code): lr 5e-5, minibatch 64, 5 epochs, on
         about 2000 synthetic transitions per iteration (the caller's rollout size)."""
         return cls(**{"lr": 5e-5, "minibatch_size": 64, "entropy_lr": 3e-4, **overrides})
 

@@ -12,10 +12,11 @@ One iteration (``update``) = collect ``collect_steps`` env steps, then train. Th
 env, the actor/critic networks, the evaluation (offmarl.evaluation, greedy, separate episodes)
 and the seeds, so their curves differ only by the method.
 
-The actor acts on observations: real ones in the env, the model's decoded ones in imagination
-(MAMBA's actor reads the latent features instead). This keeps one MAPPOPolicy and one evaluation
-path for all three and lets ``offmarl evaluate`` run a saved policy without the world model. The
-centralised critic sees all agents' observations concatenated (decoded ones in imagination).
+``agent_input`` chooses what the actor and critic read. "obs": observations, real ones in the env
+and the model's decoded ones in imagination; the centralised critic sees all agents' observations
+concatenated. "latent" (MAMBA): the model's features, the posterior from real observations in the
+env (``LatentAgent``: the encoder and posterior travel with the policy, so ``offmarl evaluate``
+needs only the env) and the prior in imagination.
 
 Randomness: one torch generator per stream (collect, model, imagine, ppo), the env's JAX key
 and every env copy's state travel with the checkpoint, so ``--resume`` continues exactly.
@@ -67,7 +68,7 @@ UPDATE_PER = ("iteration", "episode")
 
 
 def _online_mappo() -> MAPPOConfig:
-    """MA-PPO as MAMBA trains it (paper Table 1 / REFERENCE §4), sized for CPU."""
+    """MA-PPO as MAMBA trains it (paper Table 1), sized for CPU."""
     return MAPPOConfig(
         actor_hidden=(128, 128),  # CPU preset; MAMBA 256-wide actor
         critic_hidden=(128, 128),  # CPU preset
@@ -137,6 +138,10 @@ class OnlineConfig:
     ppo_rounds: int = 1  # imagination + PPO rounds per iteration; MAMBA 4
     imagine_horizon: int = 15  # MAMBA
     mappo_rollout: int = 50  # --algo mappo: steps per env copy between PPO updates (ours)
+    # what actor and critic read: "obs" (observations; decoded ones in imagination) or "latent"
+    # (MAMBA: the model's features, posterior in the env, prior in imagination). "obs" until the
+    # latent agents are measured not worse (docs/online.md)
+    agent_input: str = "obs"
     model: LatentModelConfig = field(default_factory=LatentModelConfig)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     mappo: MAPPOConfig = field(default_factory=_online_mappo)
@@ -149,6 +154,10 @@ class OnlineConfig:
             raise OffmarlError(f"online.backend = {self.backend!r}; choose one of {', '.join(SMAC_BACKENDS)}")
         if self.update_per not in UPDATE_PER:
             raise OffmarlError(f"online.update_per = {self.update_per!r}; choose one of {', '.join(UPDATE_PER)}")
+        if self.agent_input not in ("obs", "latent"):
+            raise OffmarlError(f"online.agent_input = {self.agent_input!r}; choose 'obs' or 'latent'")
+        if self.agent_input == "latent" and self.algo == "mappo":
+            raise OffmarlError("online.agent_input = 'latent' needs a world model; --algo mappo has none (use 'obs')")
         if self.collect_steps < self.n_envs:
             raise OffmarlError(f"online.collect_steps ({self.collect_steps}) must be >= online.n_envs ({self.n_envs})")
         if self.planner.error_inputs not in ("transition", "state_action"):
@@ -175,9 +184,53 @@ class OnlineConfig:
         return -(-self.loop.steps // self.iteration_steps)
 
 
-def policy_spec(spec: EnvSpec) -> EnvSpec:
-    """The env spec as MA-PPO sees it here: the critic's "state" is all observations concatenated."""
+def policy_spec(spec: EnvSpec, feat_dim: int | None = None) -> EnvSpec:
+    """The env spec as MA-PPO sees it here: the critic's "state" is all agents' inputs concatenated;
+    with ``feat_dim`` the agents' inputs are the world model's features."""
+    if feat_dim is not None:
+        spec = dataclasses.replace(spec, obs_dims=(feat_dim,) * spec.n_agents)
     return dataclasses.replace(spec, state_dim=spec.n_agents * spec.max_obs_dim)
+
+
+class LatentAgent(torch.nn.Module):
+    """MAMBA's acting path in the real env: the world model's posterior from the observations (its
+    recurrent state carried from step to step), the actor on the features. ``act`` has
+    MAPPOPolicy's signature, so evaluation runs it like any policy; ``reset_state()`` starts new
+    episodes (all copies, or those in a mask)."""
+
+    history_len = 0
+
+    def __init__(self, model: LatentWorldModel, actor, backend: str):
+        super().__init__()
+        self.model, self.actor, self.backend = model, actor, backend
+        self.discrete = True
+        self.state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def reset_state(self, mask: np.ndarray | None = None) -> None:
+        if mask is None or self.state is None:
+            self.state = None
+            return
+        feat, prev_a, prev_ok = self.state
+        m = torch.as_tensor(np.asarray(mask), device=feat.device)
+        self.state = (feat * (~m).to(feat.dtype)[:, None, None], prev_a, prev_ok & ~m[:, None])
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, hist=None, avail: torch.Tensor | None = None, deterministic: bool = False,
+            generator: torch.Generator | None = None):
+        b, n = obs.shape[:2]
+        if self.state is None or self.state[0].shape[0] != b:
+            self.state = (self.model.initial(b, obs.device), torch.zeros(b, n, dtype=torch.long, device=obs.device),
+                          torch.zeros(b, n, dtype=torch.bool, device=obs.device))
+        alive = torch.ones(b, n, dtype=torch.bool, device=obs.device) if avail is None else \
+            torch.as_tensor(_alive(avail.bool(), self.backend))
+        self.model.eval()
+        feat = self.model.observe_step(*self.state, obs, alive, generator)
+        actions, logp = self.actor.act(feat, None, avail, deterministic, generator)
+        self.state = (feat, actions, alive)
+        return actions, logp
+
+    def env_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -198,7 +251,8 @@ class OnlineAlgorithm:
             spec = make_env(f"smac-{cfg.map}", backend=cfg.backend).spec
         self.spec = spec
         self.env_name = spec.name
-        self.mappo = MAPPO(policy_spec(spec), cfg.mappo, self.device)
+        latent = cfg.agent_input == "latent"
+        self.mappo = MAPPO(policy_spec(spec, cfg.model.feat if latent else None), cfg.mappo, self.device)
         self.generators = {name: torch.Generator().manual_seed(seed * 10 + i)
                            for i, name in enumerate(("collect", "model", "imagine", "ppo"))}
         n, o, k = spec.n_agents, spec.max_obs_dim, spec.n_actions
@@ -212,6 +266,10 @@ class OnlineAlgorithm:
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
             if build_env:
                 self.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, n, o, k)
+        # latent agents: one acting path for evaluation, one for collection (each with its own
+        # recurrent state, so an evaluation between iterations leaves the collection's episodes intact)
+        self.agent = LatentAgent(self.model, self.mappo.policy, cfg.backend) if latent else None
+        self.collector = LatentAgent(self.model, self.mappo.policy, cfg.backend) if latent else None
         self.env_steps = 0
         self.episodes = 0
         self._obs: np.ndarray | None = None
@@ -225,12 +283,19 @@ class OnlineAlgorithm:
 
     @property
     def policy(self):
-        return self.mappo.policy
+        """What acts in the real env (collection, evaluation, ``offmarl evaluate``)."""
+        return self.agent if self.agent is not None else self.mappo.policy
+
+    @property
+    def features(self) -> bool:
+        return self.agent is not None
 
     # -- collection ---------------------------------------------------------------------------------
     def _reset(self) -> None:
         obs, _, avail = self.env.reset(seed=self.seed)
         self._obs = obs
+        if self.collector is not None:
+            self.collector.reset_state()
         if self.model is not None:
             self._add_rows(obs, avail, np.zeros(self.cfg.n_envs, np.float32), first=True, terminal=None)
 
@@ -244,8 +309,9 @@ class OnlineAlgorithm:
     def _act(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         obs = torch.tensor(self._obs, device=self.device)  # a copy: JAX hands out read-only arrays
         avail = self.env.avail_actions()
-        actions, logp = self.policy.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
-                                        generator=self.generators["collect"])
+        actor = self.collector if self.collector is not None else self.policy
+        actions, logp = actor.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
+                                  generator=self.generators["collect"])
         return actions, logp, avail
 
     def _finish_episodes(self, done, info) -> None:
@@ -264,6 +330,8 @@ class OnlineAlgorithm:
                            reward, first=False, terminal=info["terminated"])
             if done.any():  # the next episode's first row, only for the copies that were reset
                 self._add_rows(obs, info["avail_actions"], np.zeros_like(reward), first=True, terminal=None, valid=done)
+                if self.collector is not None:
+                    self.collector.reset_state(done)
             self._obs = obs
             self.env_steps += self.cfg.n_envs
             self._finish_episodes(done, info)
@@ -326,8 +394,9 @@ class OnlineAlgorithm:
         """The planner's look-ahead world: the model, the current policy, R_m, alive agents from
         the decoded available actions."""
         backend = self.cfg.backend
-        return LatentLookahead(self.model, self.policy, self.error_model,
-                               lambda avail: avail[..., 0] if backend == "smax" else ~avail[..., 0])
+        return LatentLookahead(self.model, self.mappo.policy, self.error_model,
+                               lambda avail: avail[..., 0] if backend == "smax" else ~avail[..., 0],
+                               features=self.features)
 
     def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator, context: dict | None = None):
         t0 = time.perf_counter()
@@ -348,8 +417,8 @@ class OnlineAlgorithm:
             start, start_alive = feat[keep], batch["alive"][keep]
         n_cand = self.cfg.planner.l if self.cfg.method.planner else 1
         t0 = time.perf_counter()
-        out, info = imagine(self.model, self.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
-                            l=n_cand, select=self._select, alive=start_alive)
+        out, info = imagine(self.model, self.mappo.policy, start, self.cfg.imagine_horizon, self.generators["imagine"],
+                            l=n_cand, select=self._select, alive=start_alive, features=self.features)
         info["imagine_seconds"] = time.perf_counter() - t0
         return out, info
 
@@ -405,6 +474,9 @@ class OnlineAlgorithm:
     def state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"mappo": self.mappo.state_dict(), "env_steps": self.env_steps, "episodes": self.episodes,
                               "obs": arrays_to_tensors(self._obs), "recent": list(self._recent)}
+        if self.collector is not None:  # the collecting posterior's recurrent state (exact resume)
+            state = self.collector.state
+            st["agent_state"] = None if state is None else [t.clone() for t in state]
         # the env (JAX state) and the replay keep numpy arrays: stored as tensors, checkpoints stay plain data
         if self.env is not None:
             st["env"] = arrays_to_tensors(self.env.state_dict())
@@ -418,14 +490,17 @@ class OnlineAlgorithm:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.mappo.load_state_dict(st["mappo"])
-        if self.env is None:  # evaluation only needs the policy
+        if self.model is not None and st.get("model") is not None:
+            self.model.load_state_dict(st["model"])
+        if self.env is None:  # evaluation only needs the policy (and, with latent agents, the model)
             return
+        if self.collector is not None:
+            self.collector.state = None if st.get("agent_state") is None else tuple(st["agent_state"])
         self.env_steps, self.episodes = int(st["env_steps"]), int(st["episodes"])
         self._obs, self._recent = tensors_to_arrays(st["obs"]), list(st["recent"])
         if self.env is not None and "env" in st:
             self.env.load_state_dict(tensors_to_arrays(st["env"]))
         if self.model is not None and st.get("model") is not None:
-            self.model.load_state_dict(st["model"])
             self.model_opt.load_state_dict(st["model_opt"])
             if self.env is not None:
                 self.replay.load_state_dict(tensors_to_arrays(st["replay"]))
@@ -437,5 +512,5 @@ class OnlineAlgorithm:
 Algorithm = OnlineAlgorithm
 Config = OnlineConfig
 
-__all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "Method", "OnlineAlgorithm", "OnlineConfig",
+__all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "LatentAgent", "Method", "OnlineAlgorithm", "OnlineConfig",
            "PlannerSettings", "migrate_saved_config", "policy_spec"]

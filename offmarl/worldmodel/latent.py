@@ -1,5 +1,6 @@
 """The online world model: MAMBA's per-agent recurrent latent model (DreamerV2 style), its
-imagination, and MAG's error predictor R_m on top of it (REFERENCE §4).
+imagination, and MAG's error predictor R_m on top of it
+(MAMBA: Egorov & Shpilman, AAMAS 2022; github.com/jbr-ai-labs/mamba).
 
 Per agent i, with the agents mixed by attention at every transition:
 
@@ -65,7 +66,7 @@ from offmarl.nn.layers import mlp
 @dataclass
 class LatentModelConfig:
     """Sizes: the default is a CPU preset; ``mamba-reference`` in configs/online.yaml sets
-    MAMBA's (paper Table 1 / REFERENCE §4)."""
+    MAMBA's (paper Table 1)."""
     embed: int = 128  # CPU preset; MAMBA 256
     deter: int = 128  # CPU preset; MAMBA 256 (GRU state)
     stoch_groups: int = 16  # CPU preset; MAMBA 32 categoricals
@@ -362,9 +363,10 @@ class LatentLookahead:
     the sum over all agents, no stop (kept to measure the difference)."""
 
     def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor,
-                 alive_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 alive_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, features: bool = False):
         self.model, self.policy, self.error_model = model, policy, error_model
         self.alive_fn = alive_fn or _all_alive
+        self.features = features  # the policy reads the states themselves (latent agents)
 
     def tile(self, memory: Any, l: int) -> Any:
         return None
@@ -388,7 +390,8 @@ class LatentLookahead:
 
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool):
         d = self.model.decode(states, outcome=False)
-        actions, _ = self.policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
+        inputs = states if self.features else d["obs"]
+        actions, _ = self.policy.act(inputs, None, d["avail"], deterministic=False, generator=generator)
         nxt = self.model.candidates(states, actions, 1, generator)[:, 0]
         score, w, cont = self._score(states, actions, d["avail"], nxt)
         return (None if last else nxt), None, score, w, cont
@@ -399,10 +402,12 @@ Selector = Callable[[torch.Tensor, torch.Generator, dict], tuple[torch.Tensor, t
 
 @torch.no_grad()
 def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, generator: torch.Generator | None,
-            l: int = 1, select: Selector | None = None, alive: torch.Tensor | None = None
-            ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+            l: int = 1, select: Selector | None = None, alive: torch.Tensor | None = None,
+            features: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """H imagined steps from posterior states ``start`` [B, N, D] under ``policy`` (MAPPOPolicy);
-    ``alive`` [B, N]: the agents alive at the start rows (None: all).
+    ``alive`` [B, N]: the agents alive at the start rows (None: all). ``features``: the policy
+    reads the latent states (prior features, MAMBA) instead of the decoded observations; the
+    batch's obs / next_obs are then the features.
 
     l, select: MAG. ``select(candidates [B, L, N, D], plan_generator, context) -> (idx [B], scores
     [B, L])`` picks each start state's candidate (context: the step's feat, actions, avail; the
@@ -430,7 +435,8 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     # planner statistics summed on the device and read once after the loop (no host sync per step)
     replaced, gain, n_valid = (torch.zeros((), device=dev) for _ in range(3))
     for _ in range(horizon):
-        actions, logp = policy.act(d["obs"], None, d["avail"], deterministic=False, generator=generator)
+        inputs = feat if features else d["obs"]
+        actions, logp = policy.act(inputs, None, d["avail"], deterministic=False, generator=generator)
         cand = model.candidates(feat, actions, l, generator, plan_gen, act_mask=agents)
         if l > 1:
             idx, scores = select(cand, plan_gen, {"feat": feat, "actions": actions, "avail": d["avail"]})
@@ -443,9 +449,9 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
             nxt = cand[:, 0]
         nd = model.decode(nxt, alive=agents)
         done = nd["cont"] < 0.5
-        for k, v in (("obs", d["obs"]), ("avail", d["avail"]), ("actions", actions), ("logp", logp),
+        for k, v in (("obs", inputs), ("avail", d["avail"]), ("actions", actions), ("logp", logp),
                      ("rewards", nd["reward"]), ("dones", done & alive), ("valid", alive.clone()),
-                     ("discounts", nd["cont"]), ("next_obs", nd["obs"])):
+                     ("discounts", nd["cont"]), ("next_obs", nxt if features else nd["obs"])):
             rec[k].append(v)
         alive = alive & ~done
         agents = agents & (nd["cont_agents"] >= 0.5)
