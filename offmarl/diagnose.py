@@ -298,7 +298,41 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
     if algo.error_model is not None:
         algo.error_model.load_state_dict(em)
     algo.env_steps = int(st.get("env_steps", 0))
+    if algo.model is not None and st.get("replay") is not None:  # the run's own replay (refit_error_model)
+        from offmarl.data.replay import SequenceReplay
+        from offmarl.safeload import tensors_to_arrays
+
+        algo.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, algo.spec.n_agents, algo.spec.max_obs_dim,
+                                     algo.spec.n_actions)
+        algo.replay.load_state_dict(tensors_to_arrays(st["replay"]))
     return algo, run
+
+
+def refit_error_model(algo, steps: int, inputs: str, seed: int = 0, log: Callable[[str], None] = print) -> None:
+    """A fresh R_m (``inputs``: transition | state_action) trained ``steps`` steps on the run's replay
+    with the run's frozen world model, exactly as training trains it (``train_error_model``): the
+    two R_m inputs compared on one model and one policy."""
+    from offmarl.worldmodel.latent import ErrorPredictor
+
+    cfg = algo.cfg
+    if algo.model is None or getattr(algo, "replay", None) is None:
+        raise OffmarlError("diagnose --refit-rm: the run has no world model or no replay in its checkpoint")
+    cfg.planner.error_inputs = inputs
+    torch.manual_seed(seed)
+    algo.error_model = ErrorPredictor(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
+                                      algo.spec.max_obs_dim, inputs == "transition").to(algo.device)
+    algo.error_opt = torch.optim.Adam(algo.error_model.parameters(), lr=cfg.model.error_lr, eps=1e-5)
+    algo.generators["model"] = torch.Generator().manual_seed(seed)
+    algo.model.eval()
+    losses = []
+    for _ in range(steps):
+        batch = algo._sample()
+        with torch.no_grad():
+            feat = algo.model.observe(batch["obs"], batch["action"], batch["first"], algo.generators["model"])["feat"]
+        losses.append(float(algo.train_error_model(feat, batch)["error_model_loss"]))
+    k = max(1, len(losses) // 10)
+    log(f"refitted R_m ({inputs}) for {steps} steps on the run's replay: loss {np.mean(losses[:k]):.4f} -> "
+        f"{np.mean(losses[-k:]):.4f}")
 
 
 def make_n_actions(cfg) -> int:

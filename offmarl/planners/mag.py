@@ -17,8 +17,8 @@ model error. Its practical form is random shooting (Algorithm 1, lines 8-13), he
 
 R_m takes the TRANSITION (paper, "Approximating R_m": the model agents' action a_m is the
 prediction (o', R) itself), so the j = 0 term differs between candidates and is kept. Per step
-the error is averaged over the agents alive at the step's start (a dead agent's observation is
-zeros and trivially "predicted"; summing it would favour futures in which agents die), and the
+the error is averaged over the agents alive before and after the step (a dead agent's observation
+is zeros and trivially "predicted"; counting it would favour futures in which agents die), and the
 look-ahead of a candidate stops where the model predicts termination (continuation < 0.5).
 
 Deviations from the MAG release / paper, on purpose:
