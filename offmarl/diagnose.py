@@ -34,53 +34,10 @@ import numpy as np
 import torch
 
 from offmarl.errors import OffmarlError
+from offmarl.planners.mag import planner_figures, spearman, spearman_rows  # noqa: F401 (re-exported)
 
 KEYS = ("planner.spearman", "planner.pick_beats_first", "planner.pick_error_change", "planner.oracle_error_change",
         "planner.score_repeatability", "model.open_loop_error", "model.baseline_error")
-
-
-# ---------------------------------------------------------------- statistics
-def rank_rows(x: torch.Tensor) -> torch.Tensor:
-    """Ranks along the last axis (0 .. L-1; ties broken by position)."""
-    return x.argsort(-1).argsort(-1).to(torch.float64)
-
-
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over rows of Spearman's rho between a [B, L] and b [B, L]; rows where either is constant
-    are left out. NaN if none is left."""
-    ra, rb = rank_rows(a), rank_rows(b)
-    ok = (a.max(-1).values > a.min(-1).values) & (b.max(-1).values > b.min(-1).values)
-    if not ok.any():
-        return float("nan")
-    ra, rb = ra[ok] - ra[ok].mean(-1, keepdim=True), rb[ok] - rb[ok].mean(-1, keepdim=True)
-    rho = (ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
-    return float(rho.mean())
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rho of two vectors."""
-    return spearman_rows(a.reshape(1, -1), b.reshape(1, -1))
-
-
-def planner_figures(score: torch.Tensor, score2: torch.Tensor, real: torch.Tensor, one_step: torch.Tensor
-                    ) -> dict[str, float]:
-    """score, score2 [B, L] (two independent scorings), real [B, L] (real multi-step error), one_step
-    [B, L] (real error of the candidate itself) -> the planner figures (module doc)."""
-    pick = score.argmin(1)
-    rows = torch.arange(len(pick))
-    real_pick, mean_real = real[rows, pick], real.mean(1)
-    return {
-        "spearman": spearman_rows(score, real),
-        "spearman_one_step": spearman_rows(score, one_step),
-        "spearman_across_states": spearman(score.mean(1), real.mean(1)),
-        "pick_beats_first": float((real_pick < real[:, 0]).float().mean()),
-        "replaced": float((pick != 0).float().mean()),
-        "pick_error_change": float(real_pick.mean() / mean_real.mean() - 1.0),
-        "oracle_error_change": float(real.min(1).values.mean() / mean_real.mean() - 1.0),
-        "score_repeatability": spearman_rows(score, score2),
-        "start_states": int(score.shape[0]),
-        "candidates": int(score.shape[1]),
-    }
 
 
 def _masked_mean(err: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -154,31 +111,13 @@ def _online_starts(data: dict[str, torch.Tensor], span: int, max_starts: int, ge
 
 
 @torch.no_grad()
-def _real_errors(model, feats: torch.Tensor, data, ts, es, alive_real, k: int, gen) -> torch.Tensor:
-    """Continue latent states feats [M, N, D] (the states reached at t+1 from start rows ts, es,
-    each row repeated M // len(ts) times consecutively) under the REAL actions a_{t+1..t+k-1}
-    -> per-step per-agent-mean observation error [M, k] against o_{t+1..t+k} (agents alive at
-    t+j-1)."""
-    rep = feats.shape[0] // len(ts)
-    ti, ei = ts.repeat_interleave(rep), es.repeat_interleave(rep)
-    out, f = [], feats
-    for j in range(1, k + 1):
-        o_hat = model.obs_head(f)
-        err = (o_hat - data["obs"][ti + j, ei]).norm(dim=-1)
-        out.append(_masked_mean(err, alive_real[ti + j - 1, ei]))
-        if j < k:
-            f = model.candidates(f, data["action"][ti + j, ei], 1, gen)[:, 0]
-    return torch.stack(out, -1)
-
-
-@torch.no_grad()
 def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts: int = 512,
                     continuations: int | None = None, real_samples: int = 4, log: Callable[[str], None] = print
                     ) -> dict[str, Any]:
     """The diagnosis of a loaded online algorithm (OnlineAlgorithm with its model, policy and, for
     mag, R_m). ``continuations``: the planner's K (None: the run's)."""
     from offmarl.planners.mag import plan
-    from offmarl.worldmodel.latent import LatentLookahead, imagine
+    from offmarl.worldmodel.latent import LatentLookahead, imagine, real_continuation_errors
 
     cfg = algo.cfg
     if algo.model is None:
@@ -204,11 +143,12 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
 
     # -- world model: open loop under the real actions, baselines
     nxt = model.candidates(f0, a0, 1, gen)[:, 0]
-    ol = _real_errors(model, nxt, data, ts, es, alive_real, span, gen)  # [B, span]
+    ol = real_continuation_errors(model, nxt, data, ts, es, alive_real, span, gen)  # [B, span]
     alive_rows = alive_real.reshape(-1, alive_real.shape[-1])
     obs_rows = data["obs"].reshape(-1, *data["obs"].shape[2:])
     mean_obs = (obs_rows * alive_rows[..., None]).sum(0) / alive_rows.sum(0).clamp_min(1)[:, None]  # [N, O]
-    base = torch.stack([_masked_mean((mean_obs - data["obs"][ts + j, es]).norm(dim=-1), alive_real[ts + j - 1, es])
+    base = torch.stack([_masked_mean((mean_obs - data["obs"][ts + j, es]).norm(dim=-1),
+                                     alive_real[ts + j - 1, es] & alive_real[ts + j, es])
                         for j in range(1, span + 1)], -1)
     res["model"] = {"open_loop_error": {str(k): float(ol[:, k - 1].mean()) for k in ks},
                     "baseline_error": float(base.mean()),
@@ -241,7 +181,7 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
         _, s2 = plan(cand, None, world, h, p.discount, g2, ctx, k_cont)
         flat = cand.reshape(b * p.l, *cand.shape[2:]).repeat_interleave(real_samples, 0)
         ts_c, es_c = ts.repeat_interleave(p.l), es.repeat_interleave(p.l)
-        real = _real_errors(model, flat, data, ts_c, es_c, alive_real, h, gen)  # [B*L*R, h]
+        real = real_continuation_errors(model, flat, data, ts_c, es_c, alive_real, h, gen)  # [B*L*R, h]
         real = real.view(b, p.l, real_samples, h).mean(2)
         res["planner"] = planner_figures(s1, s2, real.mean(-1), real[..., 0])
         res["planner"].update({"l": p.l, "h": h, "continuations": k_cont, "real_samples": real_samples,

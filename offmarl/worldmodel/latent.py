@@ -330,6 +330,26 @@ class LatentLookahead:
         return (None if last else nxt), None, score, w, cont
 
 
+@torch.no_grad()
+def real_continuation_errors(model: LatentWorldModel, feats: torch.Tensor, data: dict[str, torch.Tensor],
+                             ts: torch.Tensor, es: torch.Tensor, alive_real: torch.Tensor, k: int,
+                             generator: torch.Generator | None) -> torch.Tensor:
+    """Continue latent states feats [M, N, D] (states reached at t+1 from real rows (ts, es) of
+    ``data`` [T, E, ...], each row repeated M // len(ts) times consecutively) under the REAL
+    actions a_{t+1..t+k-1} -> per-step observation error [M, k] against o_{t+1..t+k}: the L2
+    norm per agent, averaged over the agents alive (``alive_real`` [T, E, N]) at t+j-1 and t+j."""
+    rep = feats.shape[0] // len(ts)
+    ti, ei = ts.repeat_interleave(rep), es.repeat_interleave(rep)
+    out, f = [], feats
+    for j in range(1, k + 1):
+        err = (model.obs_head(f) - data["obs"][ti + j, ei]).norm(dim=-1)
+        alive = (alive_real[ti + j - 1, ei] & alive_real[ti + j, ei]).to(err.dtype)
+        out.append((err * alive).sum(-1) / alive.sum(-1).clamp_min(1.0))
+        if j < k:
+            f = model.candidates(f, data["action"][ti + j, ei], 1, generator)[:, 0]
+    return torch.stack(out, -1)
+
+
 Selector = Callable[[torch.Tensor, torch.Generator, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -393,4 +413,4 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
 
 
 __all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
-           "predicted_outcome"]
+           "predicted_outcome", "real_continuation_errors"]
