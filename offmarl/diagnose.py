@@ -122,6 +122,8 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
     cfg = algo.cfg
     if algo.model is None:
         raise OffmarlError("diagnose: this online run has no world model (--algo mappo); nothing to diagnose")
+    if continuations is not None:  # the planner section and the imagination of the bias section
+        cfg.planner.continuations = int(continuations)
     seed = (algo.seed * 1000 + 777) if seed is None else seed
     gen = torch.Generator(device=algo.device).manual_seed(seed)
     log(f"collecting {steps} held-out real steps with the run's policy (env seed {seed})")
