@@ -19,6 +19,10 @@ def diagnose(
                                       "per candidate (default: the run's)."),
     real_samples: int = typer.Option(4, "--real-samples", min=1, help="Model samples per candidate continued "
                                      "under the real actions (their errors are averaged)."),
+    refit_rm: int = typer.Option(0, "--refit-rm", min=0, help="Online: first train a fresh R_m this many steps "
+                                 "on the run's replay with its frozen world model (0: the run's own R_m)."),
+    rm_inputs: str = typer.Option("transition", "--rm-inputs", help="With --refit-rm: transition (MAG paper: "
+                                  "R_m(feat, a, predicted o', r)) | state_action (the earlier R_m(feat, a))."),
     seed: int = typer.Option(None, "--seed", help="Seed of the held-out episodes / draws (default: from the "
                              "run's seed, apart from training's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
@@ -33,6 +37,8 @@ def diagnose(
     Example: offmarl diagnose runs/mag-smac-2s3z-20261203T0728-s0 --json diag.json
 
     Example: offmarl diagnose runs/moma-ppo-reacher-expert-mix-20261203T0800-s0 --continuations 4
+
+    Example: offmarl diagnose runs/mag-smac-2s3z-20261203T0728-s0 --refit-rm 500 --rm-inputs state_action
     """
     from offmarl import diagnose as diag
     from offmarl.driver import cpu_numerics, load_trained
@@ -46,6 +52,10 @@ def diagnose(
     run = RunDir.open(run_dir.resolve())
     if run.config.get("kind") == "online":
         algo, _ = diag.load_online(run.path, dev, log=console.print)
+        if refit_rm:
+            if rm_inputs not in ("transition", "state_action"):
+                raise OffmarlError(f"--rm-inputs {rm_inputs!r}: choose transition or state_action")
+            diag.refit_error_model(algo, refit_rm, rm_inputs, log=console.print)
         res = diag.diagnose_online(algo, steps=steps, seed=seed, max_starts=starts, continuations=continuations,
                                    real_samples=real_samples, log=console.print)
     else:

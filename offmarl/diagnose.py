@@ -34,53 +34,10 @@ import numpy as np
 import torch
 
 from offmarl.errors import OffmarlError
+from offmarl.planners.mag import planner_figures, spearman, spearman_rows  # noqa: F401 (re-exported)
 
 KEYS = ("planner.spearman", "planner.pick_beats_first", "planner.pick_error_change", "planner.oracle_error_change",
         "planner.score_repeatability", "model.open_loop_error", "model.baseline_error")
-
-
-# ---------------------------------------------------------------- statistics
-def rank_rows(x: torch.Tensor) -> torch.Tensor:
-    """Ranks along the last axis (0 .. L-1; ties broken by position)."""
-    return x.argsort(-1).argsort(-1).to(torch.float64)
-
-
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over rows of Spearman's rho between a [B, L] and b [B, L]; rows where either is constant
-    are left out. NaN if none is left."""
-    ra, rb = rank_rows(a), rank_rows(b)
-    ok = (a.max(-1).values > a.min(-1).values) & (b.max(-1).values > b.min(-1).values)
-    if not ok.any():
-        return float("nan")
-    ra, rb = ra[ok] - ra[ok].mean(-1, keepdim=True), rb[ok] - rb[ok].mean(-1, keepdim=True)
-    rho = (ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
-    return float(rho.mean())
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rho of two vectors."""
-    return spearman_rows(a.reshape(1, -1), b.reshape(1, -1))
-
-
-def planner_figures(score: torch.Tensor, score2: torch.Tensor, real: torch.Tensor, one_step: torch.Tensor
-                    ) -> dict[str, float]:
-    """score, score2 [B, L] (two independent scorings), real [B, L] (real multi-step error), one_step
-    [B, L] (real error of the candidate itself) -> the planner figures (module doc)."""
-    pick = score.argmin(1)
-    rows = torch.arange(len(pick))
-    real_pick, mean_real = real[rows, pick], real.mean(1)
-    return {
-        "spearman": spearman_rows(score, real),
-        "spearman_one_step": spearman_rows(score, one_step),
-        "spearman_across_states": spearman(score.mean(1), real.mean(1)),
-        "pick_beats_first": float((real_pick < real[:, 0]).float().mean()),
-        "replaced": float((pick != 0).float().mean()),
-        "pick_error_change": float(real_pick.mean() / mean_real.mean() - 1.0),
-        "oracle_error_change": float(real.min(1).values.mean() / mean_real.mean() - 1.0),
-        "score_repeatability": spearman_rows(score, score2),
-        "start_states": int(score.shape[0]),
-        "candidates": int(score.shape[1]),
-    }
 
 
 def _masked_mean(err: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -154,35 +111,19 @@ def _online_starts(data: dict[str, torch.Tensor], span: int, max_starts: int, ge
 
 
 @torch.no_grad()
-def _real_errors(model, feats: torch.Tensor, data, ts, es, alive_real, k: int, gen) -> torch.Tensor:
-    """Continue latent states feats [M, N, D] (the states reached at t+1 from start rows ts, es,
-    each row repeated M // len(ts) times consecutively) under the REAL actions a_{t+1..t+k-1}
-    -> per-step per-agent-mean observation error [M, k] against o_{t+1..t+k} (agents alive at
-    t+j-1)."""
-    rep = feats.shape[0] // len(ts)
-    ti, ei = ts.repeat_interleave(rep), es.repeat_interleave(rep)
-    out, f = [], feats
-    for j in range(1, k + 1):
-        o_hat = model.obs_head(f)
-        err = (o_hat - data["obs"][ti + j, ei]).norm(dim=-1)
-        out.append(_masked_mean(err, alive_real[ti + j - 1, ei]))
-        if j < k:
-            f = model.candidates(f, data["action"][ti + j, ei], 1, gen)[:, 0]
-    return torch.stack(out, -1)
-
-
-@torch.no_grad()
 def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts: int = 512,
                     continuations: int | None = None, real_samples: int = 4, log: Callable[[str], None] = print
                     ) -> dict[str, Any]:
     """The diagnosis of a loaded online algorithm (OnlineAlgorithm with its model, policy and, for
     mag, R_m). ``continuations``: the planner's K (None: the run's)."""
     from offmarl.planners.mag import plan
-    from offmarl.worldmodel.latent import LatentLookahead, imagine
+    from offmarl.worldmodel.latent import LatentLookahead, imagine, real_continuation_errors
 
     cfg = algo.cfg
     if algo.model is None:
         raise OffmarlError("diagnose: this online run has no world model (--algo mappo); nothing to diagnose")
+    if continuations is not None:  # the planner section and the imagination of the bias section
+        cfg.planner.continuations = int(continuations)
     seed = (algo.seed * 1000 + 777) if seed is None else seed
     gen = torch.Generator(device=algo.device).manual_seed(seed)
     log(f"collecting {steps} held-out real steps with the run's policy (env seed {seed})")
@@ -204,11 +145,12 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
 
     # -- world model: open loop under the real actions, baselines
     nxt = model.candidates(f0, a0, 1, gen)[:, 0]
-    ol = _real_errors(model, nxt, data, ts, es, alive_real, span, gen)  # [B, span]
+    ol = real_continuation_errors(model, nxt, data, ts, es, alive_real, span, gen)  # [B, span]
     alive_rows = alive_real.reshape(-1, alive_real.shape[-1])
     obs_rows = data["obs"].reshape(-1, *data["obs"].shape[2:])
     mean_obs = (obs_rows * alive_rows[..., None]).sum(0) / alive_rows.sum(0).clamp_min(1)[:, None]  # [N, O]
-    base = torch.stack([_masked_mean((mean_obs - data["obs"][ts + j, es]).norm(dim=-1), alive_real[ts + j - 1, es])
+    base = torch.stack([_masked_mean((mean_obs - data["obs"][ts + j, es]).norm(dim=-1),
+                                     alive_real[ts + j - 1, es] & alive_real[ts + j, es])
                         for j in range(1, span + 1)], -1)
     res["model"] = {"open_loop_error": {str(k): float(ol[:, k - 1].mean()) for k in ks},
                     "baseline_error": float(base.mean()),
@@ -241,7 +183,7 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
         _, s2 = plan(cand, None, world, h, p.discount, g2, ctx, k_cont)
         flat = cand.reshape(b * p.l, *cand.shape[2:]).repeat_interleave(real_samples, 0)
         ts_c, es_c = ts.repeat_interleave(p.l), es.repeat_interleave(p.l)
-        real = _real_errors(model, flat, data, ts_c, es_c, alive_real, h, gen)  # [B*L*R, h]
+        real = real_continuation_errors(model, flat, data, ts_c, es_c, alive_real, h, gen)  # [B*L*R, h]
         real = real.view(b, p.l, real_samples, h).mean(2)
         res["planner"] = planner_figures(s1, s2, real.mean(-1), real[..., 0])
         res["planner"].update({"l": p.l, "h": h, "continuations": k_cont, "real_samples": real_samples,
@@ -298,7 +240,41 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
     if algo.error_model is not None:
         algo.error_model.load_state_dict(em)
     algo.env_steps = int(st.get("env_steps", 0))
+    if algo.model is not None and st.get("replay") is not None:  # the run's own replay (refit_error_model)
+        from offmarl.data.replay import SequenceReplay
+        from offmarl.safeload import tensors_to_arrays
+
+        algo.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, algo.spec.n_agents, algo.spec.max_obs_dim,
+                                     algo.spec.n_actions)
+        algo.replay.load_state_dict(tensors_to_arrays(st["replay"]))
     return algo, run
+
+
+def refit_error_model(algo, steps: int, inputs: str, seed: int = 0, log: Callable[[str], None] = print) -> None:
+    """A fresh R_m (``inputs``: transition | state_action) trained ``steps`` steps on the run's replay
+    with the run's frozen world model, exactly as training trains it (``train_error_model``): the
+    two R_m inputs compared on one model and one policy."""
+    from offmarl.worldmodel.latent import ErrorPredictor
+
+    cfg = algo.cfg
+    if algo.model is None or getattr(algo, "replay", None) is None:
+        raise OffmarlError("diagnose --refit-rm: the run has no world model or no replay in its checkpoint")
+    cfg.planner.error_inputs = inputs
+    torch.manual_seed(seed)
+    algo.error_model = ErrorPredictor(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
+                                      algo.spec.max_obs_dim, inputs == "transition").to(algo.device)
+    algo.error_opt = torch.optim.Adam(algo.error_model.parameters(), lr=cfg.model.error_lr, eps=1e-5)
+    algo.generators["model"] = torch.Generator().manual_seed(seed)
+    algo.model.eval()
+    losses = []
+    for _ in range(steps):
+        batch = algo._sample()
+        with torch.no_grad():
+            feat = algo.model.observe(batch["obs"], batch["action"], batch["first"], algo.generators["model"])["feat"]
+        losses.append(float(algo.train_error_model(feat, batch)["error_model_loss"]))
+    k = max(1, len(losses) // 10)
+    log(f"refitted R_m ({inputs}) for {steps} steps on the run's replay: loss {np.mean(losses[:k]):.4f} -> "
+        f"{np.mean(losses[-k:]):.4f}")
 
 
 def make_n_actions(cfg) -> int:

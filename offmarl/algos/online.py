@@ -33,11 +33,11 @@ import torch
 
 from offmarl.algos.mappo import MAPPO, MAPPOConfig
 from offmarl.data.replay import SequenceReplay
-from offmarl.envs import SMAC_BACKENDS, VecMultiAgentEnv, make_env, make_vec_env
+from offmarl.envs import SMAC_BACKENDS, VecMultiAgentEnv, make_env, make_vec_env, smac_alive
 from offmarl.envs.base import EnvSpec
 from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
-from offmarl.planners.mag import plan
+from offmarl.planners.mag import plan, planner_figures
 from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
 from offmarl.worldmodel.latent import (
     ErrorPredictor,
@@ -46,6 +46,7 @@ from offmarl.worldmodel.latent import (
     LatentWorldModel,
     error_labels,
     imagine,
+    real_continuation_errors,
 )
 
 
@@ -96,6 +97,7 @@ class PlannerSettings:
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
     continuations: int = 1  # K continuations averaged per candidate (ours; noise control, docs/mag.md)
     error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
+    check_every: int = 10  # ours: every N updates log planner_spearman etc. on a replay batch (0 = never)
 
 
 def _online_loop() -> LoopConfig:
@@ -163,6 +165,8 @@ class OnlineConfig:
         if self.planner.error_inputs not in ("transition", "state_action"):
             raise OffmarlError(f"online.planner.error_inputs = {self.planner.error_inputs!r}; choose transition or "
                                "state_action")
+        if self.planner.check_every < 0:
+            raise OffmarlError(f"online.planner.check_every = {self.planner.check_every}; must be >= 0 (0 = never)")
         if self.planner.continuations < 1:
             raise OffmarlError(f"online.planner.continuations = {self.planner.continuations}; must be >= 1")
         if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
@@ -222,7 +226,7 @@ class LatentAgent(torch.nn.Module):
             self.state = (self.model.initial(b, obs.device), torch.zeros(b, n, dtype=torch.long, device=obs.device),
                           torch.zeros(b, n, dtype=torch.bool, device=obs.device))
         alive = torch.ones(b, n, dtype=torch.bool, device=obs.device) if avail is None else \
-            torch.as_tensor(_alive(avail.bool(), self.backend))
+            smac_alive(avail.bool(), self.backend)
         self.model.eval()
         feat = self.model.observe_step(*self.state, obs, alive, generator)
         actions, logp = self.actor.act(feat, None, avail, deterministic, generator)
@@ -390,13 +394,49 @@ class OnlineAlgorithm:
         return {"error_model_loss": err_loss.detach(),
                 "error_label_mean": (lab["labels"] * w).sum() / w.sum().clamp_min(1)}
 
+    @torch.no_grad()
+    def planner_check(self, step: int, max_starts: int = 128) -> dict[str, float]:
+        """A cheap subset of ``offmarl diagnose`` on one replay batch (training data, not held out;
+        its own generators, so training's streams are untouched): the planner's L candidates of
+        real start states, scored as in imagination and continued under the REAL actions ->
+        planner_spearman (score vs real error, per start state), planner_pick_beats_first,
+        planner_pick_error_change (vs a random candidate), planner_oracle_error_change."""
+        p, m = self.cfg.planner, self.cfg.model
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + step)
+        batch = self.replay.sample(m.batch, m.seq_len, torch.Generator().manual_seed(self.seed * 100_003 + step),
+                                   self.device)
+        self.model.eval()
+        feat = self.model.observe(batch["obs"], batch["action"], batch["first"], gen)["feat"]
+        t_len, h = feat.shape[0], p.h
+        if t_len <= h:
+            return {}
+        ok = torch.ones(t_len - h, feat.shape[1], dtype=torch.bool, device=self.device)
+        for j in range(h):
+            ok &= ~batch["terminal"][j:t_len - h + j] & ~batch["first"][j + 1:t_len - h + j + 1]
+        ok &= batch["alive"][:t_len - h].any(-1)
+        ts, es = ok.nonzero(as_tuple=True)
+        if len(ts) < 2:
+            return {}
+        keep = torch.randperm(len(ts), generator=gen, device=self.device)[:max_starts]
+        ts, es = ts[keep], es[keep]
+        f0, a0 = feat[ts, es], batch["action"][ts, es]
+        cand = self.model.candidates(f0, a0, p.l, gen, gen)
+        ctx = ({"feat": f0, "actions": a0, "avail": self.model.decode(f0, outcome=False)["avail"]}
+               if self.error_model.transition else None)
+        _, scores = plan(cand, None, self.lookahead(), h, p.discount, gen, ctx, p.continuations)
+        flat = cand.reshape(-1, *cand.shape[2:])
+        real = real_continuation_errors(self.model, flat, batch, ts.repeat_interleave(p.l), es.repeat_interleave(p.l),
+                                        batch["alive"], h, gen).mean(-1).view(len(ts), p.l)
+        fig = planner_figures(scores, scores, real, real)
+        return {f"planner_{k}": fig[k] for k in ("spearman", "pick_beats_first", "pick_error_change",
+                                                 "oracle_error_change")}
+
     def lookahead(self) -> LatentLookahead:
         """The planner's look-ahead world: the model, the current policy, R_m, alive agents from
         the decoded available actions."""
         backend = self.cfg.backend
         return LatentLookahead(self.model, self.mappo.policy, self.error_model,
-                               lambda avail: avail[..., 0] if backend == "smax" else ~avail[..., 0],
-                               features=self.features)
+                               lambda avail: smac_alive(avail, backend), features=self.features)
 
     def _select(self, candidates: torch.Tensor, plan_gen: torch.Generator, context: dict | None = None):
         t0 = time.perf_counter()
@@ -455,6 +495,9 @@ class OnlineAlgorithm:
                     metrics.update(rows[0])
                 elif rows:  # update_per=episode with several episodes ended: their mean
                     metrics.update({k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[-1]})
+                every = self.cfg.planner.check_every
+                if self.error_model is not None and every and self.cfg.planner.l > 1 and step % every == 0:
+                    metrics.update(self.planner_check(step))
                 metrics["updates"] = updates
                 metrics["model_seconds"] = model_s
                 metrics["imagine_seconds"] = plan_s  # imagination, planner included

@@ -12,6 +12,7 @@ import difflib
 
 from offmarl.envs.base import EnvError, EnvSpec, MultiAgentEnv, VecMultiAgentEnv
 from offmarl.envs.smac_maps import BACKENDS as SMAC_BACKENDS  # tables only: no JAX, no StarCraft II
+from offmarl.envs.smac_maps import alive_from_avail as smac_alive
 
 MAMUJOCO_NAMES = ("ant-4x2", "ant-2x4", "reacher-2x1", "halfcheetah-2x3", "halfcheetah-6x1", "hopper-3x1",
                   "walker2d-2x3")
@@ -62,5 +63,5 @@ def make_vec_env(name: str, n_envs: int, seed: int | None = None, **kwargs) -> V
                    f"unknown environment {name!r}.{suggest(name, smac_names())} Run `offmarl envs list` to see all.")
 
 
-__all__ = ["EnvError", "EnvSpec", "MultiAgentEnv", "SMAC_BACKENDS", "VecMultiAgentEnv", "make_env", "make_vec_env",
-           "env_names", "MAMUJOCO_NAMES", "suggest"]
+__all__ = ["EnvError", "EnvSpec", "MultiAgentEnv", "SMAC_BACKENDS", "VecMultiAgentEnv", "smac_alive", "make_env",
+           "make_vec_env", "env_names", "MAMUJOCO_NAMES", "suggest"]

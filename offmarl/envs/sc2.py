@@ -20,6 +20,7 @@ from offmarl.envs.smac_maps import (
     SC2_INSTALL_HINT,
     SC2_ONLY_MAPS,
     SMAC_MAPS,
+    alive_from_avail,
     check_obs,
     checked_step,
     seed_or_random,
@@ -177,7 +178,7 @@ class Sc2VecEnv:
     @staticmethod
     def alive(avail: np.ndarray) -> np.ndarray:
         """avail [..., N, K] -> alive [..., N]: in SC2 SMAC, no-op (action 0) is available iff dead."""
-        return ~np.asarray(avail)[..., 0]
+        return alive_from_avail(np.asarray(avail), "sc2")
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -58,6 +58,12 @@ SC2_EPISODE_LIMITS: dict[str, int] = {
 
 BACKENDS = ("smax", "sc2")
 OBS_SCHEMES = ("local",)
+
+
+def alive_from_avail(avail, backend: str):
+    """avail [..., N, K] (numpy or torch, bool) -> alive [..., N]. SMAX: moving (action 0) is
+    available iff the agent is alive; SC2 SMAC: no-op (action 0) is available iff it is dead."""
+    return avail[..., 0] if backend == "smax" else ~avail[..., 0]
 SMAX_MOVE_NAMES = ("north", "east", "south", "west", "stop")
 SC2_INSTALL_HINT = (
     "install StarCraft II (https://github.com/Blizzard/s2client-proto#downloads), the SMAC maps, "

@@ -58,6 +58,7 @@ from offmarl.envs.smac_maps import (  # noqa: E402
     OBS_SCHEMES,
     SMAX_EXTRA_MAPS,
     SMAX_MOVE_NAMES,
+    alive_from_avail,
     check_avail,
     check_obs,
     check_smax_map,
@@ -418,7 +419,7 @@ class SmaxVecEnv:
     @staticmethod
     def alive(avail: np.ndarray) -> np.ndarray:
         """avail [..., N, K] -> alive [..., N]: in SMAX, moving (action 0) is available iff alive."""
-        return np.asarray(avail)[..., 0].copy()
+        return alive_from_avail(np.asarray(avail), "smax").copy()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (the JAX key and env states as numpy arrays)."""

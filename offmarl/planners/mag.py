@@ -17,8 +17,8 @@ model error. Its practical form is random shooting (Algorithm 1, lines 8-13), he
 
 R_m takes the TRANSITION (paper, "Approximating R_m": the model agents' action a_m is the
 prediction (o', R) itself), so the j = 0 term differs between candidates and is kept. Per step
-the error is averaged over the agents alive at the step's start (a dead agent's observation is
-zeros and trivially "predicted"; summing it would favour futures in which agents die), and the
+the error is averaged over the agents alive before and after the step (a dead agent's observation
+is zeros and trivially "predicted"; counting it would favour futures in which agents die), and the
 look-ahead of a candidate stops where the model predicts termination (continuation < 0.5).
 
 Deviations from the MAG release / paper, on purpose:
@@ -191,3 +191,47 @@ class MAGPlanner:
                generator: torch.Generator | None, context: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``plan`` with this planner's H, discount and K -> idx [B], scores [B, L]."""
         return plan(candidates, memory, world, self.h, self.discount, generator, context, self.continuations)
+
+
+# ---------------------------------------------------------------- how well the planner ranks (offmarl diagnose)
+def rank_rows(x: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last axis (0 .. L-1; ties broken by position)."""
+    return x.argsort(-1).argsort(-1).to(torch.float64)
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of Spearman's rho between a [B, L] and b [B, L]; rows where either is constant
+    are left out. NaN if none is left."""
+    ra, rb = rank_rows(a), rank_rows(b)
+    ok = (a.max(-1).values > a.min(-1).values) & (b.max(-1).values > b.min(-1).values)
+    if not ok.any():
+        return float("nan")
+    ra, rb = ra[ok] - ra[ok].mean(-1, keepdim=True), rb[ok] - rb[ok].mean(-1, keepdim=True)
+    rho = (ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
+    return float(rho.mean())
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rho of two vectors."""
+    return spearman_rows(a.reshape(1, -1), b.reshape(1, -1))
+
+
+def planner_figures(score: torch.Tensor, score2: torch.Tensor, real: torch.Tensor, one_step: torch.Tensor
+                    ) -> dict[str, float]:
+    """score, score2 [B, L] (two independent scorings), real [B, L] (real multi-step error), one_step
+    [B, L] (real error of the candidate itself) -> the planner figures (module doc)."""
+    pick = score.argmin(1)
+    rows = torch.arange(len(pick))
+    real_pick, mean_real = real[rows, pick], real.mean(1)
+    return {
+        "spearman": spearman_rows(score, real),
+        "spearman_one_step": spearman_rows(score, one_step),
+        "spearman_across_states": spearman(score.mean(1), real.mean(1)),
+        "pick_beats_first": float((real_pick < real[:, 0]).float().mean()),
+        "replaced": float((pick != 0).float().mean()),
+        "pick_error_change": float(real_pick.mean() / mean_real.mean() - 1.0),
+        "oracle_error_change": float(real.min(1).values.mean() / mean_real.mean() - 1.0),
+        "score_repeatability": spearman_rows(score, score2),
+        "start_states": int(score.shape[0]),
+        "candidates": int(score.shape[1]),
+    }

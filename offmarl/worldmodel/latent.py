@@ -37,7 +37,7 @@ the imagined battle (zero previous action, left out of the reward mean).
 MAG (``planner`` given): at every imagined step L candidate next states are L samples of the
 prior (candidate 0 is the sample plain imagination draws, with the same generator calls); R_m
 judges each candidate's own transition and its H-1 step continuation under the current policy
-(mean over the agents alive at each step's start, stopping at predicted termination), and each
+(mean over the agents alive before and after each step, stopping at predicted termination), and each
 start state keeps its own best candidate (``offmarl.planners.mag.plan``). With L = 1 the planner
 draws nothing and imagination is plain imagination, bit for bit.
 
@@ -45,8 +45,8 @@ R_m (``ErrorPredictor``) takes the transition, per agent i: (feat_t^i, a_t^i, o_
 r_hat_{t+1}^i), the predicted next observation and reward of the prior sample it judges (MAG:
 the model agents' action is the prediction). It is trained on real sequences with MAG's label
 for that same sample: ||o_hat_{t+1}^i - o_{t+1}^i|| + |r_hat_{t+1}^i - r_{t+1}|, from the
-posterior state at t under the action taken, for agents alive at t (a dead agent's observation
-is zeros: nothing to judge).
+posterior state at t under the action taken, for agents alive at t and t+1 (a dead agent's
+observation is zeros: easy to "predict", nothing to judge).
 """
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ def error_labels(model: LatentWorldModel, feat: torch.Tensor, batch: dict[str, t
     """MAG's R_m label on real sequences: from the posterior state at row t and the action taken,
     one prior sample of t+1; label_i = ||o_hat^i - o^i||_2 + |r_hat^i - r| at t+1.
     feat [T, B, N, D] -> labels [T-1, B, N], weight [T-1, B, N] (row t+1 continues row t's episode
-    and agent i is alive at t), next_obs [T-1, B, N, O] and next_reward [T-1, B, N] (the sample's
+    and agent i is alive at t and t+1), next_obs [T-1, B, N, O] and next_reward [T-1, B, N] (the sample's
     predictions: R_m's transition input)."""
     t_len, b = feat.shape[:2]
     src = feat[:-1].flatten(0, 1)
@@ -343,7 +343,7 @@ def error_labels(model: LatentWorldModel, feat: torch.Tensor, batch: dict[str, t
     o, r = batch["obs"][1:].flatten(0, 1), batch["reward"][1:].flatten(0, 1)
     labels = (o_hat - o).norm(dim=-1) + (r_hat - r[:, None]).abs()
     valid = ~batch["first"][1:] & ~batch["terminal"][:-1]
-    weight = valid[..., None] & batch["alive"][:-1]
+    weight = valid[..., None] & batch["alive"][:-1] & batch["alive"][1:]
     shape = (t_len - 1, b, -1)
     return {"labels": labels.view(shape), "weight": weight, "next_obs": o_hat.view(t_len - 1, b, *o_hat.shape[1:]),
             "next_reward": r_hat.view(shape)}
@@ -356,7 +356,7 @@ def _all_alive(avail: torch.Tensor) -> torch.Tensor:
 class LatentLookahead:
     """``LookaheadWorld`` (planners/mag.py) over the latent model: states are feat [M, N, D]; the
     current policy acts on decoded observations within the predicted available actions; a step's
-    score is R_m's per-agent error averaged over the agents alive at the step's start
+    score is R_m's per-agent error averaged over the agents alive before and after the step
     (``alive_fn(avail [M, N, K]) -> [M, N]``, from the decoded available actions; None = all), and a
     look-ahead stops where the predicted continuation is below 0.5. No memory (the latent state
     is the memory). An R_m(feat, a) (``transition=False``) scores as before the transition input:
@@ -376,7 +376,9 @@ class LatentLookahead:
         err = self.error_model(feat, actions, o_hat, r_hat)
         if not self.error_model.transition:
             return err.sum(-1), torch.ones_like(cont), torch.ones_like(cont, dtype=torch.bool)
-        alive = self.alive_fn(avail).to(err.dtype)
+        # alive before AND after the transition: a predicted death is neither rewarded (its zeros are
+        # easy to "predict") nor penalised
+        alive = (self.alive_fn(avail) & self.alive_fn(self.model.decode(nxt, outcome=False)["avail"])).to(err.dtype)
         n_alive = alive.sum(-1)
         score = (err * alive).sum(-1) / n_alive.clamp_min(1.0)
         return score, (n_alive > 0).to(err.dtype), cont >= 0.5
@@ -395,6 +397,26 @@ class LatentLookahead:
         nxt = self.model.candidates(states, actions, 1, generator)[:, 0]
         score, w, cont = self._score(states, actions, d["avail"], nxt)
         return (None if last else nxt), None, score, w, cont
+
+
+@torch.no_grad()
+def real_continuation_errors(model: LatentWorldModel, feats: torch.Tensor, data: dict[str, torch.Tensor],
+                             ts: torch.Tensor, es: torch.Tensor, alive_real: torch.Tensor, k: int,
+                             generator: torch.Generator | None) -> torch.Tensor:
+    """Continue latent states feats [M, N, D] (states reached at t+1 from real rows (ts, es) of
+    ``data`` [T, E, ...], each row repeated M // len(ts) times consecutively) under the REAL
+    actions a_{t+1..t+k-1} -> per-step observation error [M, k] against o_{t+1..t+k}: the L2
+    norm per agent, averaged over the agents alive (``alive_real`` [T, E, N]) at t+j-1 and t+j."""
+    rep = feats.shape[0] // len(ts)
+    ti, ei = ts.repeat_interleave(rep), es.repeat_interleave(rep)
+    out, f = [], feats
+    for j in range(1, k + 1):
+        err = (model.obs_head(f) - data["obs"][ti + j, ei]).norm(dim=-1)
+        alive = (alive_real[ti + j - 1, ei] & alive_real[ti + j, ei]).to(err.dtype)
+        out.append((err * alive).sum(-1) / alive.sum(-1).clamp_min(1.0))
+        if j < k:
+            f = model.candidates(f, data["action"][ti + j, ei], 1, generator)[:, 0]
+    return torch.stack(out, -1)
 
 
 Selector = Callable[[torch.Tensor, torch.Generator, dict], tuple[torch.Tensor, torch.Tensor]]
@@ -471,4 +493,4 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
 
 
 __all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
-           "predicted_outcome"]
+           "predicted_outcome", "real_continuation_errors"]
