@@ -27,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    # small batched actor forwards: one thread is much faster on a busy machine (docs/benchmarks.md)
+    # small batched actor forwards: one thread is much faster on a loaded CPU (docs/benchmarks.md)
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     rec = registry.recipe(args.name)
     size = args.size or rec.default_size

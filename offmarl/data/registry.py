@@ -27,7 +27,7 @@ from offmarl.data.sources.minari import read_minari
 from offmarl.data.storage import load_dataset_file, save_dataset
 from offmarl.envs import suggest
 
-# D4RL reference returns (REFERENCE.md §1.1) and the MOMA-PPO reacher references.
+# D4RL's ant reference returns (Fu et al., 2020; as used by the MOMA-PPO slides) and the MOMA-PPO reacher ones.
 ANT_REF = (-325.6, 3879.7)
 REACHER_REF = (-11.1446, -4.2371)
 COORD_REF = (0.0, 1.0)

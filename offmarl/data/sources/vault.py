@@ -1,4 +1,4 @@
-"""OG-MARL datasets: flashbax Vaults in and out (REFERENCE.md §7, "Offline MARL data and evaluation").
+"""OG-MARL datasets: flashbax Vaults in and out (instadeepai/og-marl; flashbax.vault.Vault).
 
 A Vault is a folder ``<scenario>.vlt/<uid>/`` (uid = the dataset, e.g. ``Good``, ``Replay``)
 holding ``metadata.json`` and one zarr array per leaf of the recorded experience, read and
