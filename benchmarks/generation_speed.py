@@ -3,6 +3,7 @@ Gymnasium's step behind its wrappers) and through the raw MuJoCo stepper (``raw`
 in one process, alternating, on the same rows (their sha256 must agree).
 
     OFFMARL_NUM_THREADS=1 python benchmarks/generation_speed.py --rows 20000 --repeats 2
+    python benchmarks/generation_speed.py --repeats 0          # MuJoCo's own rate only
 
 CPU seconds (``time.process_time``) are reported next to wall seconds: on a shared machine the
 wall clock measures the neighbours. Prints a markdown table (docs/benchmarks.md).
@@ -17,12 +18,41 @@ from offmarl.data.behaviour import load_actor, policy_dir
 from offmarl.data.registry import ant_policy_selection
 
 
+def mujoco_floor(n: int) -> float:
+    """Transitions per CPU-second of Ant-v5's simulation alone: what any stepper that must give
+    the env's bytes has to pay (reset when the torso leaves the healthy range)."""
+    import mujoco
+    import numpy as np
+
+    from offmarl.envs import make_env
+
+    env = make_env("ant-4x2")
+    env.reset(seed=0)
+    u = env._single.unwrapped
+    m, d = u.model, u.data
+    actions = np.random.default_rng(0).uniform(-1, 1, (n, m.nu))
+    c0 = time.process_time()
+    for a in actions:
+        d.ctrl[:] = a
+        mujoco.mj_step(m, d, nstep=u.frame_skip)
+        mujoco.mj_rnePostConstraint(m, d)
+        if not 0.2 <= d.qpos[2] <= 1.0:
+            env.reset(seed=1)
+    return n / (time.process_time() - c0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--envs", type=int, default=16)
+    ap.add_argument("--floor-steps", type=int, default=3000, help="bare MuJoCo loop length (0 = skip)")
     args = ap.parse_args()
+    if args.floor_steps:
+        print(f"MuJoCo alone (mj_step x frame_skip + mj_rnePostConstraint, random actions): "
+              f"{mujoco_floor(args.floor_steps):,.0f} transitions per CPU-second")
+    if args.repeats <= 0:
+        return
     actor = load_actor(policy_dir("ant") / ant_policy_selection()["medium"])
     seg = [g.Segment(actor, 1.0, "medium")]
     g.generate_with_actors("ant-4x2", seg, 500, 0, n_envs=2)  # warm-up: imports, model compile
