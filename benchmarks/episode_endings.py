@@ -1,6 +1,6 @@
 """How the episodes of an ant dataset end, and what its rows look like (for the dataset cards).
 
-    python benchmarks/episode_endings.py /work/data/ant-medium.hdf5 [more files] [--rows N]
+    python benchmarks/episode_endings.py $OFFMARL_DATA_DIR/ant-medium-v1.hdf5 [more files] [--rows N]
 
 Per file: episodes, mean / median length, the share of episodes that end by the env's termination
 (and which bound: torso z above 1 = a jump, below 0.2 = a collapse) and by the 1000-step time-out,

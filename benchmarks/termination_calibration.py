@@ -1,7 +1,7 @@
 """How well does the world model's termination match reality, and how often does the HALT stop the
 behaviour policy? (MOMA-PPO's calibrated termination and HALT; docs/worldmodel.md)
 
-    python benchmarks/termination_calibration.py --dataset /work/data/ant-medium.hdf5 --rows 100000 \
+    python benchmarks/termination_calibration.py --dataset $OFFMARL_DATA_DIR/ant-medium-v1.hdf5 --rows 100000 \
         --holdout-rows 900000:1000000 --world-model ~/.offmarl/cache/worldmodels/<key>/model.pt \
         --out docs/termination_calibration_ant
 

@@ -1,6 +1,6 @@
 """Holdout MSE of the ensemble world model against epochs and wall time, for choosing fit defaults.
 
-    python benchmarks/worldmodel_fit.py --dataset /work/data/ant-medium.hdf5 --rows 100000 \
+    python benchmarks/worldmodel_fit.py --dataset $OFFMARL_DATA_DIR/ant-medium-v1.hdf5 --rows 100000 \
         --early-stopping epochs --patience 5 --batch 256 --lr 1e-3 --threads 1 --out fit.json
 
 Fits through ``load_or_fit`` (so the model lands in the cache and the other benchmarks / a

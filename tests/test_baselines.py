@@ -214,8 +214,9 @@ def test_independent_learners_ignore_the_other_agents(name, datasets):
     run_updates(a, 0, 10)
     run_updates(b, 0, 10)
     for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
+        assert pa.shape[0] == ds.meta.n_agents == 2  # every parameter is per agent
         assert torch.equal(pa[0], pb[0])
-        assert not torch.equal(pa[1], pb[1]) or pa.shape[0] == 1
+        assert not torch.equal(pa[1], pb[1])  # agent 1 saw other observations: it learnt otherwise
 
 
 def test_per_agent_mlp_loads_checkpoints_of_the_former_ensemble_layout():

@@ -94,9 +94,16 @@ def test_wrong_format_raises_clear_error(tmp_path):
         load_actor(tmp_path / "junk.pt")
 
 
-def test_policy_dir():
-    assert policy_dir("reacher") == POLICY_ROOT / "reacher"
-    assert POLICY_ROOT.name == "policies" and POLICY_ROOT.parent.name == "data"
+def test_policy_dir_holds_every_actor_the_recipes_use():
+    """The files build() loads for each named dataset are shipped (in the installed package)."""
+    from offmarl.data.registry import ant_policy_selection
+
+    assert (policy_dir("reacher") / "expert_cw.pt").is_file() and (policy_dir("reacher") / "expert_ccw.pt").is_file()
+    sel = ant_policy_selection()
+    files = [sel[k] for k in ("random", "medium", "expert")] + list(sel["full_replay"])
+    missing = [f for f in files if not (policy_dir("ant") / f).is_file()]
+    assert not missing, missing
+    assert policy_dir("ant").parent == POLICY_ROOT
 
 
 _SHIPPED = sorted(p for p in POLICY_ROOT.glob("*/*.pt")) if POLICY_ROOT.is_dir() else []

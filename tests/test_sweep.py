@@ -117,28 +117,75 @@ def test_sweep_skip_resume_and_failure(ray_local, tmp_path, monkeypatch):
     assert md.count("Runs trained by `offmarl sweep --algo iql") == 2 and "--seeds 0-0" in md
 
 
-def test_world_model_lock_serialises_first_fit(tmp_path):
-    """Two trials with the same world-model key: the second starts only once the first has logged
-    that its world model is ready, and without waiting for the first to finish."""
-    script = ("import sys, time, pathlib; p = pathlib.Path(sys.argv[1]); p.write_text(str(time.time())); "
-              "time.sleep(float(sys.argv[2])); print('fitted world model /cache/x/model.pt', flush=True); "
-              "time.sleep(float(sys.argv[3]))")
+_TRIAL = """
+import pathlib, sys, time
+events, role, go = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+
+def add(e):
+    with open(events, "a") as f:
+        f.write(e + "\\n")
+
+def wait(cond):
+    for _ in range(1200):  # at most 120 s; a failed wait shows up in the order of events
+        if cond():
+            return
+        time.sleep(0.1)
+
+add(role + "-start")
+if role == "a":
+    wait(go.exists)
+    print("fitted world model /cache/x/model.pt", flush=True)
+    add("a-fitted")
+    wait(lambda: "b-start" in events.read_text().split())
+    add("a-end")
+"""
+
+
+def _wait_for(cond, what):
+    for _ in range(1200):
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_world_model_lock_serialises_first_fit(tmp_path, monkeypatch):
+    """Two trials with the same world-model key: the second asks for the lock while the first
+    fits, starts only after the first has logged that its world model is ready, and without
+    waiting for the first to finish. Checked on the order of events, not on durations."""
+    import offmarl.sweep as sweep
+
+    events, go = tmp_path / "events", tmp_path / "go"
+    events.write_text("")
+
+    def add(e):
+        with open(events, "a") as f:
+            f.write(e + "\n")
+
+    class RecordingLock(FileLock):
+        def acquire(self, *args, **kwargs):
+            add(f"{threading.current_thread().name}-asks")
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "FileLock", RecordingLock)
     starts = {}
 
-    def trial(name, fit_s, rest_s):
-        cmd = [sys.executable, "-c", script, str(tmp_path / f"{name}.start"), str(fit_s), str(rest_s)]
+    def trial(name):
+        cmd = [sys.executable, "-c", _TRIAL, str(events), name, str(go)]
         starts[name] = run_trial_process(cmd, str(tmp_path / name), str(tmp_path / "locks"), "ds-key", 1)
 
-    a = threading.Thread(target=trial, args=("a", 3.0, 6.0))
+    a = threading.Thread(target=trial, args=("a",), name="a")
     a.start()
-    time.sleep(0.5)
-    b = threading.Thread(target=trial, args=("b", 0.0, 0.0))
+    _wait_for(lambda: "a-start" in events.read_text().split(), "trial a to start")
+    b = threading.Thread(target=trial, args=("b",), name="b")
     b.start()
+    _wait_for(lambda: {"b-asks", "b-start"} & set(events.read_text().split()), "trial b to ask for the lock")
+    go.touch()  # now a may log its fitted world model
     a.join()
     b.join()
     assert starts["a"]["rc"] == 0 and starts["b"]["rc"] == 0
-    t_a, t_b = float((tmp_path / "a.start").read_text()), float((tmp_path / "b.start").read_text())
-    assert 3.0 <= t_b - t_a < 9.0  # after A's fit, before A's end
+    order = events.read_text().split()
+    assert order == ["a-asks", "a-start", "b-asks", "a-fitted", "b-start", "a-end"], order
     assert (tmp_path / "locks" / "ds-key.ready").exists()
     lock = FileLock(tmp_path / "locks" / "ds-key.lock")
     assert lock.acquire(blocking=False)  # released by both

@@ -27,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    # small batched actor forwards: one thread is much faster on a busy machine (docs/benchmarks.md)
+    # small batched actor forwards: one thread is much faster on a loaded CPU (docs/benchmarks.md)
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     rec = registry.recipe(args.name)
     size = args.size or rec.default_size
@@ -59,6 +59,8 @@ def main() -> None:
         f"| normalised score (mean) | {st.get('normalised_score_mean', float('nan')):.3f} |",
         f"| state-action coverage (SACo, 1 decimal) | {st['state_action_coverage']:.4f} |",
         f"| behaviour policy | {ds.meta.generator} |",
+        f"| version, sha256 (`offmarl datasets verify {rec.name}`) | {rec.versioned}, "
+        f"{ds.content_sha256()[:16]}… |",
     ]
     if segs:
         seg_text = ", ".join(f"{s['label']}: {s['transitions']:,}" for s in segs)

@@ -1,6 +1,6 @@
 """Recipe: train the single-agent SAC whose actors generate the ant-* datasets.
 
-This is how the shipped ant behaviour policies were made (the D4RL recipe, REFERENCE.md §3):
+This is how the shipped ant behaviour policies were made (the D4RL recipe, Fu et al., 2020):
 one online SAC run on Gymnasium ``Ant-v5`` with the 27-d D4RL observation
 (``include_cfrc_ext_in_observation=False``); its actor is exported at regular steps so that
   * step 0        -> ant-random  (the uniformly initialised policy)

@@ -73,7 +73,7 @@ SIGN = {"ccw": 1.0, "cw": -1.0}
 PROGRESS_COLS = ["direction", "seed", "c", "step", "eval_return", "eval_return_std", "shaped_return",
                  "violation_frac", "violation_frac_moving", "final_dist", "wall_s"]
 
-# The REFERENCE normalisation for reacher (random, expert) returns.
+# The MOMA-PPO normalisation for reacher (random, expert) returns.
 REACHER_RANDOM, REACHER_EXPERT = -11.1446, -4.2371
 
 

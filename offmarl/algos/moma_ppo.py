@@ -70,7 +70,7 @@ class Config:
     # ref 10 deterministic episodes
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(
         steps=600, eval_every=100, eval_episodes=10, final_eval_episodes=50, log_every=10, checkpoint_every=50))
-    # final_eval_episodes 50 (issue 13): 10 ant episodes have a standard error of ~0.09 normalised
+    # final_eval_episodes 50: 10 ant episodes have a standard error of ~0.09 normalised
 
 
 def default_cache_dir() -> Path:

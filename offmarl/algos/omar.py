@@ -38,7 +38,7 @@ class Config(ConservativeConfig):
     there is the MaMuJoCo table's "medium" value) plus the actor rectification's."""
 
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000))  # OMAR release, MaMuJoCo: 1e6
-    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium" (configs/omar-<kind>.yaml per dataset)
+    omar_coe: float = 0.7                 # OMAR release MaMuJoCo table, "medium"; configs/omar.yaml per dataset
     omar_iters: int = 2                   # OMAR release, MaMuJoCo (argparse default 3)
     omar_num_samples: int = 20            # OMAR release, MaMuJoCo
     omar_num_elites: int = 5              # OMAR release, MaMuJoCo

@@ -27,7 +27,7 @@ from offmarl.data.sources.minari import read_minari
 from offmarl.data.storage import load_dataset_file, save_dataset
 from offmarl.envs import suggest
 
-# D4RL reference returns (D4RL, Fu et al. 2020; as the MOMA-PPO slides use them) and the MOMA-PPO reacher references.
+# D4RL's ant reference returns (Fu et al., 2020; as used by the MOMA-PPO slides) and the MOMA-PPO reacher ones.
 ANT_REF = (-325.6, 3879.7)
 REACHER_REF = (-11.1446, -4.2371)
 COORD_REF = (0.0, 1.0)
@@ -85,6 +85,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 # The canonical files, made with `offmarl datasets generate NAME` (default size, seed 0) and
 # checked with `offmarl datasets verify NAME`: (content_sha256, episodes, mean normalised score).
 CANONICAL: dict[str, tuple[str, int, float]] = {
+    "ant-medium-v1": ("68e5077f32b39d1207301c48d34d1e114ba2d3cc96a6b9bc2fc3a4aee793a397", 1519, 0.5425),
     "coordination-favorable-v1": ("3f65ff036fd3843186143302c6fb3f871a272394f9105ab7ff714f2e00c57fab", 10000, 0.6748),
     "coordination-neutral-v1": ("4f6c52d14c18cf08cb828c29f63cc51702a61f92bfee19b5443b800f536d3b36", 10000, 0.4911),
     "reacher-expert-mix-v1": ("2746a9471490c22248760cc523e3b93fa95cd782541f90562c3940e87906dca3", 20000, 0.7199),

@@ -1,5 +1,5 @@
 """Sequence replay for the online loop: one ring buffer per env copy, sampled as fixed-length
-sequences (MAMBA: 40 sequences of 20 steps, REFERENCE §4).
+sequences (MAMBA: 40 sequences of 20 steps, Egorov & Shpilman, AAMAS 2022, Table 1).
 
 Rows follow DreamerV2's convention (one row per OBSERVATION, not per transition):
 

@@ -14,7 +14,7 @@ Layout (format "offmarl-dataset", version 1; docs/datasets.md "Format" has the f
 
 Arrays are stored uncompressed and contiguous, so h5py reads each one straight into a numpy
 array. Measured here (docs/datasets.md): a 1M-transition ant-4x2 fo dataset (1.12 GB) loads in
-0.6-0.8 s warm, 1.2-2.9 s in a fresh process on the busy 2 cores; lzf (0.49 GB: it only
+0.6-0.8 s warm, 1.2-2.9 s in a fresh process on a loaded 2-core CPU; lzf (0.49 GB: it only
 shrinks the fo observation copies) took 3.2-5.0 s, over the 3 s budget.
 
 Writes go to a hidden temp file in the destination directory and are moved into place with

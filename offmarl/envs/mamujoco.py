@@ -57,7 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
 # sin q0, cos q0 | target x, y. Verified against the live env in tests/test_envs_mamujoco.py.
 _REACHER_LOCAL = [[2, 0, 6, 3, 1, 4, 5], [3, 1, 7, 8, 9, ZERO, 2, 0, 4, 5]]
 
-# MOMA-PPO partial observability (MOMA-PPO slides; github.com/PBarde/moma-ppo). Reacher schemes exclude the
+# MOMA-PPO partial observability (MOMA-PPO reference implementation, PBarde/moma-ppo). Reacher schemes exclude the
 # fingertip-target vector: agents must derive the tip position from joint angles.
 _REACHER_PO = {
     "po-independent": [[0, 2, 6, 4, 5], [1, 3, 7, 4, 5]],  # own cos, sin, qvel + target

@@ -61,7 +61,7 @@ class ConservativeConfig:
     lr: float = 3e-4                      # OMAR release, MaMuJoCo (actor and critic)
     gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (REFERENCE §5)
     tau: float = 0.005                    # OMAR release, MaMuJoCo
-    cql_alpha: float = 1.0                # OMAR release --cql_alpha (per-dataset values: configs/omar-*.yaml)
+    cql_alpha: float = 1.0                # OMAR release --cql_alpha (per-dataset values: blocks of configs/omar.yaml)
     num_sampled_actions: int = 10         # OMAR release --num_sampled_actions (per source: uniform, pi(o), pi(o'))
     lse_temp: float = 1.0                 # OMAR release --lse_temp: logsumexp temperature
     cql_sample_noise: float = 0.2         # OMAR release --cql_sample_noise_level: std around pi's actions

@@ -1,4 +1,4 @@
-"""OG-MARL datasets: flashbax Vaults in and out (github.com/instadeepai/og-marl; flashbax Vaults).
+"""OG-MARL datasets: flashbax Vaults in and out (instadeepai/og-marl; flashbax.vault.Vault).
 
 A Vault is a folder ``<scenario>.vlt/<uid>/`` (uid = the dataset, e.g. ``Good``, ``Replay``)
 holding ``metadata.json`` and one zarr array per leaf of the recorded experience, read and
