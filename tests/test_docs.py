@@ -75,7 +75,7 @@ def test_readme_tour(tmp_path, make_ant_v5_episodes, write_d4rl):
     def prepare(cmd, workdir):  # the user downloads D4RL's file; here it is written from real Ant-v5 episodes
         name = "ant_medium-v2.hdf5"
         if name in cmd.text and not (workdir / name).exists():
-            write_d4rl(workdir / name, make_ant_v5_episodes(3, 50, True, 0))
+            write_d4rl(workdir / name, make_ant_v5_episodes(3, 50, False, 0))
 
     run_blocks(parse(README, section=TOUR), {"quick", "slow"} | LONG, tmp_path, prepare=prepare)
 

@@ -181,6 +181,9 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(files, tmp_path):
     assert proc.returncode == 130, text
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert f"checkpoint at step {ckpt['step']}" in text and f"offmarl train --resume {run}" in text
+    # the whole line unwrapped, however long the path (piped output: rich must not break it for copy-paste)
+    assert any(line.endswith(f"; continue with: offmarl train --resume {run}") and line.startswith("interrupted:")
+               for line in text.splitlines()), text
     assert not (run / ".lock").exists()
 
 
