@@ -102,6 +102,20 @@ def _apply_thread_setting() -> None:
     os.environ["MKL_NUM_THREADS"] = threads
 
 
+def _apply_cache_setting() -> None:
+    """matplotlib (imported by jaxmarl and by `report`) keeps its font cache in MPLCONFIGDIR, else
+    ~/.cache and ~/.config: put it under offmarl's cache folder ($OFFMARL_CACHE_DIR/matplotlib,
+    else $OFFMARL_DATA_DIR/cache/matplotlib) when the user chose one and did not set MPLCONFIGDIR
+    (offmarl/report.py does the same for library use)."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    if os.environ.get("OFFMARL_CACHE_DIR"):
+        os.environ["MPLCONFIGDIR"] = os.path.join(os.path.expanduser(os.environ["OFFMARL_CACHE_DIR"]), "matplotlib")
+    elif os.environ.get("OFFMARL_DATA_DIR"):
+        os.environ["MPLCONFIGDIR"] = os.path.join(os.path.expanduser(os.environ["OFFMARL_DATA_DIR"]), "cache",
+                                                  "matplotlib")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # libraries' warnings as one line each, without the echo of their source line
     print(f"warning: {message} ({category.__name__})", file=file or sys.stderr)
@@ -117,6 +131,7 @@ def main() -> None:
     warnings.showwarning = _one_line_warning
     try:
         _apply_thread_setting()
+        _apply_cache_setting()
         code = app(prog_name="offmarl", standalone_mode=False)
     except DivergedError as e:
         _error(str(e), EXIT_DIVERGED)

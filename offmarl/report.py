@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shlex
 import sys
 from collections import defaultdict
@@ -284,6 +285,7 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path | None = None,
                  plots: bool = True, command: str | None = None) -> dict[str, Any]:
     """Read the runs under ``paths`` and write the report into ``out``; returns what was written."""
+    _matplotlib_cache()
     runs, unfinished = find_runs(paths)
     runs, duplicates = drop_duplicates(runs)
     out = Path(out)
@@ -314,6 +316,19 @@ def write_report(paths: list[str | Path], out: str | Path, refs_file: str | Path
                                               sweeps, duplicates))
     return {"runs": len(runs), "unfinished": [str(p) for p in unfinished], "cells": len(cells), "files": written,
             "duplicates": [str(p) for p in duplicates]}
+
+
+def _matplotlib_cache() -> None:
+    """matplotlib's font cache under offmarl's cache folder ($OFFMARL_CACHE_DIR/matplotlib, else
+    $OFFMARL_DATA_DIR/cache/matplotlib) when the user chose one, instead of ~/.cache and ~/.config;
+    without those variables, or with MPLCONFIGDIR set, matplotlib's own choice stands. Must run
+    before matplotlib is first imported (rliable imports it)."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    if os.environ.get("OFFMARL_CACHE_DIR"):
+        os.environ["MPLCONFIGDIR"] = str(Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "matplotlib")
+    elif os.environ.get("OFFMARL_DATA_DIR"):
+        os.environ["MPLCONFIGDIR"] = str(Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "matplotlib")
 
 
 def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds, duplicates=()) -> str:
