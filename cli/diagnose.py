@@ -17,6 +17,8 @@ def diagnose(
     starts: int = typer.Option(512, "--starts", min=1, help="At most this many held-out start states."),
     continuations: int = typer.Option(None, "--continuations", min=1, help="The planner's K continuations "
                                       "per candidate (default: the run's)."),
+    discount: float = typer.Option(None, "--discount", min=0.0, max=1.0, help="The planner's discount of "
+                                   "look-ahead step j's score (default: the run's)."),
     real_samples: int = typer.Option(4, "--real-samples", min=1, help="Model samples per candidate continued "
                                      "under the real actions (their errors are averaged)."),
     refit_rm: int = typer.Option(0, "--refit-rm", min=0, help="Online: first train a fresh R_m this many steps "
@@ -52,6 +54,8 @@ def diagnose(
     run = RunDir.open(run_dir.resolve())
     if run.config.get("kind") == "online":
         algo, _ = diag.load_online(run.path, dev, log=console.print)
+        if discount is not None:
+            algo.cfg.planner.discount = discount
         if refit_rm:
             if rm_inputs not in ("transition", "state_action"):
                 raise OffmarlError(f"--rm-inputs {rm_inputs!r}: choose transition or state_action")
@@ -63,6 +67,8 @@ def diagnose(
             raise OffmarlError(f"{run_dir}: diagnose reads online runs and MOMA-PPO runs (a world model); this is "
                                f"{run.config.get('algo')!r}")
         algo, ds, _, _ = load_trained(str(run.path), "latest", str(dev), log=console.print, policy_only=False)
+        if discount is not None and algo.planner is not None:
+            algo.planner.discount = discount
         res = diag.diagnose_offline(algo, ds, seed=seed, max_starts=starts, continuations=continuations,
                                     real_samples=real_samples, log=console.print)
     path = diag.write_outputs(res, run.path, json_out)

@@ -57,8 +57,9 @@ def test_transition_r_m_ranks_the_right_candidate_first(right_and_wrong):
     right[:, 0] += 1.0
     wrong[:, 0] -= 1.0
     r = torch.zeros(len(s))
+    mean = torch.cat([s, r[:, None]], -1)  # the two elites' mean: s' = s on average
     rm = fits["transition"]
-    assert (rm(s, joint, right, r) < rm(s, joint, wrong, r)).float().mean() > 0.95
+    assert (rm(s, joint, right, r, mean) < rm(s, joint, wrong, r, mean)).float().mean() > 0.95
     # R_m(s, a) cannot see the candidate: both get the same number
     old = fits["state_action"]
     assert torch.equal(old(s, joint), old(s, joint))

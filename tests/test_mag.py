@@ -184,7 +184,7 @@ def test_error_model_fits_and_caches(fitted, tmp_path, linear_toy):
     x = ds.tensors("cpu")
     joint = model.encode_actions(x["actions"][:5])
     step = model.step(x["states"][:5], joint, torch.Generator().manual_seed(0))
-    args = (x["states"][:5], joint, step["next_states"], step["rewards"])
+    args = (x["states"][:5], joint, step["next_states"], step["rewards"], step["elite_means"].mean(0))
     assert torch.equal(rm(*args), rm2(*args))
     # used as the planner's scorer end to end
     planner = MAGPlanner(ErrorModelScorer(rm), l=2, h=3)

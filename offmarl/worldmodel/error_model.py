@@ -8,11 +8,17 @@ dataset, labelled with the model's error on them (paper, "Approximating R_m"):
     (s_hat', r_hat) = one model step from (s, a): a random elite's mean, as in rollouts
     o_hat_i = obs_fn(s_hat')_i,   o_i = obs_fn(s')_i       (each agent's observation scheme)
 
-    R_m(s, a, s_hat', r_hat) = MLP(standardise([s, joint a, s_hat', r_hat]))  ~  label   (MSE, standardised labels)
+    R_m(s, a, s_hat', r_hat) = MLP(standardise([s, joint a, s_hat', r_hat, s_hat' - s_bar', r_hat - r_bar]))
+                                  ~  label   (MSE, standardised labels)
+    (s_bar', r_bar) = the mean of the elites' predictions at (s, a)
 
 R_m takes the TRANSITION it judges, as in the paper ("Approximating R_m": the model agents'
 action is the prediction (o', R)): the planner asks it about each candidate's own predicted next
-state and reward, so candidates of the same (s, a) get different scores. ``inputs="state_action"``
+state and reward, so candidates of the same (s, a) get different scores. The candidate's deviation
+from the elites' mean is given explicitly: the candidates of one (s, a) differ by ~1% of the state's
+scale, too little for an MLP on standardised [s, s_hat'] to resolve (measured on reacher-expert-mix
+po, docs/mag.md "Diagnose": without it R_m's score varied 80x more across start states than
+across one state's candidates, rank correlation with the candidates' real error ~0). ``inputs="state_action"``
 is the earlier R_m(s, a) (kept to measure the difference: docs/mag.md).
 
 Deviation from the MAG release, on purpose: it labels R_m differently from the paper; we use the
@@ -39,7 +45,7 @@ from offmarl.nn.layers import Standardiser, mlp
 from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
 
-FORMAT = "offmarl-error-model-v2"  # v2: transition inputs
+FORMAT = "offmarl-error-model-v3"  # v2: transition inputs; v3: + deviation from the elites' mean
 
 
 @dataclass
@@ -77,19 +83,22 @@ class ErrorModel(nn.Module):
         self.config = config or ErrorModelConfig()
         self.state_dim, self.joint_action_dim = state_dim, joint_action_dim
         self.transition = self.config.inputs == "transition"
-        width = state_dim + joint_action_dim + (state_dim + 1 if self.transition else 0)
+        width = state_dim + joint_action_dim + (2 * (state_dim + 1) if self.transition else 0)
         self.input_norm = Standardiser(width)
         self.label_norm = Standardiser(1)
         self.net = mlp(width, list(self.config.hidden), 1)
         self.metadata: dict[str, Any] = {}
 
     def inputs(self, states: torch.Tensor, joint_actions: torch.Tensor, next_states: torch.Tensor | None = None,
-               rewards: torch.Tensor | None = None) -> torch.Tensor:
+               rewards: torch.Tensor | None = None, elite_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """elite_mean [B, S+1]: the mean of the elites' (next state, reward) at (s, a)."""
         parts = [states, joint_actions.to(states.dtype)]
         if self.transition:
-            if next_states is None or rewards is None:
-                raise OffmarlError("R_m takes the transition: give the predicted next states and rewards")
-            parts += [next_states.to(states.dtype), rewards.to(states.dtype).unsqueeze(-1)]
+            if next_states is None or rewards is None or elite_mean is None:
+                raise OffmarlError("R_m takes the transition: give the predicted next states, rewards and the "
+                                   "elites' mean prediction")
+            ns, r = next_states.to(states.dtype), rewards.to(states.dtype).unsqueeze(-1)
+            parts += [ns, r, ns - elite_mean[..., :-1], r - elite_mean[..., -1:]]
         return torch.cat(parts, dim=-1)
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,21 +106,21 @@ class ErrorModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, states: torch.Tensor, joint_actions: torch.Tensor, next_states: torch.Tensor | None = None,
-                rewards: torch.Tensor | None = None) -> torch.Tensor:
+                rewards: torch.Tensor | None = None, elite_mean: torch.Tensor | None = None) -> torch.Tensor:
         """-> predicted error [B] in label units (>= 0)."""
-        raw = self._raw(self.inputs(states, joint_actions, next_states, rewards))
+        raw = self._raw(self.inputs(states, joint_actions, next_states, rewards, elite_mean))
         return self.label_norm.inverse(raw.unsqueeze(-1)).squeeze(-1).clamp_min(0.0)
 
     def fit(self, states: torch.Tensor, joint_actions: torch.Tensor, labels: torch.Tensor,
             generator: torch.Generator | None = None, next_states: torch.Tensor | None = None,
-            rewards: torch.Tensor | None = None) -> dict[str, Any]:
+            rewards: torch.Tensor | None = None, elite_mean: torch.Tensor | None = None) -> dict[str, Any]:
         """Supervised fit on labelled transitions (worldmodel/trainer.py: ``steps`` plain steps, no early
         stopping); returns {loss_first, loss_last, holdout_mse (label units), holdout_label_var, steps,
         seconds} (holdout_mse < holdout_label_var means R_m explains some error)."""
         cfg, dev = self.config, states.device
         if generator is None:
             generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-        x = self.inputs(states, joint_actions, next_states, rewards)
+        x = self.inputs(states, joint_actions, next_states, rewards, elite_mean)
         y: dict[str, torch.Tensor] = {}
 
         def prepare(tr: torch.Tensor) -> None:
@@ -149,9 +158,10 @@ def model_error_labels(model: EnsembleWorldModel, states: torch.Tensor, actions:
 
     states/next_states [T, S], actions [T, N, A] (or [T, N] int), rewards [T]; the prediction is one
     ``model.step`` (a random elite's mean per row, exactly as rollouts draw it).
-    predictions: also return the labelled predictions -> (labels [T], next_states_hat [T, S], rewards_hat [T]).
+    predictions: also return the labelled predictions -> (labels [T], next_states_hat [T, S], rewards_hat [T],
+    elite_mean [T, S+1] (the elites' mean prediction)).
     """
-    out, ns_hat, r_hat = [], [], []
+    out, ns_hat, r_hat, e_mean = [], [], [], []
     for i in range(0, len(states), chunk):
         s, ns = states[i:i + chunk], next_states[i:i + chunk]
         step = model.step(s, model.encode_actions(actions[i:i + chunk]), generator)
@@ -159,8 +169,9 @@ def model_error_labels(model: EnsembleWorldModel, states: torch.Tensor, actions:
         out.append(obs_err + (step["rewards"] - rewards[i:i + chunk]).abs())
         ns_hat.append(step["next_states"])
         r_hat.append(step["rewards"])
+        e_mean.append(step["elite_means"].mean(0))
     if predictions:
-        return torch.cat(out), torch.cat(ns_hat), torch.cat(r_hat)
+        return torch.cat(out), torch.cat(ns_hat), torch.cat(r_hat), torch.cat(e_mean)
     return torch.cat(out)
 
 
@@ -182,14 +193,14 @@ def fit_error_model(model: EnsembleWorldModel, dataset, obs_fn: Callable[[torch.
     states, actions = t["states"][idx].float(), t["actions"][idx]
     if actions.is_floating_point():
         actions = actions.float()
-    labels, ns_hat, r_hat = model_error_labels(model, states, actions, t["next_states"][idx].float(),
+    labels, ns_hat, r_hat, e_mean = model_error_labels(model, states, actions, t["next_states"][idx].float(),
                                                t["rewards"][idx].float(), obs_fn, gen, predictions=True)
     joint = model.encode_actions(actions)
     with torch.random.fork_rng(devices=[]):  # repeatable init without touching the global RNG
         torch.manual_seed(cfg.seed)
         rm = ErrorModel(model.state_dim, joint.shape[-1], cfg)
     rm.to(dev)
-    rm.fit(states, joint, labels, gen, ns_hat, r_hat)
+    rm.fit(states, joint, labels, gen, ns_hat, r_hat, e_mean)
     return rm.eval()
 
 

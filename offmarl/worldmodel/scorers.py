@@ -21,14 +21,14 @@ from offmarl.worldmodel.uncertainty import eps_g
 
 class ErrorModelScorer:
     """MAG's scorer: the learned model-error predictor R_m on the transition (state, joint action,
-    the model's predicted next state and reward in ``out``)."""
+    the model's predicted next state and reward in ``out``, and the elites' mean prediction)."""
     uses_ensemble = False
 
     def __init__(self, error_model: ErrorModel):
         self.error_model = error_model
 
     def __call__(self, states, joint, out):
-        return self.error_model(states, joint, out["next_states"], out["rewards"])
+        return self.error_model(states, joint, out["next_states"], out["rewards"], out["elite_means"].mean(0))
 
 
 class UncertaintyScorer:
