@@ -118,8 +118,17 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted_run, tmp_path
 
     shutil.rmtree(data_b)
     data_b.mkdir()
+    shutil.move(data_a, tmp_path / "elsewhere")
     code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
     assert code != 0 and "coordination-neutral-v1 is not in" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_resume_falls_back_to_the_recorded_path(interrupted_run, tmp_path, monkeypatch, capsys):
+    """Not under its name in the current data folder, but still where the run read it: resumes."""
+    _, run = interrupted_run
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "empty"))
+    code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
+    assert code == 0 and "resuming" in out, out
 
 
 def test_actions_are_float32_rounded_before_the_simulator():
