@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from cli_helpers import TINY_IBC, run_cli
 
 from offmarl.data import registry
@@ -97,6 +98,8 @@ def interrupted_run(tmp_path, monkeypatch, capsys):
 
 def test_resume_finds_the_named_data_in_a_moved_data_folder(interrupted_run, tmp_path, monkeypatch, capsys):
     data_a, run = interrupted_run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["dataset_meta"]["name"] == "coordination-neutral-v1"  # the provenance names the version
     data_b = tmp_path / "B"
     shutil.move(data_a, data_b)
     monkeypatch.setenv("OFFMARL_DATA_DIR", str(data_b))
