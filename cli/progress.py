@@ -63,8 +63,15 @@ class PlainProgress:
         rate = (self.step - self.first) / max(now - self.t0, 1e-9)
         eta = _clock((self.total - self.step) / rate) if rate > 0 else "-"
         score = "-" if self.score is None else f"{self.score:.3f}"
-        console.print(f"step {self.step}/{self.total}  score {score}  {rate:.0f} steps/s  "
+        console.print(f"step {self.step}/{self.total}  score {score}  {_speed(rate)}  "
                       f"elapsed {_clock(now - self.t0)}  eta {eta}", highlight=False)
+
+
+def _speed(steps_per_s: float) -> str:
+    """``412 steps/s``; below one step per second ``4.1 s/step`` (a MOMA-PPO iteration takes seconds)."""
+    if steps_per_s >= 1:
+        return f"{steps_per_s:.0f} steps/s"
+    return f"{1 / steps_per_s:.1f} s/step" if steps_per_s > 0 else "- s/step"
 
 
 def _clock(seconds: float) -> str:
