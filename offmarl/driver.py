@@ -263,6 +263,7 @@ def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None
         path, recorded = registry.native_path(rec.versioned), saved.get("dataset_path")
         if path.is_file():
             source = rec.versioned
+            saved = {**saved, "dataset_path": str(path)}  # errors name the file actually read
         elif recorded is not None and Path(recorded).is_file():  # e.g. a run made before versioned names
             source = recorded
         else:

@@ -117,6 +117,7 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted_run, tmp_path
     monkeypatch.setenv("OFFMARL_DATA_DIR", str(data_b))
     code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
     assert code != 0 and "the dataset changed since the run started" in out and len(out.strip().splitlines()) == 1
+    assert str(data_b / "coordination-neutral-v1.hdf5") in out, out  # names the file it read
 
     shutil.rmtree(data_b)
     data_b.mkdir()
