@@ -67,6 +67,8 @@ def info(name: str = typer.Argument(..., help="Dataset name (see `offmarl datase
         ("normalised score", f"{st['normalised_score_mean']:.3f}" if "normalised_score_mean" in st else "no reference"),
         ("reference returns", f"{m.ref_min_return} / {m.ref_max_return}"),
         ("state-action coverage", f"{st['state_action_coverage']:.4f}"),
+        ("name (version)", m.name or "-"),
+        ("sha256 (`datasets verify`)", ds.content_sha256()[:16]),
         ("source", m.source),
         ("behaviour policy", m.generator or "-"),
         ("load time", f"{load_s:.2f}s"),

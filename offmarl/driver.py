@@ -304,7 +304,8 @@ def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None
     """The data a run was trained on, checked against the recorded size and checksum (never
     generated or silently replaced). A named dataset is looked up by its name and version in the
     current ``$OFFMARL_DATA_DIR`` (the data folder may have moved, or the run may resume on
-    another machine); a file given by path is read from the recorded path."""
+    another machine), else at the recorded path; a file given by path is read from the recorded
+    path."""
     from offmarl.data.dataset import DatasetError
 
     name = saved["dataset"]
@@ -314,12 +315,16 @@ def _training_data(run: RunDir, saved: dict[str, Any], log: Callable[[str], None
             rec = registry.recipe(versioned)
         except DatasetError as e:  # e.g. a run made on a dataset version this offmarl does not have
             raise RunError(f"{run.path}: {e}; resume needs the data the run started on") from None
-        path = registry.native_path(rec.versioned)
-        if not path.is_file():
+        path, recorded = registry.native_path(rec.versioned), saved.get("dataset_path")
+        if path.is_file():
+            source = rec.versioned
+            saved = {**saved, "dataset_path": str(path)}  # errors name the file actually read
+        elif recorded is not None and Path(recorded).is_file():  # e.g. a run made before versioned names
+            source = recorded
+        else:
             raise RunError(f"{run.path}: its dataset {rec.versioned} is not in {registry.data_dir()} "
                            f"(OFFMARL_DATA_DIR); point OFFMARL_DATA_DIR at the folder that holds "
                            f"{path.name}, or start a new run")
-        source = rec.versioned
     else:
         source = saved.get("dataset_path") or name
         if not Path(source).is_file():

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from cli_helpers import TINY_IBC, run_cli
 
 from offmarl.data import registry
@@ -58,14 +59,13 @@ def test_a_smaller_file_is_not_comparable(tmp_path, monkeypatch, capsys):
     assert code == 0 and "not comparable with the registry's file of 10,000 transitions" in out, out
 
 
-def _sha_of_generation(n_envs: int, size: int) -> str:
-    return registry.build("ant-medium", size, seed=0, n_envs=n_envs).content_sha256()
-
-
 def test_generation_does_not_depend_on_the_number_of_env_copies():
     """Episodes are stored in seed order, each with its own noise stream: 1 copy and 4 copies
-    (which finish episodes in another order) give the same bytes."""
-    assert _sha_of_generation(1, 1500) == _sha_of_generation(4, 1500)
+    (which run episodes side by side and finish them in another order) give the same bytes.
+    Reacher: 50-step episodes, so 600 rows are 12 episodes over both policy segments."""
+    one, four = (registry.build("reacher-expert-mix", 600, seed=0, n_envs=n) for n in (1, 4))
+    assert one.content_sha256() == four.content_sha256()
+    assert one.n_episodes == 12 and one.meta.extra["episodes"] == 12
 
 
 @pytest.mark.slow
@@ -97,6 +97,8 @@ def interrupted_run(tmp_path, monkeypatch, capsys):
 
 def test_resume_finds_the_named_data_in_a_moved_data_folder(interrupted_run, tmp_path, monkeypatch, capsys):
     data_a, run = interrupted_run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["dataset_meta"]["name"] == "coordination-neutral-v1"  # the provenance names the version
     data_b = tmp_path / "B"
     shutil.move(data_a, data_b)
     monkeypatch.setenv("OFFMARL_DATA_DIR", str(data_b))
@@ -115,11 +117,21 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted_run, tmp_path
     monkeypatch.setenv("OFFMARL_DATA_DIR", str(data_b))
     code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
     assert code != 0 and "the dataset changed since the run started" in out and len(out.strip().splitlines()) == 1
+    assert str(data_b / "coordination-neutral-v1.hdf5") in out, out  # names the file it read
 
     shutil.rmtree(data_b)
     data_b.mkdir()
+    shutil.move(data_a, tmp_path / "elsewhere")
     code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
     assert code != 0 and "coordination-neutral-v1 is not in" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_resume_falls_back_to_the_recorded_path(interrupted_run, tmp_path, monkeypatch, capsys):
+    """Not under its name in the current data folder, but still where the run read it: resumes."""
+    _, run = interrupted_run
+    monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "empty"))
+    code, out = run_cli(capsys, "train", "--resume", run, "--steps", "30", "--no-progress")
+    assert code == 0 and "resuming" in out, out
 
 
 def test_actions_are_float32_rounded_before_the_simulator():
@@ -166,6 +178,6 @@ def test_generation_with_the_raw_stepper_is_the_same_file():
     from offmarl.data.behaviour import load_actor, policy_dir
 
     actor = load_actor(policy_dir("ant") / registry.ant_policy_selection()["medium"])
-    a, b = (g.generate_with_actors("ant-4x2", [g.Segment(actor, 1.0, "m")], 1200, 0, n_envs=3, stepper=s)
+    a, b = (g.generate_with_actors("ant-4x2", [g.Segment(actor, 1.0, "m")], 700, 0, n_envs=2, stepper=s)
             for s in ("wrapper", "raw"))
     assert a.content_sha256() == b.content_sha256()

@@ -78,3 +78,18 @@ def test_warnings_print_as_one_line():
             "warnings.warn('the sky is falling')\n")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err.strip() == "warning: the sky is falling (UserWarning)"
+
+
+def test_plain_progress_reads_seconds_per_step_below_one_step_per_second(monkeypatch, capsys):
+    """Without a terminal, a slow loop (a MOMA-PPO iteration takes seconds) reads '4.0 s/step',
+    not '0 steps/s'; a fast one keeps steps/s. A fake clock: no dependence on real time."""
+    from offmarl.cli import progress
+
+    clock = iter([100.0, 100.0, 108.0, 108.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    p = progress.PlainProgress(every_s=1.0)
+    p.start("run", 10, 0)
+    p.update(2, 0.5)  # 2 steps in 8 s
+    out = capsys.readouterr().out
+    assert "4.0 s/step" in out and "0 steps/s" not in out, out
+    assert progress._rate(412.3) == "412 steps/s"

@@ -8,12 +8,12 @@
   checkpoint of the training run).
 * ``generate_coordination``: the matrix game with independent per-agent action probabilities.
 
-Bit-for-bit repeatable across x86-64 machines, thread counts and numbers of env copies
-(docs/datasets.md, "Reproducibility"): episode e (counted across segments) resets its env with
-seed ``seed*1_000_003 + e`` and draws its action noise from its own numpy stream
-``default_rng([seed, e])``; the actor runs in float64 and its action is rounded to float32 (the
-stored value) before the simulator sees it; episodes are stored in seed order, not in the order
-the env copies finish them.
+Made to be bit-for-bit repeatable across x86-64 machines, thread counts and numbers of env
+copies (docs/datasets.md, "Reproducibility"; tests/test_canonical_datasets.py): episode e
+(counted across segments) resets its env with seed ``seed*1_000_003 + e`` and draws its action
+noise from its own numpy stream ``default_rng([seed, e])``; the actor runs in float64 and its
+action is rounded to float32 (the stored value) before the simulator sees it; episodes are
+stored in seed order, not in the order the env copies finish them.
 """
 from __future__ import annotations
 
