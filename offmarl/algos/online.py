@@ -217,7 +217,7 @@ class LatentAgent(torch.nn.Module):
             self.state = None
             return
         feat, prev_a, prev_ok = self.state
-        m = torch.as_tensor(np.asarray(mask), device=feat.device)
+        m = torch.as_tensor(np.array(mask, dtype=bool), device=feat.device)
         self.state = (feat * (~m).to(feat.dtype)[:, None, None], prev_a, prev_ok & ~m[:, None])
 
     @torch.no_grad()
