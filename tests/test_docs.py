@@ -2,8 +2,9 @@
 (tests/docs_harness.py) and the numbers they state are checked; every configs/ and docs/ path the
 docs name exists; the main job is described with the iterations its config runs.
 
-    pytest -m docs                  # every docs test (the slow ones too)
-    pytest tests/test_docs.py       # the quick subset (what CI's default `pytest` runs)
+    pytest -m docs                  # every docs test (the full getting-started and README tour too)
+    pytest tests/test_docs.py       # the quick subset (what CI's default `pytest` runs; the full
+                                    # runs are skipped unless `-m docs` selects them: ~15 CPU-min)
     OFFMARL_DOCS_LONG=1 pytest -m docs   # also the hour-long blocks (the main job, ...)
 """
 from __future__ import annotations
@@ -23,6 +24,14 @@ TOUR = "A short tour"
 LONG = {"long"} if os.environ.get("OFFMARL_DOCS_LONG") else set()
 
 pytestmark = pytest.mark.docs
+
+
+@pytest.fixture
+def docs_selected(request):
+    """The full runs (minutes of training and a Ray sweep) only when asked for with ``-m docs``:
+    the default ``pytest`` (CI) keeps to the quick subset."""
+    if "docs" not in (request.config.option.markexpr or ""):
+        pytest.skip("the full docs run: select it with `pytest -m docs`")
 
 
 # ------------------------------------------------------------------------------ the harness itself
@@ -66,12 +75,12 @@ def test_getting_started_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_getting_started_all(tmp_path):
+def test_getting_started_all(tmp_path, docs_selected):
     run_blocks(parse(GETTING_STARTED), {"quick", "slow"} | LONG, tmp_path)
 
 
 @pytest.mark.slow
-def test_readme_tour(tmp_path, make_ant_v5_episodes, write_d4rl):
+def test_readme_tour(tmp_path, make_ant_v5_episodes, write_d4rl, docs_selected):
     def prepare(cmd, workdir):  # the user downloads D4RL's file; here it is written from real Ant-v5 episodes
         name = "ant_medium-v2.hdf5"
         if name in cmd.text and not (workdir / name).exists():
