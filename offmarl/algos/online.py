@@ -296,7 +296,8 @@ class OnlineAlgorithm:
         """One R_m step on real sequences (after each model step: as often as the model), MAG's
         label on the transitions of agents alive at t (latent.error_labels)."""
         lab = error_labels(self.model, feat, batch, self.generators["model"])
-        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"])
+        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"],
+                                lab["deviation"] if self.error_model.deviation else None)
         w = lab["weight"].float()
         err_loss = ((pred - lab["labels"]).square() * w).sum() / w.sum().clamp_min(1)
         self.error_opt.zero_grad(set_to_none=True)
