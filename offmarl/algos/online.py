@@ -89,7 +89,7 @@ class PlannerSettings:
     h: int = 5
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
     # K continuations per candidate (ours; docs/mag.md "Diagnose", 2s3z 2000 steps: K = 4 raises the score's
-    # repeatability 0.29 -> 0.53 but not the ranking (Spearman 0.07 -> 0.08) for 4x the planner's cost)
+    # repeatability 0.24 -> 0.53 but hardly the ranking (Spearman 0.02 -> 0.08) for 4x the planner's cost)
     continuations: int = 1
     error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
     check_every: int = 10  # ours: every N updates log planner_spearman etc. on a replay batch (0 = never)
