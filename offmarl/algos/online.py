@@ -452,6 +452,12 @@ class OnlineAlgorithm:
             if self.env is not None:
                 self.replay.load_state_dict(tensors_to_arrays(st["replay"]))
         if self.error_model is not None:
+            want = self.error_model.net[0].weight.shape[1] if hasattr(self.error_model.net[0], "weight") else None
+            got = next((v.shape[1] for k, v in st["error_model"].items() if k.endswith("weight")), None)
+            if want is not None and got is not None and want != got:
+                raise OffmarlError(f"this checkpoint's R_m takes {got} inputs, this version's {want}: the run was "
+                                   "trained with an earlier R_m (docs/mag.md); start a new run (`offmarl diagnose` "
+                                   "still reads it)")
             self.error_model.load_state_dict(st["error_model"])
             self.error_opt.load_state_dict(st["error_opt"])
 
