@@ -229,11 +229,19 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
     cfg = from_dict(online.Config, saved["config"])
     st = run.load_checkpoint("latest", map_location=device)["algo"]
     em = st.get("error_model")
+    deviation = True
     if em is not None:
         first = next(v for k, v in em.items() if k.endswith("weight"))
         plain_width = cfg.model.feat + make_n_actions(cfg)
         cfg.planner.error_inputs = "state_action" if first.shape[1] == plain_width else "transition"
+        # an R_m trained before the deviation input: (feat, a, o_hat, r_hat) only
+        deviation = first.shape[1] != plain_width + _obs_dim(cfg) + 1
     algo = online.OnlineAlgorithm(None, cfg, device, saved["seed"], log=log, build_env=False)
+    if em is not None and not deviation:
+        from offmarl.worldmodel.latent import ErrorPredictor
+
+        algo.error_model = ErrorPredictor(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
+                                          algo.spec.max_obs_dim, True, deviation=False).to(device)
     algo.mappo.load_state_dict(st["mappo"])
     if algo.model is not None:
         algo.model.load_state_dict(st["model"])
@@ -281,6 +289,12 @@ def make_n_actions(cfg) -> int:
     from offmarl.envs import make_env
 
     return make_env(f"smac-{cfg.map}", backend=cfg.backend).spec.n_actions
+
+
+def _obs_dim(cfg) -> int:
+    from offmarl.envs import make_env
+
+    return make_env(f"smac-{cfg.map}", backend=cfg.backend).spec.max_obs_dim
 
 
 # ---------------------------------------------------------------- offline (MOMA-PPO ± MAG)

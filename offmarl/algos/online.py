@@ -96,7 +96,7 @@ class PlannerSettings:
     h: int = 5
     discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
     # K continuations per candidate (ours; docs/mag.md "Diagnose", 2s3z 2000 steps: K = 4 raises the score's
-    # repeatability 0.29 -> 0.53 but not the ranking (Spearman 0.07 -> 0.08) for 4x the planner's cost)
+    # repeatability 0.24 -> 0.53 but hardly the ranking (Spearman 0.02 -> 0.08) for 4x the planner's cost)
     continuations: int = 1
     error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
     check_every: int = 10  # ours: every N updates log planner_spearman etc. on a replay batch (0 = never)
@@ -387,7 +387,8 @@ class OnlineAlgorithm:
         """One R_m step on real sequences (after each model step: as often as the model), MAG's
         label on the transitions of agents alive at t (latent.error_labels)."""
         lab = error_labels(self.model, feat, batch, self.generators["model"])
-        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"])
+        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"],
+                                lab["deviation"] if self.error_model.deviation else None)
         w = lab["weight"].float()
         err_loss = ((pred - lab["labels"]).square() * w).sum() / w.sum().clamp_min(1)
         self.error_opt.zero_grad(set_to_none=True)
@@ -550,6 +551,12 @@ class OnlineAlgorithm:
             if self.env is not None:
                 self.replay.load_state_dict(tensors_to_arrays(st["replay"]))
         if self.error_model is not None:
+            want = self.error_model.net[0].weight.shape[1] if hasattr(self.error_model.net[0], "weight") else None
+            got = next((v.shape[1] for k, v in st["error_model"].items() if k.endswith("weight")), None)
+            if want is not None and got is not None and want != got:
+                raise OffmarlError(f"this checkpoint's R_m takes {got} inputs, this version's {want}: the run was "
+                                   "trained with an earlier R_m (docs/mag.md); start a new run (`offmarl diagnose` "
+                                   "still reads it)")
             self.error_model.load_state_dict(st["error_model"])
             self.error_opt.load_state_dict(st["error_opt"])
 

@@ -15,10 +15,10 @@ dataset, labelled with the model's error on them (paper, "Approximating R_m"):
 R_m takes the TRANSITION it judges, as in the paper ("Approximating R_m": the model agents'
 action is the prediction (o', R)): the planner asks it about each candidate's own predicted next
 state and reward, so candidates of the same (s, a) get different scores. The candidate's deviation
-from the elites' mean is given explicitly: the candidates of one (s, a) differ by ~1% of the state's
-scale, too little for an MLP on standardised [s, s_hat'] to resolve (measured on reacher-expert-mix
-po, docs/mag.md "Diagnose": without it R_m's score varied 80x more across start states than
-across one state's candidates, rank correlation with the candidates' real error ~0). ``inputs="state_action"``
+from the elites' mean is given explicitly: the candidates of one (s, a) are close together
+compared with how much states differ, too little for an MLP on standardised [s, s_hat'] to
+resolve (reacher-expert-mix po, docs/mag.md "Diagnose": without it the per-start-state rank
+correlation with the candidates' real error was ~0, with it 0.18-0.43). ``inputs="state_action"``
 is the earlier R_m(s, a) (kept to measure the difference: docs/mag.md).
 
 Deviation from the MAG release, on purpose: it labels R_m differently from the paper; we use the

@@ -43,10 +43,12 @@ draws nothing and imagination is plain imagination, bit for bit.
 
 R_m (``ErrorPredictor``) takes the transition, per agent i: (feat_t^i, a_t^i, o_hat_{t+1}^i,
 r_hat_{t+1}^i), the predicted next observation and reward of the prior sample it judges (MAG:
-the model agents' action is the prediction). It is trained on real sequences with MAG's label
-for that same sample: ||o_hat_{t+1}^i - o_{t+1}^i|| + |r_hat_{t+1}^i - r_{t+1}|, from the
-posterior state at t under the action taken, for agents alive at t and t+1 (a dead agent's
-observation is zeros: easy to "predict", nothing to judge).
+the model agents' action is the prediction), and that sample's deviation from the prior's mean
+prediction (``prior_mean_outcome``; offline the same input made R_m rank candidates, docs/mag.md).
+It is trained on real sequences with MAG's label for that same sample:
+||o_hat_{t+1}^i - o_{t+1}^i|| + |r_hat_{t+1}^i - r_{t+1}|, from the posterior state at t under
+the action taken, for agents alive at t and t+1 (a dead agent's observation is zeros: easy to
+"predict", nothing to judge).
 """
 from __future__ import annotations
 
@@ -307,16 +309,22 @@ class ErrorPredictor(nn.Module):
     shared weights across agents. ``transition=False``: the earlier R_m(feat, action)."""
 
     def __init__(self, feat_dim: int, n_actions: int, hidden: tuple[int, ...], obs_dim: int = 0,
-                 transition: bool = True):
+                 transition: bool = True, deviation: bool = True):
         super().__init__()
         self.k, self.transition = n_actions, bool(transition and obs_dim > 0)
-        self.net = mlp(feat_dim + n_actions + (obs_dim + 1 if self.transition else 0), hidden, 1)
+        self.deviation = self.transition and deviation
+        extra = (obs_dim + 1) * (2 if self.deviation else 1) if self.transition else 0
+        self.net = mlp(feat_dim + n_actions + extra, hidden, 1)
 
     def forward(self, feat: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None,
-                next_reward: torch.Tensor | None = None) -> torch.Tensor:
+                next_reward: torch.Tensor | None = None, deviation: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """deviation: (next_obs - the prior's mean prediction, next_reward - its mean) (``prior_mean_outcome``)."""
         parts = [feat, F.one_hot(actions, self.k).to(feat.dtype)]
         if self.transition:
             parts += [next_obs.to(feat.dtype), next_reward.to(feat.dtype).unsqueeze(-1)]
+            if self.deviation:
+                parts += [deviation[0].to(feat.dtype), deviation[1].to(feat.dtype).unsqueeze(-1)]
         return F.softplus(self.net(torch.cat(parts, -1)).squeeze(-1))  # errors are >= 0
 
 
@@ -325,6 +333,21 @@ def predicted_outcome(model: LatentWorldModel, nxt: torch.Tensor) -> tuple[torch
     reward [M, N], and the mean continuation probability [M]."""
     return (model.obs_head(nxt), model.reward_head(nxt).squeeze(-1),
             torch.sigmoid(model.cont_head(nxt).squeeze(-1)).mean(-1))
+
+
+def prior_mean_outcome(model: LatentWorldModel, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's mean prediction at a sampled next state nxt [M, N, D] (same deterministic part,
+    the stochastic part replaced by its expected one-hot): observation [M, N, O], reward [M, N].
+    A candidate's deviation from it tells R_m how far this sample is from the model's average."""
+    h, _ = model.split(nxt)
+    mean_z = torch.softmax(model.prior_logits(h), -1).flatten(-2)
+    mean = torch.cat([h, mean_z], -1)
+    return model.obs_head(mean), model.reward_head(mean).squeeze(-1)
+
+
+def _deviation(model: LatentWorldModel, nxt: torch.Tensor, o_hat: torch.Tensor, r_hat: torch.Tensor):
+    o_bar, r_bar = prior_mean_outcome(model, nxt)
+    return o_hat - o_bar, r_hat - r_bar
 
 
 @torch.no_grad()
@@ -345,8 +368,10 @@ def error_labels(model: LatentWorldModel, feat: torch.Tensor, batch: dict[str, t
     valid = ~batch["first"][1:] & ~batch["terminal"][:-1]
     weight = valid[..., None] & batch["alive"][:-1] & batch["alive"][1:]
     shape = (t_len - 1, b, -1)
+    o_dev, r_dev = _deviation(model, nxt, o_hat, r_hat)
     return {"labels": labels.view(shape), "weight": weight, "next_obs": o_hat.view(t_len - 1, b, *o_hat.shape[1:]),
-            "next_reward": r_hat.view(shape)}
+            "next_reward": r_hat.view(shape),
+            "deviation": (o_dev.view(t_len - 1, b, *o_dev.shape[1:]), r_dev.view(shape))}
 
 
 def _all_alive(avail: torch.Tensor) -> torch.Tensor:
@@ -373,7 +398,9 @@ class LatentLookahead:
 
     def _score(self, feat, actions, avail, nxt):
         o_hat, r_hat, cont = predicted_outcome(self.model, nxt)
-        err = self.error_model(feat, actions, o_hat, r_hat)
+        dev = _deviation(self.model, nxt, o_hat, r_hat) if getattr(self.error_model, "deviation", False) else None
+        err = (self.error_model(feat, actions, o_hat, r_hat) if dev is None
+               else self.error_model(feat, actions, o_hat, r_hat, dev))
         if not self.error_model.transition:
             return err.sum(-1), torch.ones_like(cont), torch.ones_like(cont, dtype=torch.bool)
         # alive before AND after the transition: a predicted death is neither rewarded (its zeros are
@@ -493,4 +520,4 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
 
 
 __all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
-           "predicted_outcome", "real_continuation_errors"]
+           "predicted_outcome", "prior_mean_outcome", "real_continuation_errors"]
