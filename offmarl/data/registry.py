@@ -85,6 +85,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 # The canonical files, made with `offmarl datasets generate NAME` (default size, seed 0) and
 # checked with `offmarl datasets verify NAME`: (content_sha256, episodes, mean normalised score).
 CANONICAL: dict[str, tuple[str, int, float]] = {
+    "ant-random-v1": ("138cd3e9bb0720240d690be62d9ed5de2382f6adee491a949dd7f2562d0baf06", 6627, 0.0519),
+    "ant-expert-v1": ("28de520189c07e7751cdc24107a52522e340112101821af72dba3ba514a229d5", 1049, 1.1204),
+    "ant-full-replay-v1": ("c63e9602f66f7422944a5b1c253970714bb19b0e7664384b498f13a072f7919e", 1696, 0.3875),
     "ant-medium-v1": ("68e5077f32b39d1207301c48d34d1e114ba2d3cc96a6b9bc2fc3a4aee793a397", 1519, 0.5425),
     "coordination-favorable-v1": ("3f65ff036fd3843186143302c6fb3f871a272394f9105ab7ff714f2e00c57fab", 10000, 0.6748),
     "coordination-neutral-v1": ("4f6c52d14c18cf08cb828c29f63cc51702a61f92bfee19b5443b800f536d3b36", 10000, 0.4911),
