@@ -1,5 +1,5 @@
 """The `offmarl` console script. `offmarl --version` is answered here, before typer, rich and the
-command modules are imported (the whole CLI costs ~0.4 s of imports on a busy 2-core machine);
+command modules are imported (the whole CLI costs ~0.4 s of imports on a loaded 2-core CPU);
 everything else goes to offmarl.cli.main."""
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class IQLConfig:
     lr: float = 3e-4                      # IQL paper App. B: actor, Q and V learning rate
     gamma: float = 0.99                   # IQL paper App. B
     tau: float = 0.005                    # IQL paper App. B: target-Q Polyak rate
-    expectile: float = 0.7                # IQL paper, locomotion (REFERENCE §5)
+    expectile: float = 0.7                # IQL paper (Kostrikov et al., 2022), locomotion
     beta: float = 3.0                     # IQL paper, locomotion: AWR inverse temperature
     exp_adv_max: float = 100.0            # CORL iql.py EXP_ADV_MAX: clip of exp(beta * adv)
     normalize_obs: bool = True            # CORL iql.py normalize=True: standardise states (and observations)

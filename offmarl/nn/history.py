@@ -3,11 +3,11 @@
 Every module here works on AGENT-MAJOR tensors ``[N, ..., D]`` so that N separate per-agent
 networks run as one batched matmul (``EnsembleLinear`` with E = N) — never a Python loop over
 agents. With ``shared=True`` the same modules become one network for all agents; the agent
-identity then enters as a one-hot appended to the input (MAMBA's shared actor, REFERENCE §4).
+identity then enters as a one-hot appended to the input (MAMBA's shared actor, github.com/jbr-ai-labs/mamba).
 (The per-agent MLP, ``offmarl.nn.layers.PerAgentMLP``, takes the dataset's batch-major
 ``[..., N, D]``; the attention over K steps works agent-major.)
 
-HistoryEncoder (MOMA-PPO's memory for partial observability, REFERENCE §2): each agent embeds
+HistoryEncoder (MOMA-PPO's memory for partial observability, github.com/PBarde/moma-ppo): each agent embeds
 its last K (observation, action) pairs, runs masked multi-head self-attention over them and
 mean-pools the real steps into one ``dim``-wide vector (128 in the reference); the last block's
 feed-forward runs on the pooled vector.

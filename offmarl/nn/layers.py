@@ -96,7 +96,7 @@ class PerAgentMLP(nn.Module):
     x [..., N, in] -> [..., N, out], the dataset's batch-major layout; never a loop over agents.
 
     ``shared=True``: one MLP for every agent with the agent's one-hot appended to its input (the
-    only way a shared network can tell agents apart; MAMBA's shared actor, REFERENCE §4).
+    only way a shared network can tell agents apart; MAMBA's shared actor, github.com/jbr-ai-labs/mamba).
     Separate weights are ``[N, in, out]`` per layer (``EnsembleLinear``).
     """
 
