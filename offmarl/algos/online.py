@@ -1,4 +1,5 @@
-"""Online MAG / MAMBA / MA-PPO on SMAC maps, one engine (REFERENCE §1.2, §4, §7).
+"""Online MAG / MAMBA / MA-PPO on SMAC maps, one engine (MAMBA: Egorov & Shpilman, AAMAS 2022,
+github.com/jbr-ai-labs/mamba; MAG: Models as Agents, AAAI 2023, github.com/ZifanWu/MAG).
 
     --algo mamba   agents collect real battles from SMAX copies stepped together; a per-agent
                    latent world model (worldmodel/latent.py) learns from replayed sequences; MA-PPO
@@ -90,7 +91,7 @@ def _online_mappo() -> MAPPOConfig:
 @dataclass
 class PlannerSettings:
     # CPU preset (ours, benchmarks/online_speed.py): L 4 x H 5 costs ~1/3 of MAG's L 5 x H 10 per
-    # imagined step; MAG's per-map values (L 4-5, H 6-10, REFERENCE §1.2) come with
+    # imagined step; MAG's per-map values (L 4-5, H 6-10, MAG paper appendix B) come with
     # `--config mag-reference` (configs/online.yaml, its `maps` entries)
     l: int = 4  # noqa: E741 (MAG's L)
     h: int = 5
@@ -313,7 +314,7 @@ class OnlineAlgorithm:
                          "alive": self.env.alive(avail)}, valid)
 
     def _act(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        obs = torch.tensor(self._obs, device=self.device)  # a copy: JAX hands out read-only arrays
+        obs = torch.tensor(self._obs, device=self.device)  # a copy: never shares memory with the env's array
         avail = self.env.avail_actions()
         actor = self.collector if self.collector is not None else self.policy
         actions, logp = actor.act(obs, None, torch.as_tensor(avail, device=self.device), deterministic=False,
