@@ -11,7 +11,7 @@ towards the best action a global search over Q finds:
     actor_i   min  omar_coe * (pi_i(o_i) - a*_i)^2 - (1 - omar_coe) * Q_i1(o_i, pi_i(o_i))
               + 1e-3 * pi_i(o_i)^2                                       (OMAR release)
 
-omar_coe and cql_alpha depend on the dataset in the release's MaMuJoCo table (REFERENCE §5):
+omar_coe and cql_alpha depend on the dataset in the release's MaMuJoCo table (OMAR, Pan et al., ICML 2022):
 random 1.0/1.0, medium-replay 0.9/5.0, medium 0.7/1.0, expert 0.5/5.0 — blocks of configs/omar.yaml.
 The release silently trains with gamma 0.95 (main.py sets 0.99 but never passes it); we use 0.99.
 

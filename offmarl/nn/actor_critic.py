@@ -59,7 +59,7 @@ class ConservativeConfig:
     hidden: tuple[int, ...] = (256, 256)  # OMAR release, MaMuJoCo: hidden_dim 256, 2 hidden layers
     batch_size: int = 256                 # OMAR release, MaMuJoCo
     lr: float = 3e-4                      # OMAR release, MaMuJoCo (actor and critic)
-    gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (REFERENCE §5)
+    gamma: float = 0.99                   # TD3/CQL standard; the OMAR release silently keeps 0.95 (Pan et al. 2022)
     tau: float = 0.005                    # OMAR release, MaMuJoCo
     cql_alpha: float = 1.0                # OMAR release --cql_alpha (per-dataset values: blocks of configs/omar.yaml)
     num_sampled_actions: int = 10         # OMAR release --num_sampled_actions (per source: uniform, pi(o), pi(o'))
