@@ -66,7 +66,8 @@ def info(name: str = typer.Argument(..., help="Dataset name (see `offmarl datase
         ("return min / max", f"{st['return_min']:.3f} / {st['return_max']:.3f}"),
         ("normalised score", f"{st['normalised_score_mean']:.3f}" if "normalised_score_mean" in st else "no reference"),
         ("reference returns", f"{m.ref_min_return} / {m.ref_max_return}"),
-        ("state-action coverage", f"{st['state_action_coverage']:.4f}"),
+        ("state-action coverage", f"{st['state_action_coverage']:.4f}  (OG-MARL's SACo: distinct (state, joint action) "
+                                  f"pairs, rounded to 0.1, per transition; {len(ds):,} rows)"),
         ("name (version)", m.name or "-"),
         ("sha256 (`datasets verify`)", ds.content_sha256()[:16]),
         ("source", m.source),
