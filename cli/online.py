@@ -10,7 +10,7 @@ from offmarl.cli.common import console
 
 
 class OnlineProgress:
-    """The loop's progress (iterations) shown as env steps, latest win rate and updates/s; a plain
+    """The loop's progress (iterations) shown as env steps, latest win rate and env steps/s; a plain
     line every 30 s when the output is not a terminal (a log file gets lines, not bar redraws)."""
 
     def __init__(self, steps_per_iteration: int, enabled: bool = True):
@@ -29,22 +29,25 @@ class OnlineProgress:
 
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             TextColumn("{task.fields[env]} env steps"), TextColumn("win {task.fields[win]}"),
-                            TextColumn("{task.fields[rate]} updates/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=console)
         self.bar.start()
         self.task = self.bar.add_task(name, total=total, completed=completed, env=completed * self.k, win="-",
-                                      rate="-")
+                                      rate="- env steps/s")
 
     def update(self, step: int, score: float | None) -> None:
+        from offmarl.cli.progress import _rate  # rich.progress: not at import (`--help` stays light)
+
         now = time.perf_counter()
         rate = (step - self.first) / max(now - self.t0, 1e-9)
         if self.plain and (now - self.last_line >= 30 or step == self.total):
             self.last_line = now
             win = "-" if score is None else f"{score:.2f}"
-            console.print(f"env steps {step * self.k}/{self.total * self.k}  win {win}  {rate:.2f} updates/s")
+            speed = _rate(rate * self.k, "env step")
+            console.print(f"env steps {step * self.k}/{self.total * self.k}  win {win}  {speed}")
         if self.bar is None:
             return
-        self.bar.update(self.task, completed=step, env=step * self.k, rate=f"{rate:.2f}",
+        self.bar.update(self.task, completed=step, env=step * self.k, rate=_rate(rate * self.k, "env step"),
                         win="-" if score is None else f"{score:.2f}")
 
     def close(self) -> None:

@@ -68,14 +68,14 @@ class PlainProgress:
                       f"elapsed {_clock(now - self.t0)}  eta {eta}", highlight=False)
 
 
-def _rate(steps_per_s: float) -> str:
-    """``412 steps/s``, or ``5.2 s/step`` below one step a second (a MOMA-PPO iteration takes
-    seconds: "0 steps/s" said nothing); ``- steps/s`` before the first step."""
-    if steps_per_s <= 0:
-        return "- steps/s"
-    if steps_per_s < 1:
-        return f"{1 / steps_per_s:.1f} s/step"
-    return f"{steps_per_s:.0f} steps/s"
+def _rate(per_s: float, unit: str = "step") -> str:
+    """``412 steps/s``, or ``5.2 s/step`` below one a second (a MOMA-PPO iteration takes seconds:
+    "0 steps/s" said nothing); ``- steps/s`` before the first one."""
+    if per_s <= 0:
+        return f"- {unit}s/s"
+    if per_s < 1:
+        return f"{1 / per_s:.1f} s/{unit}"
+    return f"{per_s:.0f} {unit}s/s"
 
 
 def _clock(seconds: float) -> str:
