@@ -109,4 +109,8 @@ def online(
     console.print(f"final evaluation: win rate {res['win_rate']:.2f}, return {res['return_mean']:.3f} ± "
                   f"{res['return_std']:.3f} (SMAX scale, at most ~2) over {res['episodes']} episodes after "
                   f"{res['env_steps']} env steps")
+    if res.get("stochastic_return") is not None:  # the policy as it collects (sampled actions), as many episodes
+        win = res.get("stochastic_win_rate")
+        console.print(f"stochastic policy: return {res['stochastic_return']:.3f}"
+                      + (f", win rate {win:.2f}" if win is not None else ""))
     console.print(f"run directory: {res['run_dir']}")
