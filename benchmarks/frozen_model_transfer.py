@@ -11,12 +11,19 @@
 One JSON line per evaluation, the whole record in ``--out``; ``--plot`` draws imagined vs real
 return of one or more record files.
 
+``--arms mamba,mag`` compares imagination methods on ONE frozen model: the model and MAG's R_m are
+fitted once, then each arm runs its rounds from the same initial policy and generator states (the
+same PPO budget; only L differs: 1 for mamba, the planner's L for mag).
+
     OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --out frozen-s0.json
     python benchmarks/frozen_model_transfer.py --plot frozen-s0.json frozen-s1.json --png frozen.png
+    OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --arms mamba,mag --out pair-s0.json
+    python benchmarks/frozen_model_transfer.py --table pair-s0.json --arm mag
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -41,10 +48,18 @@ def real_eval(algo: OnlineAlgorithm, episodes: int, seed: int) -> dict:
 
 
 def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int = 1500, rounds: int = 200,
-        eval_every: int = 50, episodes: int = 32, config: OnlineConfig | None = None, log=print) -> dict:
+        eval_every: int = 50, episodes: int = 32, config: OnlineConfig | None = None, log=print,
+        arms: tuple[str, ...] = ("mamba",)) -> dict:
+    """One arm (the default, mamba: L = 1): the record of that arm. Several arms (``("mamba", "mag")``):
+    the model (and, when an arm is mag, MAG's R_m with it, as often as the model) is fitted ONCE and
+    frozen; every arm then starts from the same initial policy, optimiser and generator states, so
+    the arms differ only by the planner (L = 1 vs L); the record holds one sub-record per arm."""
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
+    for arm in arms:
+        if arm not in ("mamba", "mag"):
+            raise SystemExit(f"--arms: {arm!r} is not an imagination method (mamba or mag)")
     cfg = config or OnlineConfig(algo="mamba", map=map_name)
-    cfg.algo = "mamba"  # L = 1: plain imagination
+    cfg.algo = "mag" if "mag" in arms else "mamba"  # mag: build R_m and train it with the model
     algo = OnlineAlgorithm(None, cfg, "cpu", seed=seed)
     t0 = time.perf_counter()
     algo.cfg.collect_steps = collect
@@ -56,15 +71,36 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
     t_fit = time.perf_counter() - t0 - t_collect
     record = {"seed": seed, "map": cfg.map, "collect": collect, "model_steps": model_steps, "rounds": rounds,
               "episodes": episodes, "train_episodes": algo.episodes, "collect_seconds": round(t_collect, 1),
-              "fit_seconds": round(t_fit, 1), "fit": {k: round(v, 4) for k, v in fit.items()}, "evals": []}
+              "fit_seconds": round(t_fit, 1), "fit": {k: round(v, 4) for k, v in fit.items()}}
     frozen = [p.detach().clone() for p in algo.model.parameters()]
+    start_ppo = copy.deepcopy(algo.mappo.state_dict())
+    start_gens = {k: g.get_state() for k, g in algo.generators.items()}
+    results = {}
+    for arm in arms:
+        algo.mappo.load_state_dict(copy.deepcopy(start_ppo))
+        for k, g in algo.generators.items():
+            g.set_state(start_gens[k])
+        algo.cfg.algo = arm  # the method: mag imagines with the planner (L candidates), mamba with L = 1
+        results[arm] = _rounds(algo, seed, rounds, eval_every, episodes, t0, log, arm if len(arms) > 1 else None)
+    record["model_unchanged"] = all(torch.equal(a, b) for a, b in zip(frozen, algo.model.parameters()))
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    if len(arms) == 1:
+        return {**record, **results[arms[0]]}
+    record["arms"] = results
+    return record
+
+
+def _rounds(algo: OnlineAlgorithm, seed: int, rounds: int, eval_every: int, episodes: int, t0: float, log,
+            arm: str | None) -> dict:
+    tag = {"arm": arm} if arm else {}
+    out: dict = {"evals": []}
     imagined: list[float] = []
     for r in range(rounds + 1):
         if r % eval_every == 0:
-            row = {"round": r, **real_eval(algo, episodes, seed),
+            row = {**tag, "round": r, **real_eval(algo, episodes, seed),
                    "imagined_return": float(np.mean(imagined[-eval_every:])) if imagined else None,
                    "seconds": round(time.perf_counter() - t0, 1)}
-            record["evals"].append(row)
+            out["evals"].append(row)
             log(json.dumps(row))
         if r == rounds:
             break
@@ -73,33 +109,37 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
         imagined.append(float(ret.mean()))
         metrics = algo.mappo.update(batch, algo.generators["ppo"])
         if (r + 1) % eval_every == 0:
-            log(json.dumps({"round": r + 1, "imagined_valid_frac": round(info["imagined_valid_frac"], 3),
+            log(json.dumps({**tag, "round": r + 1, "imagined_valid_frac": round(info["imagined_valid_frac"], 3),
                             "imagined_cont_mean": round(info.get("imagined_cont_mean", 1.0), 3),
                             "entropy": round(metrics["entropy"], 3), "clip_frac": round(metrics["clip_frac"], 3)}))
-    first, last = record["evals"][0], record["evals"][-1]
-    record["gain"] = {m: last[m] - first[m] for m in ("greedy_return", "stochastic_return")}
-    record["model_unchanged"] = all(torch.equal(a, b) for a, b in zip(frozen, algo.model.parameters()))
-    record["seconds"] = round(time.perf_counter() - t0, 1)
-    return record
+    first, last = out["evals"][0], out["evals"][-1]
+    out["gain"] = {m: last[m] - first[m] for m in ("greedy_return", "stochastic_return")}
+    return out
 
 
-def load_record(path: str) -> dict:
-    """A record file (--out), or the log of a run (its evaluation lines; an unfinished run)."""
+def load_record(path: str, arm: str | None = None) -> dict:
+    """A record file (--out), or the log of a run (its evaluation lines; an unfinished run); ``arm``
+    picks one arm of a paired run (--arms)."""
     with open(path) as f:
         text = f.read()
     try:
-        return json.loads(text)
+        rec = json.loads(text)
+        if arm is not None:
+            if "arms" not in rec or arm not in rec["arms"]:
+                raise SystemExit(f"{path} has no arm {arm!r}")
+            return {**{k: v for k, v in rec.items() if k != "arms"}, **rec["arms"][arm]}
+        return rec
     except json.JSONDecodeError:
         rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        evals = [r for r in rows if "greedy_return" in r]
+        evals = [r for r in rows if "greedy_return" in r and r.get("arm") == arm]
         summary = next((r for r in rows if r.get("summary")), {})
         return {"seed": summary.get("seed", path), "map": summary.get("map", "2s3z"), "evals": evals}
 
 
-def table(paths: list[str]) -> str:
+def table(paths: list[str], arm: str | None = None) -> str:
     """Markdown: per evaluated round, mean ± standard error over the runs of imagined, greedy and
     stochastic return and the win rates (n = runs that reached the round)."""
-    recs = [load_record(p) for p in paths]
+    recs = [load_record(p, arm) for p in paths]
     rounds = sorted({e["round"] for r in recs for e in r["evals"]})
     lines = ["| round | runs | imagined return | real greedy return | real stochastic return | greedy win | "
              "stochastic win |", "|---|---|---|---|---|---|---|"]
@@ -119,11 +159,11 @@ def table(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(paths: list[str], png: str) -> None:
+def plot(paths: list[str], png: str, arm: str | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    recs = [load_record(p) for p in paths]
+    recs = [load_record(p, arm) for p in paths]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for key, style, label in (("imagined_return", ":", "imagined (H-step, model)"),
                               ("greedy_return", "-", "real, greedy"), ("stochastic_return", "--", "real, stochastic")):
@@ -133,7 +173,7 @@ def plot(paths: list[str], png: str) -> None:
             ax.plot(xs, ys, style, color=f"C{i}", label=f"seed {rec['seed']}: {label}")
     ax.set_xlabel("imagination + PPO rounds (model frozen)")
     ax.set_ylabel("return")
-    ax.set_title(f"Frozen-model transfer, SMAX {recs[0]['map']}")
+    ax.set_title(f"Frozen-model transfer, SMAX {recs[0]['map']}" + (f", {arm}" if arm else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -150,24 +190,28 @@ def main(argv=None) -> None:
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--agent-input", default="obs", choices=["obs", "latent"], help="online.agent_input")
     p.add_argument("--critic", default=None, choices=["state", "mixer", "attention"], help="online.mappo.critic")
+    p.add_argument("--arms", default="mamba",
+                   help="comma-separated imagination methods on ONE fitted, frozen model, each from the same "
+                        "initial policy: mamba (L = 1) and/or mag (the planner), e.g. --arms mamba,mag")
+    p.add_argument("--arm", default=None, help="with --table/--plot: which arm of paired records")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", nargs="*", default=None, help="record (or log) files to plot (no run)")
     p.add_argument("--table", nargs="*", default=None, help="record (or log) files: markdown table (no run)")
     p.add_argument("--png", default="frozen_model_transfer.png")
     args = p.parse_args(argv)
     if args.plot:
-        plot(args.plot, args.png)
+        plot(args.plot, args.png, args.arm)
         return
     if args.table:
-        print(table(args.table))
+        print(table(args.table, args.arm))
         return
     cfg = OnlineConfig(algo="mamba", map=args.map, agent_input=args.agent_input)
     if args.critic:
         cfg.mappo.critic = args.critic
     rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes,
-              config=cfg)
+              config=cfg, arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()))
     rec["agent_input"], rec["critic"] = cfg.agent_input, cfg.mappo.critic
-    print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k != "evals"}}), flush=True)
+    print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k not in ("evals", "arms")}}), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rec, f, indent=1)
