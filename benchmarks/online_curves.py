@@ -1,6 +1,7 @@
-"""Learning curves of online runs (offmarl online): win rate and return of the greedy evaluations
-against env steps, per map and algorithm, mean and range over seeds -> a PNG (win rate on top,
-return below) and a markdown table.
+"""Learning curves of online runs (offmarl online): win rate and return of the greedy and the
+stochastic evaluations against env steps, per map and algorithm, mean and range over seeds -> a PNG
+(win rate on top, return below; solid greedy, dashed stochastic) and a markdown table (final agents,
+then the mean return at every evaluation).
 
 Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/results/online/curves.png]
                                           [--md docs/results/online/table.md]
@@ -28,15 +29,26 @@ def read_run(path: Path) -> dict | None:
     rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
         if (path / "metrics.jsonl").exists() else []
     env_steps = {r["step"]: r["env_steps"] for r in rows if r["phase"] == "train" and "env_steps" in r}
-    curve = [(env_steps.get(r["step"], 0), r["win_rate"], r["return_mean"]) for r in rows
+    # (env steps, greedy win, greedy return, stochastic win, stochastic return); runs made before the
+    # stochastic evaluation have None there
+    curve = [(r.get("env_steps", env_steps.get(r["step"], 0)), r["win_rate"], r["return_mean"],
+              r.get("stochastic_win_rate"), r.get("stochastic_return")) for r in rows
              if r["phase"] in ("eval", "final_eval") and "win_rate" in r]
     final = json.loads((path / "eval.json").read_text()) if (path / "eval.json").exists() else None
+    loop = cfg["config"]["loop"]
     return {"path": path, "algo": cfg["algo"], "map": cfg["env"].removeprefix("smac-"), "seed": cfg["seed"],
-            "budget": cfg["config"]["loop"]["env_steps"], "curve": curve, "final": final}
+            "budget": loop.get("steps", loop.get("env_steps")), "curve": curve, "final": final}
+
+
+def _ms(xs) -> str:
+    xs = np.array([x for x in xs if x is not None], dtype=float)
+    return "-" if len(xs) == 0 else f"{xs.mean():.2f} ± {xs.std():.2f}"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="online learning curves -> PNG + markdown table")
+    p = argparse.ArgumentParser(description="online learning curves -> PNG + markdown table",
+                                epilog="example: python benchmarks/online_curves.py runs/online-curves "
+                                       "--png curves.png --md table.md")
     p.add_argument("runs", type=Path)
     p.add_argument("--png", type=Path, default=Path("docs/results/online/curves.png"))
     p.add_argument("--md", type=Path, default=Path("docs/results/online/table.md"))
@@ -56,18 +68,21 @@ def main() -> None:
 
     fig, axes = plt.subplots(2, len(maps), figsize=(5 * len(maps), 6.6), squeeze=False)
     for col, m in enumerate(maps):
-        for row, (k, label, top) in enumerate(((1, "greedy win rate", 1.02), (2, "greedy return (SMAX, <= ~2)", 2.05))):
+        for row, (k, label, top) in enumerate(((1, "win rate", 1.02), (2, "return (SMAX, <= ~2)", 2.05))):
             ax = axes[row][col]
-            for algo in ("mag", "mamba", "mappo"):
+            for c, algo in enumerate(("mag", "mamba", "mappo")):
                 rs = [r for r in groups.get((m, algo), []) if r["curve"]]  # runs with at least one evaluation
                 if not rs:
                     continue
                 n = min(len(r["curve"]) for r in rs)  # the evaluations every run has reached
                 x = np.array([r["curve"][i][0] for i in range(n) for r in rs[:1]])
-                y = np.array([[r["curve"][i][k] for i in range(n)] for r in rs])
-                style = {"mag": "-", "mamba": "--", "mappo": ":"}[algo]
-                ax.plot(x, y.mean(0), style, marker="o", markersize=3, label=f"{algo} ({len(rs)} seeds)")
-                ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+                for kk, style, mode in ((k, "-", "greedy"), (k + 2, "--", "stochastic")):
+                    if any(r["curve"][i][kk] is None for r in rs for i in range(n)):
+                        continue
+                    y = np.array([[r["curve"][i][kk] for i in range(n)] for r in rs])
+                    ax.plot(x, y.mean(0), style, color=f"C{c}", marker="o", markersize=3,
+                            label=f"{algo}, {mode} ({len(rs)} seeds)")
+                    ax.fill_between(x, y.min(0), y.max(0), color=f"C{c}", alpha=0.15)
             ax.set_title(f"SMAX {m} (not SC2)")
             ax.set_xlabel("env steps")
             ax.set_ylabel(label)
@@ -77,18 +92,28 @@ def main() -> None:
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=120)
 
-    lines = ["| map | algo | seeds | env steps | final win rate (mean ± std) | final return (SMAX, <= ~2) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| map | algo | seeds | env steps | greedy win rate | greedy return | stochastic win rate | "
+             "stochastic return |", "|---|---|---|---|---|---|---|---|"]
     for (m, algo), rs in sorted(groups.items()):
         done = [r for r in rs if r["final"]]
         if not done:
-            lines.append(f"| {m} | {algo} | {len(rs)} (unfinished) | - | - | - |")
+            lines.append(f"| {m} | {algo} | {len(rs)} (unfinished) | - | - | - | - | - |")
             continue
-        w = np.array([r["final"]["win_rate"] for r in done])
-        ret = np.array([r["final"]["return_mean"] for r in done])
         steps = sorted({r["final"].get("env_steps", r["budget"]) for r in done})
-        lines.append(f"| {m} | {algo} | {len(done)} | {'/'.join(map(str, steps))} | {w.mean():.2f} ± {w.std():.2f} | "
-                     f"{ret.mean():.2f} ± {ret.std():.2f} |")
+        f = [r["final"] for r in done]
+        lines.append(f"| {m} | {algo} | {len(done)} | {'/'.join(map(str, steps))} | "
+                     f"{_ms([x['win_rate'] for x in f])} | {_ms([x['return_mean'] for x in f])} | "
+                     f"{_ms([x.get('stochastic_win_rate') for x in f])} | "
+                     f"{_ms([x.get('stochastic_return') for x in f])} |")
+    lines += ["", "Return at every evaluation, greedy / stochastic (mean ± std over seeds):", ""]
+    for (m, algo), rs in sorted(groups.items()):
+        rs = [r for r in rs if r["curve"]]
+        if not rs:
+            continue
+        n = min(len(r["curve"]) for r in rs)
+        cells = [f"{rs[0]['curve'][i][0]:.0f}: {_ms([r['curve'][i][2] for r in rs])} / "
+                 f"{_ms([r['curve'][i][4] for r in rs])}" for i in range(n)]
+        lines.append(f"- {m} {algo} ({len(rs)} seeds): " + "; ".join(cells))
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
