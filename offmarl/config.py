@@ -211,9 +211,10 @@ def build_with_sources(cls, layers: Sequence[tuple[str, dict[str, Any]]]):
     return cfg, sources
 
 
-def describe(cfg, sources: dict[str, str]) -> str:
+def describe(cfg, sources: dict[str, str], notes: dict[str, str] | None = None) -> str:
     """The resolved config, one ``dotted.key: value`` line each, followed by where the value came
-    from: ``# default`` or ``# <layer>`` (a block, a YAML file or a CLI option)."""
+    from: ``# default`` or ``# <layer>`` (a block, a YAML file or a CLI option), then
+    ``notes[dotted key]`` in parentheses where given (e.g. "offline only")."""
     flat = _flatten(to_dict(cfg))
     default = _flatten(to_dict(type(cfg)()))
     width = max(len(k) for k in flat) + 2
@@ -223,6 +224,8 @@ def describe(cfg, sources: dict[str, str]) -> str:
         where = sources.get(key, "default")
         if where != "default" and value == default.get(key):
             where += " (= default)"
+        if notes and key in notes:
+            where += f" ({notes[key]})"
         lines.append(f"{key + ':':<{width}}{text:<14} # {where}")
     return "\n".join(lines)
 

@@ -238,10 +238,10 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
         deviation = first.shape[1] != plain_width + _obs_dim(cfg) + 1
     algo = online.OnlineAlgorithm(None, cfg, device, saved["seed"], log=log, build_env=False)
     if em is not None and not deviation:
-        from offmarl.worldmodel.latent import ErrorPredictor
+        from offmarl.worldmodel.error_model import LatentErrorModel
 
-        algo.error_model = ErrorPredictor(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
-                                          algo.spec.max_obs_dim, True, deviation=False).to(device)
+        algo.error_model = LatentErrorModel(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
+                                            algo.spec.max_obs_dim, True, deviation=False).to(device)
     algo.mappo.load_state_dict(st["mappo"])
     if algo.model is not None:
         algo.model.load_state_dict(st["model"])
@@ -262,15 +262,15 @@ def refit_error_model(algo, steps: int, inputs: str, seed: int = 0, log: Callabl
     """A fresh R_m (``inputs``: transition | state_action) trained ``steps`` steps on the run's replay
     with the run's frozen world model, exactly as training trains it (``train_error_model``): the
     two R_m inputs compared on one model and one policy."""
-    from offmarl.worldmodel.latent import ErrorPredictor
+    from offmarl.worldmodel.error_model import LatentErrorModel
 
     cfg = algo.cfg
     if algo.model is None or getattr(algo, "replay", None) is None:
         raise OffmarlError("diagnose --refit-rm: the run has no world model or no replay in its checkpoint")
     cfg.planner.error_inputs = inputs
     torch.manual_seed(seed)
-    algo.error_model = ErrorPredictor(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
-                                      algo.spec.max_obs_dim, inputs == "transition").to(algo.device)
+    algo.error_model = LatentErrorModel(cfg.model.feat, algo.spec.n_actions, cfg.model.error_hidden,
+                                        algo.spec.max_obs_dim, inputs == "transition").to(algo.device)
     algo.error_opt = torch.optim.Adam(algo.error_model.parameters(), lr=cfg.model.error_lr, eps=1e-5)
     algo.generators["model"] = torch.Generator().manual_seed(seed)
     algo.model.eval()

@@ -39,6 +39,7 @@ from offmarl.envs.smac import check_online_map
 from offmarl.errors import OffmarlError
 from offmarl.evaluation import CrossPlayPolicy, evaluate_policy
 from offmarl.loop import LoopConfig, Progress, TrainingInterrupted, train
+from offmarl.planners.mag import OFFLINE_ONLY, ONLINE_ONLY, PlannerConfig
 from offmarl.runs import (
     RunDir,
     RunError,
@@ -178,7 +179,9 @@ def print_config(algo: str, dataset: str, obs: str | None, config: str | Sequenc
     """``offmarl train --print-config``: the resolved config and each value's source."""
     layers = config_layers(algo, dataset, obs, config, overrides, steps, extra)
     cfg, sources = build_with_sources(algorithm_module(algo).Config, layers)
-    return describe(cfg, sources)
+    planner = getattr(cfg, "planner", None)  # MOMA-PPO: the planner's online-only keys
+    notes = {f"planner.{k}": "online only" for k in ONLINE_ONLY} if isinstance(planner, PlannerConfig) else None
+    return describe(cfg, sources, notes)
 
 
 def real_env_evaluator(algo, meta, seed: int, n_envs: int, device) -> Callable[[int], dict[str, Any]]:
@@ -400,7 +403,7 @@ def print_online_config(algo: str | None, map_name: str | None, backend: str | N
     layers = online_config_layers(algo, map_name, backend, config, overrides, steps)
     cfg, sources = build_with_sources(online.Config, layers)
     cfg.__post_init__()
-    return describe(cfg, sources)
+    return describe(cfg, sources, {f"planner.{k}": "offline only" for k in OFFLINE_ONLY})
 
 
 def online_evaluator(algo, env_name: str, backend: str, seed: int, n_envs: int, device) -> Callable[[int], dict]:

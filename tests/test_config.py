@@ -210,6 +210,12 @@ def test_print_config_names_each_values_source(tmp_path):
     assert rows["model.deter"] == ("256", "online.yaml:mamba-reference")
     assert rows["planner.l"] == ("4", "online.yaml:mag-reference maps.3s_vs_4z (= default)")
     assert rows["planner.h"] == ("7", "--set") and rows["loop.steps"] == ("5000", "--steps")
+    # one PlannerConfig for both loops: each loop's printout marks the keys only the other one reads
+    assert rows["planner.error_steps"] == ("3000", "default (offline only)")
+    assert rows["planner.check_every"] == ("10", "default")
+    offline = _sources(print_config("moma-ppo", "ant-medium", None, ["reference"], None, 5, {"planner.kind": "mag"}))
+    assert offline["planner.check_every"] == ("10", "default (online only)")
+    assert offline["planner.error_steps"][1] in ("default", "moma-ppo.yaml:reference (= default)")
 
 
 def test_a_users_file_extends_a_shipped_block(tmp_path):

@@ -131,3 +131,58 @@ def test_online_loop_is_the_loop_config_in_env_steps():
     old["loop"] = {"env_steps": 3000, "eval_every": 500, "eval_episodes": 4, "final_eval_episodes": 4, "eval_envs": 4}
     migrated = online.migrate_saved_config(old)
     assert migrated["loop"]["steps"] == 3000 and "env_steps" not in migrated["loop"]
+
+
+# the keys of online runs' ``planner`` before it became planners.mag.PlannerConfig
+OLD_PLANNER_KEYS = ("l", "h", "discount", "continuations", "error_inputs", "check_every")
+
+
+def test_online_planner_is_the_planner_config_with_online_defaults():
+    from offmarl.algos import moma_ppo, online
+    from offmarl.driver import saved_config
+    from offmarl.planners.mag import PlannerConfig
+
+    cfg = online.OnlineConfig()
+    p = cfg.planner
+    assert type(p) is PlannerConfig
+    assert (p.l, p.h, p.discount, p.continuations, p.error_inputs, p.check_every) == (4, 5, 1.0, 1, "transition", 10)
+    offline = moma_ppo.Config().planner  # the offline loop keeps its own defaults
+    assert (offline.kind, offline.l, offline.h, offline.discount, offline.continuations) == ("none", 4, 4, 0.5, 4)
+    # config.yaml of a run written with the online loop's own planner settings class still loads
+    old = to_dict(cfg)
+    old["planner"] = {"l": 3, "h": 6, "discount": 0.9, "continuations": 2, "error_inputs": "state_action",
+                      "check_every": 0}
+    assert tuple(old["planner"]) == OLD_PLANNER_KEYS
+    loaded = saved_config(online, {"config": old})
+    got = loaded.planner
+    assert (got.l, got.h, got.discount, got.continuations, got.error_inputs, got.check_every) == \
+        (3, 6, 0.9, 2, "state_action", 0)
+    assert to_dict(got) == {**to_dict(online.online_planner()), **old["planner"]}
+
+
+def test_planner_keys_of_the_other_loop_are_refused():
+    from offmarl.algos import moma_ppo
+
+    with pytest.raises(OffmarlError, match=r"online.planner.error_hidden is an offline-only .* model.error_hidden"):
+        resolve_online_config("mag", "2s3z", None, None, ["planner.error_hidden=[16]"], None)
+    with pytest.raises(OffmarlError, match=r"online.planner.kind is an offline-only .* --algo"):
+        resolve_online_config("mag", "2s3z", None, None, ["planner.kind=mag"], None)
+    cfg = moma_ppo.Config()
+    cfg.planner.check_every = 3
+    with pytest.raises(OffmarlError, match="planner.check_every is an online-only setting"):
+        moma_ppo.check_config(cfg)
+
+
+@pytest.mark.slow
+def test_an_online_run_saved_with_the_old_planner_keys_resumes(tmp_path):
+    """A finished mag run whose config.yaml holds the old planner keys continues to a larger total."""
+    import yaml
+
+    res = online_from_options("2s3z", "mag", config=["smoke"], steps=200, device="cpu", out=str(tmp_path),
+                              log=_quiet)
+    path = RunDir.open(res["run_dir"]).path / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    saved["config"]["planner"] = {k: saved["config"]["planner"][k] for k in OLD_PLANNER_KEYS}
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    res = online_from_options(resume=res["run_dir"], steps=400, device="cpu", log=_quiet)
+    assert res["env_steps"] == 400

@@ -28,7 +28,7 @@ from offmarl.algos.mappo import HIST_KEYS, MAPPO, MAPPOConfig
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
-from offmarl.planners.mag import PlannerConfig
+from offmarl.planners.mag import ONLINE_ONLY, PlannerConfig
 from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
 from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
 from offmarl.worldmodel.scorers import make_planner
@@ -91,6 +91,10 @@ def check_config(cfg: Config) -> None:
     """Options that contradict each other are errors, never silently overridden."""
     if cfg.rollout_batch < 1:
         raise OffmarlError("rollout_batch must be >= 1")
+    for key in ONLINE_ONLY:  # planners/mag.py: PlannerConfig is shared with the online loop
+        if getattr(cfg.planner, key) != getattr(PlannerConfig(), key):
+            raise OffmarlError(f"planner.{key} is an online-only setting (offmarl online); offline it means nothing "
+                               "(`offmarl diagnose` measures the offline planner)")
     if cfg.bc_pretrain_steps < 0 or cfg.bc_pretrain_batch < 1 or cfg.bc_anchor_batch < 1:
         raise OffmarlError("bc_pretrain_steps must be >= 0, bc_pretrain_batch and bc_anchor_batch >= 1")
     thr, q = cfg.rollout.eps_g_threshold, cfg.calibrate_eps_g

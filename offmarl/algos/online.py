@@ -38,17 +38,17 @@ from offmarl.envs import SMAC_BACKENDS, VecMultiAgentEnv, make_env, make_vec_env
 from offmarl.envs.base import EnvSpec
 from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
-from offmarl.planners.mag import plan, planner_figures
+from offmarl.planners.mag import OFFLINE_ONLY, PlannerConfig, plan, planner_figures
 from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
+from offmarl.worldmodel.error_model import LatentErrorModel, latent_error_model_step
 from offmarl.worldmodel.latent import (
-    ErrorPredictor,
     LatentLookahead,
     LatentModelConfig,
     LatentWorldModel,
-    error_labels,
     imagine,
     real_continuation_errors,
 )
+from offmarl.worldmodel.trainer import sequence_model_step
 
 
 @dataclass(frozen=True)
@@ -88,19 +88,23 @@ def _online_mappo() -> MAPPOConfig:
     )
 
 
-@dataclass
-class PlannerSettings:
-    # CPU preset (ours, benchmarks/online_speed.py): L 4 x H 5 costs ~1/3 of MAG's L 5 x H 10 per
-    # imagined step; MAG's per-map values (L 4-5, H 6-10, MAG paper appendix B) come with
-    # `--config mag-reference` (configs/online.yaml, its `maps` entries)
-    l: int = 4  # noqa: E741 (MAG's L)
-    h: int = 5
-    discount: float = 1.0  # MAG Algorithm 1 sums the errors undiscounted
-    # K continuations per candidate (ours; docs/mag.md "Diagnose", 2s3z 2000 steps: K = 4 raises the score's
-    # repeatability 0.24 -> 0.53 but hardly the ranking (Spearman 0.02 -> 0.08) for 4x the planner's cost)
-    continuations: int = 1
-    error_inputs: str = "transition"  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
-    check_every: int = 10  # ours: every N updates log planner_spearman etc. on a replay batch (0 = never)
+def online_planner() -> PlannerConfig:
+    """The MAG planner's settings online: planners.mag.PlannerConfig (one config for both loops)
+    with the online loop's own measured defaults; its offline-only keys stay at their defaults
+    (``OnlineConfig`` refuses them, planners.mag.OFFLINE_ONLY)."""
+    return PlannerConfig(
+        # CPU preset (ours, benchmarks/online_speed.py): L 4 x H 5 costs ~1/3 of MAG's L 5 x H 10 per
+        # imagined step; MAG's per-map values (L 4-5, H 6-10, MAG paper appendix B) come with
+        # `--config mag-reference` (configs/online.yaml, its `maps` entries)
+        l=4,  # MAG's L
+        h=5,
+        discount=1.0,  # MAG Algorithm 1 sums the errors undiscounted
+        # K continuations per candidate (ours; docs/mag.md "Diagnose", 2s3z 2000 steps: K = 4 raises the score's
+        # repeatability 0.24 -> 0.53 but hardly the ranking (Spearman 0.02 -> 0.08) for 4x the planner's cost)
+        continuations=1,
+        error_inputs="transition",  # R_m(feat, a, o_hat', r_hat') (MAG paper) | state_action: R_m(feat, a)
+        check_every=10,  # ours: every N updates log planner_spearman etc. on a replay batch (0 = never)
+    )
 
 
 def _online_loop() -> LoopConfig:
@@ -118,8 +122,11 @@ def _online_loop() -> LoopConfig:
 
 
 def migrate_saved_config(data: dict[str, Any]) -> dict[str, Any]:
-    """config.yaml of online runs written before the loop settings became a LoopConfig: their
-    ``loop.env_steps`` is ``loop.steps`` (env steps)."""
+    """config.yaml of online runs written by older versions. Before the loop settings became a
+    LoopConfig: their ``loop.env_steps`` is ``loop.steps`` (env steps). Before the planner's
+    settings became planners.mag.PlannerConfig, ``planner`` held l, h, discount, continuations,
+    error_inputs and check_every: all PlannerConfig keys of the same meaning, so they load as they
+    are (the other keys take ``online_planner``'s defaults)."""
     loop = data.get("loop")
     if isinstance(loop, dict) and "env_steps" in loop:
         data = {**data, "loop": {("steps" if k == "env_steps" else k): v for k, v in loop.items()}}
@@ -148,7 +155,7 @@ class OnlineConfig:
     # latent agents are measured not worse (docs/online.md)
     agent_input: str = "obs"
     model: LatentModelConfig = field(default_factory=LatentModelConfig)
-    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    planner: PlannerConfig = field(default_factory=online_planner)  # planners/mag.py; online defaults above
     mappo: MAPPOConfig = field(default_factory=_online_mappo)
     loop: LoopConfig = field(default_factory=_online_loop)  # in env steps
 
@@ -165,13 +172,12 @@ class OnlineConfig:
             raise OffmarlError("online.agent_input = 'latent' needs a world model; --algo mappo has none (use 'obs')")
         if self.collect_steps < self.n_envs:
             raise OffmarlError(f"online.collect_steps ({self.collect_steps}) must be >= online.n_envs ({self.n_envs})")
-        if self.planner.error_inputs not in ("transition", "state_action"):
-            raise OffmarlError(f"online.planner.error_inputs = {self.planner.error_inputs!r}; choose transition or "
-                               "state_action")
-        if self.planner.check_every < 0:
-            raise OffmarlError(f"online.planner.check_every = {self.planner.check_every}; must be >= 0 (0 = never)")
-        if self.planner.continuations < 1:
-            raise OffmarlError(f"online.planner.continuations = {self.planner.continuations}; must be >= 1")
+        # error_inputs, check_every, continuations: checked by PlannerConfig itself
+        default = PlannerConfig()
+        for key, instead in OFFLINE_ONLY.items():
+            if getattr(self.planner, key) != getattr(default, key):
+                raise OffmarlError(f"online.planner.{key} is an offline-only setting (offline MOMA-PPO + MAG); "
+                                   f"online it means nothing. Online: {instead}")
         if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
             raise OffmarlError(f"online.planner: l={self.planner.l}, h={self.planner.h}; need l >= 1 and h >= 2 "
                                "when l > 1")
@@ -268,8 +274,8 @@ class OnlineAlgorithm:
             self.model = LatentWorldModel(n, o, k, cfg.model).to(self.device)
             self.model_opt = _adam(self.model.parameters(), cfg.model.lr)
             if cfg.method.planner:
-                self.error_model = ErrorPredictor(cfg.model.feat, k, cfg.model.error_hidden, o,
-                                                  cfg.planner.error_inputs == "transition").to(self.device)
+                self.error_model = LatentErrorModel(cfg.model.feat, k, cfg.model.error_hidden, o,
+                                                    cfg.planner.error_inputs == "transition").to(self.device)
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
             if build_env:
                 self.replay = SequenceReplay(cfg.replay_capacity, cfg.n_envs, n, o, k)
@@ -369,15 +375,14 @@ class OnlineAlgorithm:
         return self.replay.sample(m.batch, m.seq_len, self.generators["model"], self.device)
 
     def _train_model(self) -> dict[str, float]:
+        """``model_updates`` steps of the latent model (worldmodel/trainer.py ``sequence_model_step``),
+        each followed by one R_m step (mag); -> the mean of their terms."""
         sums: dict[str, float] = {}
         self.model.train()
         for _ in range(self.cfg.model_updates):
             batch = self._sample()
-            loss, terms, feat = self.model.loss(batch, self.generators["model"])
-            self.model_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            terms["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.model.grad_clip)
-            self.model_opt.step()
+            terms, feat = sequence_model_step(self.model, self.model_opt, batch, self.generators["model"],
+                                              self.cfg.model.grad_clip)
             if self.error_model is not None:
                 terms.update(self.train_error_model(feat.detach(), batch))
             for k, v in terms.items():
@@ -386,17 +391,9 @@ class OnlineAlgorithm:
 
     def train_error_model(self, feat: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One R_m step on real sequences (after each model step: as often as the model), MAG's
-        label on the transitions of agents alive at t (latent.error_labels)."""
-        lab = error_labels(self.model, feat, batch, self.generators["model"])
-        pred = self.error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"],
-                                lab["deviation"] if self.error_model.deviation else None)
-        w = lab["weight"].float()
-        err_loss = ((pred - lab["labels"]).square() * w).sum() / w.sum().clamp_min(1)
-        self.error_opt.zero_grad(set_to_none=True)
-        err_loss.backward()
-        self.error_opt.step()
-        return {"error_model_loss": err_loss.detach(),
-                "error_label_mean": (lab["labels"] * w).sum() / w.sum().clamp_min(1)}
+        label on the transitions of agents alive at t (worldmodel/error_model.py ``latent_error_model_step``)."""
+        return latent_error_model_step(self.error_model, self.error_opt, self.model, feat, batch,
+                                       self.generators["model"])
 
     @torch.no_grad()
     def planner_check(self, step: int, max_starts: int = 128) -> dict[str, float]:
@@ -566,4 +563,4 @@ Algorithm = OnlineAlgorithm
 Config = OnlineConfig
 
 __all__ = ["ALGOS", "METHODS", "Algorithm", "Config", "LatentAgent", "Method", "OnlineAlgorithm", "OnlineConfig",
-           "PlannerSettings", "migrate_saved_config", "policy_spec"]
+           "migrate_saved_config", "online_planner", "policy_spec"]

@@ -58,16 +58,26 @@ ERROR_INPUTS = ("transition", "state_action")
 
 @dataclass
 class PlannerConfig:
-    kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md)
+    """The MAG planner's settings, ONE config for both loops: offline MOMA-PPO(+MAG)
+    (``moma_ppo.Config.planner``; the defaults below) and the online loop (``online.OnlineConfig.planner``,
+    built with the online defaults by ``online.online_planner``). Keys marked "offline only" mean
+    nothing online (``OnlineConfig`` refuses a changed value, naming the online key that does the job);
+    keys marked "online only" mean nothing offline."""
+    kind: str = "none"          # none | mag (MAG planner over candidate predictions; docs/mag.md). Offline only:
+    #                             online, --algo mag plans and mamba / mappo do not
     l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo.yaml `mag`)
     h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
-    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network)
+    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network).
+    #                             Offline only: online always scores with the latent model's R_m
     discount: float = 0.5       # discount^j on look-ahead step j's score; MAG Algorithm 1: 1 (plain sum). Ours:
     #                             reacher po, K = 4, docs/mag.md "Diagnose": Spearman 0.26 -> 0.43, pick's error
     #                             vs random -7.6% -> -10.0% (the continuation's terms are noisy)
     continuations: int = 4      # K continuations per candidate (ours; docs/mag.md "Diagnose", reacher po: score
     #                             repeatability 0.15 -> 0.27, pick's error vs random -6.1% -> -7.6% from K 1 -> 4)
-    candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both
+    candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both.
+    #                             Offline only: online candidates are samples of the latent model's prior
+    # R_m's fit, offline only (R_m is fitted once on the dataset). Online R_m trains alongside the latent
+    # model, one step per model step (online.model_updates), with online.model.error_hidden / error_lr
     error_hidden: tuple[int, ...] = (256, 256, 256, 256)  # R_m widths (MAG appendix B: 4 x 256)
     error_steps: int = 3_000    # R_m Adam steps (ours)
     error_lr: float = 1e-3      # R_m Adam lr (ours)
@@ -75,16 +85,31 @@ class PlannerConfig:
     error_max_labels: int = 200_000  # dataset transitions labelled with the model's error (ours)
     error_seed: int = 0         # R_m labels, split and init
     error_inputs: str = "transition"  # transition (MAG paper: R_m(s, a, s', r)) | state_action (before: R_m(s, a))
+    check_every: int = 10       # online only: every N updates log planner_spearman etc. on a replay batch
+    #                             (0 = never; ours). Offline, `offmarl diagnose` measures the planner
 
     def __post_init__(self):
         self.error_hidden = tuple(int(x) for x in self.error_hidden)
         if self.continuations < 1:
             raise OffmarlError(f"planner.continuations={self.continuations} must be >= 1")
+        if self.check_every < 0:
+            raise OffmarlError(f"planner.check_every={self.check_every} must be >= 0 (0 = never)")
         for key, value, allowed in (("kind", self.kind, KINDS), ("score", self.score, SCORES),
                                     ("candidates", self.candidates, CANDIDATE_MODES),
                                     ("error_inputs", self.error_inputs, ERROR_INPUTS)):
             if value not in allowed:
                 raise OffmarlError(f"planner.{key}={value!r} is unknown; choose one of {', '.join(allowed)}")
+
+
+# PlannerConfig keys that mean nothing in the online loop, and what does their job there
+OFFLINE_ONLY = {"kind": "--algo (mag plans; mamba and mappo do not)",
+                "score": "none (online scores with the latent model's R_m)",
+                "candidates": "none (online candidates are prior samples)",
+                "error_hidden": "model.error_hidden", "error_steps": "model_updates",
+                "error_lr": "model.error_lr", "error_batch_size": "model.batch",
+                "error_max_labels": "none (R_m trains on every replayed sequence)", "error_seed": "--seed"}
+# PlannerConfig keys that mean nothing in the offline loop
+ONLINE_ONLY = ("check_every",)
 
 
 class Scorer(Protocol):

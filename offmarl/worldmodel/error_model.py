@@ -25,6 +25,10 @@ Deviation from the MAG release, on purpose: it labels R_m differently from the p
 paper's label. Its input is the global state + joint action (our model's input), not MAMBA's
 per-agent latent features. Defaults: 4 x 256 hidden (MAG appendix B).
 
+The ONLINE loop's R_m lives here too (``LatentErrorModel``, ``latent_error_model_step``): the same
+MAG label on the per-agent latent model of worldmodel/latent.py, trained alongside that model on
+replayed real sequences (one R_m step per model step) instead of fitted once on a dataset.
+
 Cached next to the world model it describes: ``<world-model dir>/error_model-<key>.pt`` where the
 key covers the world model's weights, the dataset checksum, the observation scheme and this config.
 """
@@ -38,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from offmarl.errors import OffmarlError
 from offmarl.nn.layers import Standardiser, mlp
 from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
+from offmarl.worldmodel.latent import LatentWorldModel, error_labels
 
 FORMAT = "offmarl-error-model-v3"  # v2: transition inputs; v3: + deviation from the elites' mean
 
@@ -147,6 +153,52 @@ class ErrorModel(nn.Module):
         stats["seconds"] = res["seconds"]
         self.metadata["fit"] = stats
         return stats
+
+
+class LatentErrorModel(nn.Module):
+    """MAG's R_m on the ONLINE latent model (worldmodel/latent.py): per agent, (feat [M, N, D],
+    action [M, N], predicted next observation [M, N, O], predicted next reward [M, N]) -> predicted
+    one-step error [M, N], shared weights across agents. ``transition=False``: the earlier R_m(feat, action)."""
+
+    def __init__(self, feat_dim: int, n_actions: int, hidden: tuple[int, ...], obs_dim: int = 0,
+                 transition: bool = True, deviation: bool = True):
+        super().__init__()
+        self.k, self.transition = n_actions, bool(transition and obs_dim > 0)
+        self.deviation = self.transition and deviation
+        extra = (obs_dim + 1) * (2 if self.deviation else 1) if self.transition else 0
+        self.net = mlp(feat_dim + n_actions + extra, hidden, 1)
+
+    def forward(self, feat: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None,
+                next_reward: torch.Tensor | None = None, deviation: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """deviation: (next_obs - the prior's mean prediction, next_reward - its mean)
+        (latent.py ``prior_mean_outcome``)."""
+        parts = [feat, F.one_hot(actions, self.k).to(feat.dtype)]
+        if self.transition:
+            parts += [next_obs.to(feat.dtype), next_reward.to(feat.dtype).unsqueeze(-1)]
+            if self.deviation:
+                parts += [deviation[0].to(feat.dtype), deviation[1].to(feat.dtype).unsqueeze(-1)]
+        return F.softplus(self.net(torch.cat(parts, -1)).squeeze(-1))  # errors are >= 0
+
+
+def latent_error_model_step(error_model: LatentErrorModel, optimizer: torch.optim.Optimizer, model: LatentWorldModel,
+                            feat: torch.Tensor, batch: dict[str, torch.Tensor], generator: torch.Generator | None
+                            ) -> dict[str, torch.Tensor]:
+    """One gradient step of the latent model's R_m on real sequences (online: after each model step,
+    as often as the model): MAG's label (latent.py ``error_labels``: one prior sample per row, drawn
+    with ``generator``) on the transitions of agents alive at t and t+1, a masked MSE, one optimizer
+    step. feat [T, B, N, D]: the model's posterior features of ``batch`` (detached).
+    -> {error_model_loss, error_label_mean} (detached tensors)."""
+    lab = error_labels(model, feat, batch, generator)
+    pred = error_model(feat[:-1], batch["action"][:-1], lab["next_obs"], lab["next_reward"],
+                       lab["deviation"] if error_model.deviation else None)
+    w = lab["weight"].float()
+    err_loss = ((pred - lab["labels"]).square() * w).sum() / w.sum().clamp_min(1)
+    optimizer.zero_grad(set_to_none=True)
+    err_loss.backward()
+    optimizer.step()
+    return {"error_model_loss": err_loss.detach(),
+            "error_label_mean": (lab["labels"] * w).sum() / w.sum().clamp_min(1)}
 
 
 @torch.no_grad()

@@ -41,7 +41,8 @@ judges each candidate's own transition and its H-1 step continuation under the c
 start state keeps its own best candidate (``offmarl.planners.mag.plan``). With L = 1 the planner
 draws nothing and imagination is plain imagination, bit for bit.
 
-R_m (``ErrorPredictor``) takes the transition, per agent i: (feat_t^i, a_t^i, o_hat_{t+1}^i,
+R_m (worldmodel/error_model.py ``LatentErrorModel``, trained by its ``latent_error_model_step``
+on ``error_labels``) takes the transition, per agent i: (feat_t^i, a_t^i, o_hat_{t+1}^i,
 r_hat_{t+1}^i), the predicted next observation and reward of the prior sample it judges (MAG:
 the model agents' action is the prediction), and that sample's deviation from the prior's mean
 prediction (``prior_mean_outcome``; offline the same input made R_m rank candidates, docs/mag.md).
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,9 @@ from torch import nn
 from offmarl.errors import OffmarlError
 from offmarl.nn.functional import sample_categorical
 from offmarl.nn.layers import mlp
+
+if TYPE_CHECKING:  # error_model.py imports this module (R_m's labels); no import back at run time
+    from offmarl.worldmodel.error_model import LatentErrorModel
 
 
 @dataclass
@@ -303,31 +307,6 @@ class LatentWorldModel(nn.Module):
         return torch.cat([hs, z.flatten(-2)], -1).transpose(0, 1)
 
 
-class ErrorPredictor(nn.Module):
-    """MAG's R_m on the latent model: per agent, (feat [M, N, D], action [M, N], predicted next
-    observation [M, N, O], predicted next reward [M, N]) -> predicted one-step error [M, N],
-    shared weights across agents. ``transition=False``: the earlier R_m(feat, action)."""
-
-    def __init__(self, feat_dim: int, n_actions: int, hidden: tuple[int, ...], obs_dim: int = 0,
-                 transition: bool = True, deviation: bool = True):
-        super().__init__()
-        self.k, self.transition = n_actions, bool(transition and obs_dim > 0)
-        self.deviation = self.transition and deviation
-        extra = (obs_dim + 1) * (2 if self.deviation else 1) if self.transition else 0
-        self.net = mlp(feat_dim + n_actions + extra, hidden, 1)
-
-    def forward(self, feat: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None,
-                next_reward: torch.Tensor | None = None, deviation: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        """deviation: (next_obs - the prior's mean prediction, next_reward - its mean) (``prior_mean_outcome``)."""
-        parts = [feat, F.one_hot(actions, self.k).to(feat.dtype)]
-        if self.transition:
-            parts += [next_obs.to(feat.dtype), next_reward.to(feat.dtype).unsqueeze(-1)]
-            if self.deviation:
-                parts += [deviation[0].to(feat.dtype), deviation[1].to(feat.dtype).unsqueeze(-1)]
-        return F.softplus(self.net(torch.cat(parts, -1)).squeeze(-1))  # errors are >= 0
-
-
 def predicted_outcome(model: LatentWorldModel, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What R_m sees of a predicted next state nxt [M, N, D]: per-agent observation [M, N, O] and
     reward [M, N], and the mean continuation probability [M]."""
@@ -387,7 +366,7 @@ class LatentLookahead:
     is the memory). An R_m(feat, a) (``transition=False``) scores as before the transition input:
     the sum over all agents, no stop (kept to measure the difference)."""
 
-    def __init__(self, model: LatentWorldModel, policy, error_model: ErrorPredictor,
+    def __init__(self, model: LatentWorldModel, policy, error_model: LatentErrorModel,
                  alive_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, features: bool = False):
         self.model, self.policy, self.error_model = model, policy, error_model
         self.alive_fn = alive_fn or _all_alive
@@ -519,5 +498,5 @@ def imagine(model: LatentWorldModel, policy, start: torch.Tensor, horizon: int, 
     return batch, info
 
 
-__all__ = ["ErrorPredictor", "LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
+__all__ = ["LatentLookahead", "LatentModelConfig", "LatentWorldModel", "error_labels", "imagine",
            "predicted_outcome", "prior_mean_outcome", "real_continuation_errors"]

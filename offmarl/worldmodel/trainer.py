@@ -1,5 +1,6 @@
-"""ONE supervised trainer for offmarl's learned models: the ensemble world model, R_m, and later the
-online model (mbrl-lib keeps model and trainer apart the same way).
+"""ONE supervised trainer for offmarl's learned models: the ensemble world model and R_m (``fit``), and
+the online latent model's gradient step (``sequence_model_step``) (mbrl-lib keeps model and trainer
+apart the same way).
 
     rows ──► split: holdout = the first min(fraction * n, max_holdout) rows of one random permutation
          ──► prepare(train rows)                     the model fits its standardisers on the training split
@@ -210,3 +211,21 @@ def fit(module: nn.Module, n_rows: int, batch_loss: Callable[[torch.Tensor], tor
             "initial_holdout_mse": initial_mse, "steps": step, "epochs": step / epoch_len,
             "stopped_early": stopped_early, "train_loss": train_loss, "losses": torch.stack(losses).tolist(),
             "seconds": time.perf_counter() - t0, "n_train": n_train, "n_holdout": n_hold}
+
+
+def sequence_model_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                        generator: torch.Generator | None, grad_clip: float
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One gradient step of a sequence model on a replayed batch (the online latent model,
+    worldmodel/latent.py; the online loop draws the batch and calls this ``model_updates`` times per
+    update): ``model.loss(batch, generator) -> (loss, terms, feat)``, backward, the gradient norm
+    clipped to ``grad_clip`` (DreamerV2 / MAMBA), one optimizer step. The caller sets train mode.
+    -> (terms + model_grad_norm (the norm before clipping), feat: the posterior features [T, B, ...],
+    still attached to the graph: detach them for R_m)."""
+    loss, terms, feat = model.loss(batch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    terms["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return terms, feat
+
