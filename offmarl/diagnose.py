@@ -57,20 +57,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- online
-def _alive_fn(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return (lambda avail: avail[..., 0]) if backend == "smax" else (lambda avail: ~avail[..., 0])
-
-
 def collect_online(algo, steps: int, seed: int) -> dict[str, torch.Tensor]:
     """``steps`` fresh real env steps with the run's (stochastic) policy in new episodes ->
     time-major tensors [T, E, ...]: obs, avail, action, reward, first, terminal, alive."""
     from offmarl.data.replay import SequenceReplay
-    from offmarl.envs.smac import make_vec_smac
+    from offmarl.envs import make_vec_env
 
     cfg = algo.cfg
     e = cfg.n_envs
     per = -(-steps // e)
-    algo.env = make_vec_smac(cfg.map, e, backend=cfg.backend, seed=seed)
+    algo.env = make_vec_env(f"smac-{cfg.map}", e, backend=cfg.backend, seed=seed)
     algo.replay = SequenceReplay(2 * e * (per + 2) * 2, e, algo.spec.n_agents, algo.spec.max_obs_dim,
                                  algo.spec.n_actions)
     algo.seed = seed
@@ -129,7 +125,10 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
     log(f"collecting {steps} held-out real steps with the run's policy (env seed {seed})")
     data = collect_online(algo, steps, seed)
     model, policy = algo.model.eval(), algo.policy
-    alive_fn = _alive_fn(cfg.backend)
+    from offmarl.envs import smac_alive
+
+    def alive_fn(avail: torch.Tensor) -> torch.Tensor:  # the one SMAC alive rule
+        return smac_alive(avail, cfg.backend)
     alive_real = data["alive"]
     feat = model.observe(data["obs"].float(), data["action"], data["first"], gen)["feat"]
     p = cfg.planner
@@ -226,7 +225,7 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
 
     run = RunDir.open(run_dir)
     saved = run.config
-    cfg = from_dict(online.Config, saved["config"])
+    cfg = from_dict(online.Config, online.migrate_saved_config(saved["config"]))
     st = run.load_checkpoint("latest", map_location=device)["algo"]
     em = st.get("error_model")
     deviation = True
