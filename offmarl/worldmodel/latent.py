@@ -371,12 +371,31 @@ class LatentLookahead:
         self.model, self.policy, self.error_model = model, policy, error_model
         self.alive_fn = alive_fn or _all_alive
         self.features = features  # the policy reads the states themselves (latent agents)
+        # the decoding of the last scored next states: the next look-ahead step acts on them, so it
+        # reuses it instead of decoding the same states again (same ops, same numbers)
+        # (kept: the states themselves, so their memory cannot be reused by other tensors meanwhile)
+        self._decoded: tuple[torch.Tensor, tuple, dict[str, torch.Tensor]] | None = None
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
+        return x.data_ptr(), tuple(x.shape), x.stride(), x.dtype
+
+    def _decode(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._decoded is not None and self._decoded[1] == self._key(states):
+            return self._decoded[2]
+        return self.model.decode(states, outcome=False)
 
     def tile(self, memory: Any, l: int) -> Any:
         return None
 
     def _score(self, feat, actions, avail, nxt):
-        o_hat, r_hat, cont = predicted_outcome(self.model, nxt)
+        # predicted_outcome(model, nxt), with the observation taken from the decoding that the
+        # alive mask and the next look-ahead step also use
+        d = self.model.decode(nxt, outcome=False)
+        self._decoded = (nxt, self._key(nxt), d)
+        o_hat = d["obs"]
+        r_hat = self.model.reward_head(nxt).squeeze(-1)
+        cont = torch.sigmoid(self.model.cont_head(nxt).squeeze(-1)).mean(-1)
         dev = _deviation(self.model, nxt, o_hat, r_hat) if getattr(self.error_model, "deviation", False) else None
         err = (self.error_model(feat, actions, o_hat, r_hat) if dev is None
                else self.error_model(feat, actions, o_hat, r_hat, dev))
@@ -384,7 +403,7 @@ class LatentLookahead:
             return err.sum(-1), torch.ones_like(cont), torch.ones_like(cont, dtype=torch.bool)
         # alive before AND after the transition: a predicted death is neither rewarded (its zeros are
         # easy to "predict") nor penalised
-        alive = (self.alive_fn(avail) & self.alive_fn(self.model.decode(nxt, outcome=False)["avail"])).to(err.dtype)
+        alive = (self.alive_fn(avail) & self.alive_fn(d["avail"])).to(err.dtype)
         n_alive = alive.sum(-1)
         score = (err * alive).sum(-1) / n_alive.clamp_min(1.0)
         return score, (n_alive > 0).to(err.dtype), cont >= 0.5
@@ -393,11 +412,12 @@ class LatentLookahead:
         """context: feat [B, N, D], actions [B, N], avail [B, N, K] of the committed step;
         candidates [B, L, N, D]."""
         b, l = candidates.shape[:2]
+        self._decoded = None
         rep = {k: v.repeat_interleave(l, 0) for k, v in context.items()}
         return self._score(rep["feat"], rep["actions"], rep["avail"], candidates.reshape(b * l, *candidates.shape[2:]))
 
     def advance(self, states: torch.Tensor, memory: Any, generator: torch.Generator | None, last: bool):
-        d = self.model.decode(states, outcome=False)
+        d = self._decode(states)
         inputs = states if self.features else d["obs"]
         actions, _ = self.policy.act(inputs, None, d["avail"], deterministic=False, generator=generator)
         nxt = self.model.candidates(states, actions, 1, generator)[:, 0]
