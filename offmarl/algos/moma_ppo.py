@@ -53,7 +53,7 @@ class Config:
     #                                      rollout.eps_g_threshold (the reference's fixed value is 2)
     calibrate_termination: bool = False  # ours: fit a margin on the env's termination rule so the model's
     #                                      horizon-step termination rate matches the data's (worldmodel/
-    #                                      termination.py; docs/ant.md); opt-in (configs/moma-ppo.yaml
+    #                                      termination.py; docs/history.md); opt-in (configs/moma-ppo.yaml
     #                                      `ant-calibrated`) until measured at budget; no-op without a rule
     termination_margin: float = 0.0       # fixed margin (std units) when calibrate_termination is false; 0 = env rule
     termination_windows: int = 5_000      # dataset windows the margin is fitted on (ours; ~1 s on CPU)
