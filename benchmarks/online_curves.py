@@ -3,8 +3,8 @@ stochastic evaluations against env steps, per map and algorithm, mean and range 
 (win rate on top, return below; solid greedy, dashed stochastic) and a markdown table (final agents,
 then the mean return at every evaluation).
 
-Usage: python benchmarks/online_curves.py RUNS_DIR [--png docs/results/online/curves.png]
-                                          [--md docs/results/online/table.md]
+Usage: python benchmarks/online_curves.py RUNS_DIR [--png online-curves.png]
+                                          [--md online-curves.md]
 Every run directory under RUNS_DIR made by `offmarl online` is read (config.yaml,
 metrics.jsonl, eval.json); unfinished runs are plotted up to their last evaluation and marked.
 """
@@ -50,8 +50,8 @@ def main() -> None:
                                 epilog="example: python benchmarks/online_curves.py runs/online-curves "
                                        "--png curves.png --md table.md")
     p.add_argument("runs", type=Path)
-    p.add_argument("--png", type=Path, default=Path("docs/results/online/curves.png"))
-    p.add_argument("--md", type=Path, default=Path("docs/results/online/table.md"))
+    p.add_argument("--png", type=Path, default=Path("online-curves.png"))
+    p.add_argument("--md", type=Path, default=Path("online-curves.md"))
     args = p.parse_args()
     runs = [r for r in (read_run(d) for d in sorted(args.runs.rglob("*")) if d.is_dir()) if r]
     if not runs:
