@@ -50,9 +50,8 @@ def worker(algo: str, schedule: str, window: int, map_name: str) -> dict:
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     torch.set_flush_denormal(True)
     cfg = OnlineConfig(algo=algo, map=map_name)
-    for k, v in SCHEDULES[schedule].items():
-        if algo != "mappo" or not (k.startswith("model") or k == "update_per"):
-            _set(cfg, k, v)
+    for k, v in SCHEDULES[schedule].items():  # mappo runs only the cpu schedule (``measure``)
+        _set(cfg, k, v)
     a = OnlineAlgorithm(None, cfg, "cpu", seed=0, log=lambda *x, **y: None)
     step = 0
     while a.env_steps < cfg.prefill_steps:

@@ -24,6 +24,7 @@ model's own randomness (prior samples / elites), ``real_samples`` times, average
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -127,8 +128,7 @@ def diagnose_online(algo, steps: int = 400, seed: int | None = None, max_starts:
     model, policy = algo.model.eval(), algo.policy
     from offmarl.envs import smac_alive
 
-    def alive_fn(avail: torch.Tensor) -> torch.Tensor:  # the one SMAC alive rule
-        return smac_alive(avail, cfg.backend)
+    alive_fn = functools.partial(smac_alive, backend=cfg.backend)  # the one SMAC alive rule
     alive_real = data["alive"]
     feat = model.observe(data["obs"].float(), data["action"], data["first"], gen)["feat"]
     p = cfg.planner

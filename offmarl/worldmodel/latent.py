@@ -307,10 +307,12 @@ class LatentWorldModel(nn.Module):
         return torch.cat([hs, z.flatten(-2)], -1).transpose(0, 1)
 
 
-def predicted_outcome(model: LatentWorldModel, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def predicted_outcome(model: LatentWorldModel, nxt: torch.Tensor, obs: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What R_m sees of a predicted next state nxt [M, N, D]: per-agent observation [M, N, O] and
-    reward [M, N], and the mean continuation probability [M]."""
-    return (model.obs_head(nxt), model.reward_head(nxt).squeeze(-1),
+    reward [M, N], and the mean continuation probability [M]. ``obs``: the observation head's output
+    at nxt when the caller has already decoded it."""
+    return (model.obs_head(nxt) if obs is None else obs, model.reward_head(nxt).squeeze(-1),
             torch.sigmoid(model.cont_head(nxt).squeeze(-1)).mean(-1))
 
 
@@ -389,13 +391,10 @@ class LatentLookahead:
         return None
 
     def _score(self, feat, actions, avail, nxt):
-        # predicted_outcome(model, nxt), with the observation taken from the decoding that the
-        # alive mask and the next look-ahead step also use
+        # one decoding of nxt: the score's observation, the alive mask and the next look-ahead step
         d = self.model.decode(nxt, outcome=False)
         self._decoded = (nxt, self._key(nxt), d)
-        o_hat = d["obs"]
-        r_hat = self.model.reward_head(nxt).squeeze(-1)
-        cont = torch.sigmoid(self.model.cont_head(nxt).squeeze(-1)).mean(-1)
+        o_hat, r_hat, cont = predicted_outcome(self.model, nxt, d["obs"])
         dev = _deviation(self.model, nxt, o_hat, r_hat) if getattr(self.error_model, "deviation", False) else None
         err = (self.error_model(feat, actions, o_hat, r_hat) if dev is None
                else self.error_model(feat, actions, o_hat, r_hat, dev))
