@@ -19,6 +19,9 @@ def diagnose(
                                       "per candidate (default: the run's)."),
     discount: float = typer.Option(None, "--discount", min=0.0, max=1.0, help="The planner's discount of "
                                    "look-ahead step j's score (default: the run's)."),
+    score: str = typer.Option(None, "--score", help="Offline: score the candidates with this instead of the "
+                              "run's planner.score: error_model (R_m, fitted if not cached) | deviation "
+                              "(distance from the elites' mean) | uncertainty (eps_g)."),
     real_samples: int = typer.Option(4, "--real-samples", min=1, help="Model samples per candidate continued "
                                      "under the real actions (their errors are averaged)."),
     refit_rm: int = typer.Option(0, "--refit-rm", min=0, help="Online: first train a fresh R_m this many steps "
@@ -41,6 +44,8 @@ def diagnose(
     Example: offmarl diagnose runs/moma-ppo-reacher-expert-mix-20261203T0800-s0 --continuations 4
 
     Example: offmarl diagnose runs/mag-smac-2s3z-20261203T0728-s0 --refit-rm 500 --rm-inputs state_action
+
+    Example: offmarl diagnose runs/moma-ppo-ant-medium-20261203T1157-s0 --score deviation
     """
     from offmarl import diagnose as diag
     from offmarl.driver import cpu_numerics, load_trained
@@ -53,6 +58,8 @@ def diagnose(
     dev = resolve_device(device)
     run = RunDir.open(run_dir.resolve())
     if run.config.get("kind") == "online":
+        if score is not None:
+            raise OffmarlError("--score is for offline runs (online, the latent model's R_m scores; see --refit-rm)")
         algo, _ = diag.load_online(run.path, dev, log=console.print)
         if discount is not None:
             algo.cfg.planner.discount = discount
@@ -67,6 +74,8 @@ def diagnose(
             raise OffmarlError(f"{run_dir}: diagnose reads online runs and MOMA-PPO runs (a world model); this is "
                                f"{run.config.get('algo')!r}")
         algo, ds, _, _ = load_trained(str(run.path), "latest", str(dev), log=console.print, policy_only=False)
+        if score is not None:
+            diag.rescore_offline(algo, ds, score, log=console.print)
         if discount is not None and algo.planner is not None:
             algo.planner.discount = discount
         res = diag.diagnose_offline(algo, ds, seed=seed, max_starts=starts, continuations=continuations,

@@ -308,6 +308,24 @@ def holdout_rows(model, n: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def rescore_offline(algo, ds, score: str, log: Callable[[str], None] = print) -> None:
+    """Give the loaded MOMA-PPO run's planner another scorer (``planner.score``: error_model fits or
+    loads R_m with the run's settings; deviation / uncertainty need no network). A run trained
+    without the planner gets the default planner with this scorer, so its candidates can be ranked."""
+    import dataclasses
+    from pathlib import Path
+
+    from offmarl.worldmodel.scorers import make_planner
+
+    pcfg = dataclasses.replace(algo.cfg.planner, kind="mag", score=score)
+    path = algo.model_info.get("path")
+    planner = make_planner(pcfg, algo.model, ds, algo.env.observe, Path(path).parent if path else None,
+                           algo.device, log=log)
+    algo.planner = planner
+    log(f"scoring the candidates with planner.score={score} (the run's: {algo.cfg.planner.score}"
+        f"{'' if algo.cfg.planner.kind == 'mag' else ', trained without the planner'})")
+
+
 def diagnose_offline(algo, ds, seed: int | None = None, max_starts: int = 512, continuations: int | None = None,
                      real_samples: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The diagnosis of a loaded MOMA-PPO algorithm (its ensemble, policy and MAG planner if any) on

@@ -202,3 +202,10 @@ def test_diagnose_tiny_offline_run(tmp_path):
     assert d.returncode == 0, d.stderr[-2000:]
     res = _check_keys(tmp_path / "d.json")
     assert "bias.terminated_frac_planner" in res and "bias.terminated_frac_plain" in res
+    # another scorer on the same candidates: the distance from the elites' mean, candidates' own terms only
+    d = subprocess.run([sys.executable, "-m", "offmarl.cli.main", "diagnose", str(run), "--starts", "32", "--score",
+                        "deviation", "--discount", "0", "--json", str(tmp_path / "d2.json")],
+                       capture_output=True, text=True, env=env, timeout=1800, check=False)
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert "planner.score=deviation" in d.stdout
+    assert _check_keys(tmp_path / "d2.json")["planner.score_repeatability"] == pytest.approx(1.0)

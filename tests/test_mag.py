@@ -252,3 +252,43 @@ def test_plan_takes_latent_states_of_any_shape():
     # j = 1: the candidate (weight 0.5), j = 2: its successor (weight 0.25); the weighted mean
     torch.testing.assert_close(scores, (0.5 * flat + 0.25 * flat / 2) / 0.75)
     assert idx.tolist() == flat.argmin(dim=1).tolist()
+
+
+def test_discount_0_scores_the_candidates_own_terms_without_a_look_ahead():
+    """discount 0 weighs look-ahead step j >= 1 by 0: the plan is the judge's argmin, and no continuation runs."""
+
+    class JudgeOnly:
+        def judge(self, context, candidates):
+            score = candidates.abs().sum(-1).flatten()
+            ones = torch.ones_like(score)
+            return score, ones, ones.bool()
+
+        def tile(self, memory, l):
+            return memory
+
+        def advance(self, states, memory, generator, last):
+            raise AssertionError("discount 0 must not look ahead")
+
+    cands = torch.tensor([[[3.0], [1.0], [2.0]], [[0.5], [4.0], [-0.1]]])  # [B=2, L=3, 1]
+    idx, scores = plan(cands, None, JudgeOnly(), h=4, discount=0.0, context={}, continuations=4)
+    torch.testing.assert_close(scores, cands.abs().squeeze(-1))
+    assert idx.tolist() == [1, 2]
+
+
+def test_deviation_scorer_prefers_the_prediction_nearest_the_elites_mean(linear_toy):
+    """score = sum_i ||obs_i(s_hat') - obs_i(s_bar')|| + |r_hat - r_bar| (no network)."""
+    from offmarl.worldmodel.scorers import DeviationScorer, make_scorer
+
+    scorer = make_scorer("deviation", linear_toy.observe)
+    assert isinstance(scorer, DeviationScorer)
+    b = 5
+    mean = torch.zeros(2, b, S + 1)  # two elites, both predicting s' = 0, r = 0
+    near, far = torch.full((b, S), 0.1), torch.full((b, S), 1.0)
+    r = torch.zeros(b)
+    d_near = scorer(None, None, {"next_states": near, "rewards": r, "elite_means": mean})
+    d_far = scorer(None, None, {"next_states": far, "rewards": r + 1, "elite_means": mean})
+    assert (d_near < d_far).all()
+    obs = linear_toy.observe(far)
+    torch.testing.assert_close(d_far, obs.norm(dim=-1).sum(-1) + 1.0)
+    with pytest.raises(OffmarlError, match="deviation"):
+        PlannerConfig(score="nearest")

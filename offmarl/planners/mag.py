@@ -52,7 +52,7 @@ from offmarl.errors import OffmarlError
 
 KINDS = ("none", "mag")
 CANDIDATE_MODES = ("elites", "samples", "both")
-SCORES = ("error_model", "uncertainty")
+SCORES = ("error_model", "uncertainty", "deviation")
 ERROR_INPUTS = ("transition", "state_action")
 
 
@@ -67,7 +67,8 @@ class PlannerConfig:
     #                             online, --algo mag plans and mamba / mappo do not
     l: int = 4                  # L candidates per step (MAG SMAC table: 4-5; configs/moma-ppo.yaml `mag`)
     h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
-    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network).
+    score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network) |
+    #                             deviation (the prediction's distance from the elites' mean; no network).
     #                             Offline only: online always scores with the latent model's R_m
     discount: float = 0.5       # discount^j on look-ahead step j's score; MAG Algorithm 1: 1 (plain sum). Ours:
     #                             reacher po, K = 4, docs/mag.md "Diagnose": Spearman 0.26 -> 0.43, pick's error
@@ -167,6 +168,9 @@ def plan(candidates: torch.Tensor, memory: Any, world: LookaheadWorld, h: int, d
     if context is not None:
         s0, w0, live = world.judge(context, candidates)
         total, weight = s0 * w0, w0.to(total.dtype)
+    if context is not None and discount == 0:  # only the candidates' own terms count: no look-ahead to run
+        scores = total / weight.clamp_min(1e-12)
+        return select_candidates(scores.view(b, l)), scores.view(b, l)
     if k > 1:
         flat, total, weight, live = (x.repeat_interleave(k, 0) for x in (flat, total, weight, live))
     states, mem = flat, world.tile(memory, l * k)

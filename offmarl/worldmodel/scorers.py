@@ -4,6 +4,10 @@
                   error on a transition (s, a, predicted s', predicted r), fitted on the dataset's
                   real transitions and cached next to the world model
     uncertainty   the ensemble's disagreement eps_g at (state, joint action): no extra network, no labels
+    deviation     the scored prediction's distance from the elites' mean prediction at (state, joint
+                  action), in R_m's label units: sum_i ||o_hat_i - o_bar_i|| + |r_hat - r_bar|. No
+                  network, no labels: "stay near the ensemble's consensus", the baseline R_m's
+                  deviation input has to beat (docs/mag.md)
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from offmarl.worldmodel.uncertainty import eps_g
 class ErrorModelScorer:
     """MAG's scorer: the learned model-error predictor R_m on the transition (state, joint action,
     the model's predicted next state and reward in ``out``, and the elites' mean prediction)."""
-    uses_ensemble = False
+    uses_ensemble = True
 
     def __init__(self, error_model: ErrorModel):
         self.error_model = error_model
@@ -37,6 +41,29 @@ class UncertaintyScorer:
 
     def __call__(self, states, joint, out):
         return eps_g(out["elite_means"])
+
+
+class DeviationScorer:
+    """Distance of the scored prediction (next state, reward) from the elites' mean prediction,
+    per agent's observation: sum_i ||obs(s_hat')_i - obs(s_bar')_i|| + |r_hat - r_bar|."""
+    uses_ensemble = True
+
+    def __init__(self, obs_fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.obs_fn = obs_fn
+
+    def __call__(self, states, joint, out):
+        mean = out["elite_means"].mean(0)
+        obs_gap = (self.obs_fn(out["next_states"]) - self.obs_fn(mean[..., :-1])).norm(dim=-1).sum(-1)
+        return obs_gap + (out["rewards"] - mean[..., -1]).abs()
+
+
+def make_scorer(score: str, obs_fn: Callable[[torch.Tensor], torch.Tensor]) -> Scorer:
+    """The label-free scorers by name (``uncertainty``, ``deviation``); R_m needs ``make_planner``."""
+    if score == "uncertainty":
+        return UncertaintyScorer()
+    if score == "deviation":
+        return DeviationScorer(obs_fn)
+    raise ValueError(f"make_scorer: {score!r} needs a fitted network (make_planner)")
 
 
 def make_planner(cfg: PlannerConfig, model: EnsembleWorldModel, dataset,
@@ -57,5 +84,5 @@ def make_planner(cfg: PlannerConfig, model: EnsembleWorldModel, dataset,
             f"{info.get('holdout_label_var', float('nan')):.4g})")
         scorer: Scorer = ErrorModelScorer(rm)
     else:
-        scorer = UncertaintyScorer()
+        scorer = make_scorer(cfg.score, obs_fn)
     return MAGPlanner.from_config(cfg, scorer, info)
