@@ -19,6 +19,7 @@ same PPO budget; only L differs: 1 for mamba, the planner's L for mag).
     python benchmarks/frozen_model_transfer.py --plot frozen-s0.json frozen-s1.json --png frozen.png
     OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --arms mamba,mag --out pair-s0.json
     python benchmarks/frozen_model_transfer.py --table pair-s0.json --arm mag
+    python benchmarks/frozen_model_transfer.py --paired pair-s0.json pair-s1.json pair-s2.json   # mag - mamba per round
 """
 from __future__ import annotations
 
@@ -159,6 +160,33 @@ def table(paths: list[str], arm: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def paired_table(paths: list[str], arms: tuple[str, str] = ("mamba", "mag"), key: str = "greedy_return") -> str:
+    """Markdown: per evaluated round, each arm's ``key`` (mean ± s.e. over the seeds, n = seeds with
+    both arms at that round) and the paired difference arms[1] - arms[0] (per seed, and its mean ± s.e.)."""
+    a, b = ([load_record(p, arm) for p in paths] for arm in arms)
+    rounds = sorted({e["round"] for r in a for e in r["evals"]})
+    lines = [f"| round | seeds | {arms[0]} | {arms[1]} | {arms[1]} - {arms[0]}, per seed | mean difference |",
+             "|---|---|---|---|---|---|"]
+
+    def ms(xs):
+        return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+    for rd in rounds:
+        pairs = []
+        for ra, rb in zip(a, b):
+            ea = next((e for e in ra["evals"] if e["round"] == rd), None)
+            eb = next((e for e in rb["evals"] if e["round"] == rd), None)
+            if ea is not None and eb is not None and ea[key] is not None and eb[key] is not None:
+                pairs.append((ea[key], eb[key]))
+        if not pairs:
+            continue
+        xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
+        diff = [y - x for x, y in pairs]
+        lines.append(f"| {rd} | {len(pairs)} | {ms(xa)} | {ms(xb)} | {' / '.join(f'{d:+.3f}' for d in diff)} | "
+                     f"{ms(diff) if len(diff) > 1 else f'{diff[0]:+.3f}'} |")
+    return "\n".join(lines)
+
+
 def plot(paths: list[str], png: str, arm: str | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -197,6 +225,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--plot", nargs="*", default=None, help="record (or log) files to plot (no run)")
     p.add_argument("--table", nargs="*", default=None, help="record (or log) files: markdown table (no run)")
+    p.add_argument("--paired", nargs="*", default=None,
+                   help="records of paired runs (--arms mamba,mag): per round, both arms and their difference")
+    p.add_argument("--key", default="greedy_return", help="with --paired: greedy_return | stochastic_return | ...")
     p.add_argument("--png", default="frozen_model_transfer.png")
     args = p.parse_args(argv)
     if args.plot:
@@ -204,6 +235,9 @@ def main(argv=None) -> None:
         return
     if args.table:
         print(table(args.table, args.arm))
+        return
+    if args.paired:
+        print(paired_table(args.paired, key=args.key))
         return
     cfg = OnlineConfig(algo="mamba", map=args.map, agent_input=args.agent_input)
     if args.critic:

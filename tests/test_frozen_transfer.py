@@ -55,3 +55,20 @@ def test_frozen_model_transfer_paired_arms():
     keys = ("greedy_return", "stochastic_return", "greedy_length")
     assert all(a["evals"][0][k] == b["evals"][0][k] for k in keys)
     assert any(a["evals"][-1][k] != b["evals"][-1][k] for k in ("imagined_return",) + keys)
+
+
+def test_paired_table_differences(tmp_path):
+    """--paired: per round the two arms over seeds and mag - mamba per seed (records as --out writes them)."""
+    import json
+
+    def rec(seed, mamba, mag):
+        ev = lambda xs: [{"round": r, "greedy_return": x} for r, x in zip((0, 25), xs)]  # noqa: E731
+        return {"seed": seed, "map": "2s3z", "arms": {"mamba": {"evals": ev(mamba)}, "mag": {"evals": ev(mag)}}}
+
+    paths = []
+    for seed, (m, g) in enumerate([((0.0, 0.1), (0.0, 0.4)), ((0.0, 0.3), (0.0, 0.2))]):
+        paths.append(str(tmp_path / f"pair-s{seed}.json"))
+        Path(paths[-1]).write_text(json.dumps(rec(seed, m, g)))
+    lines = _bench().paired_table(paths).splitlines()
+    assert lines[2].startswith("| 0 | 2 |") and "+0.000 / +0.000" in lines[2]
+    assert lines[3].startswith("| 25 | 2 | 0.200 ± 0.100 | 0.300 ± 0.100 | +0.300 / -0.100 | 0.100 ± 0.200 |")
