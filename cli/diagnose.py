@@ -19,9 +19,10 @@ def diagnose(
                                       "per candidate (default: the run's)."),
     discount: float = typer.Option(None, "--discount", min=0.0, max=1.0, help="The planner's discount of "
                                    "look-ahead step j's score (default: the run's)."),
-    score: str = typer.Option(None, "--score", help="Offline: score the candidates with this instead of the "
-                              "run's planner.score: error_model (R_m, fitted if not cached) | deviation "
-                              "(distance from the elites' mean) | uncertainty (eps_g)."),
+    score: str = typer.Option(None, "--score", help="Score the candidates with this instead of the run's R_m: "
+                              "deviation (the prediction's distance from the model's mean prediction: the "
+                              "elites' mean offline, the prior's mean online; no network); offline also "
+                              "error_model (R_m, fitted if not cached) | uncertainty (eps_g)."),
     real_samples: int = typer.Option(4, "--real-samples", min=1, help="Model samples per candidate continued "
                                      "under the real actions (their errors are averaged)."),
     refit_rm: int = typer.Option(0, "--refit-rm", min=0, help="Online: first train a fresh R_m this many steps "
@@ -58,8 +59,9 @@ def diagnose(
     dev = resolve_device(device)
     run = RunDir.open(run_dir.resolve())
     if run.config.get("kind") == "online":
-        if score is not None:
-            raise OffmarlError("--score is for offline runs (online, the latent model's R_m scores; see --refit-rm)")
+        if score not in (None, "deviation"):
+            raise OffmarlError(f"--score {score!r}: online the run's R_m scores, or --score deviation "
+                               "(see also --refit-rm)")
         algo, _ = diag.load_online(run.path, dev, log=console.print)
         if discount is not None:
             algo.cfg.planner.discount = discount
@@ -67,6 +69,11 @@ def diagnose(
             if rm_inputs not in ("transition", "state_action"):
                 raise OffmarlError(f"--rm-inputs {rm_inputs!r}: choose transition or state_action")
             diag.refit_error_model(algo, refit_rm, rm_inputs, log=console.print)
+        if score == "deviation":
+            from offmarl.worldmodel.error_model import LatentDeviationScore
+
+            algo.error_model = LatentDeviationScore()
+            console.print("scoring the candidates by their distance from the prior's mean prediction (not R_m)")
         res = diag.diagnose_online(algo, steps=steps, seed=seed, max_starts=starts, continuations=continuations,
                                    real_samples=real_samples, log=console.print)
     else:

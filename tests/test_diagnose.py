@@ -176,6 +176,21 @@ def test_diagnose_tiny_online_run(tmp_path):
     res = _check_keys(tmp_path / "d.json")
     assert "bias.dead_per_step_planner" in res and "bias.dead_per_step_plain" in res
     assert (run / "diagnose.json").exists() and (run / "diagnose.png").exists()
+    d = _offmarl("diagnose", str(run), "--steps", "200", "--starts", "32", "--score", "deviation", "--discount", "0",
+                 "--json", str(tmp_path / "d2.json"))
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert "prior's mean" in d.stdout
+    assert _check_keys(tmp_path / "d2.json")["planner.score_repeatability"] in (None, pytest.approx(1.0))
+    d = _offmarl("diagnose", str(run), "--score", "uncertainty")
+    assert d.returncode == 2 and "Traceback" not in d.stderr
+
+
+def test_latent_deviation_score_is_the_distance_from_the_prior_mean():
+    from offmarl.worldmodel.error_model import LatentDeviationScore
+
+    dev_obs, dev_r = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]]), torch.tensor([[0.5, -1.0]])  # [M=1, N=2, O=2]
+    out = LatentDeviationScore()(None, None, None, None, (dev_obs, dev_r))
+    torch.testing.assert_close(out, torch.tensor([[5.5, 1.0]]))
 
 
 @pytest.mark.slow

@@ -181,6 +181,18 @@ class LatentErrorModel(nn.Module):
         return F.softplus(self.net(torch.cat(parts, -1)).squeeze(-1))  # errors are >= 0
 
 
+class LatentDeviationScore(nn.Module):
+    """A label-free stand-in for the online R_m (the offline ``deviation`` score, worldmodel/scorers.py):
+    per agent, how far the scored prediction is from the prior's mean prediction,
+    ||o_hat - o_bar|| + |r_hat - r_bar| [M, N]. No parameters; ``offmarl diagnose --score deviation``."""
+    transition, deviation = True, True
+
+    def forward(self, feat: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None,
+                next_reward: torch.Tensor | None = None, deviation: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        return deviation[0].norm(dim=-1) + deviation[1].abs()
+
+
 def latent_error_model_step(error_model: LatentErrorModel, optimizer: torch.optim.Optimizer, model: LatentWorldModel,
                             feat: torch.Tensor, batch: dict[str, torch.Tensor], generator: torch.Generator | None
                             ) -> dict[str, torch.Tensor]:
