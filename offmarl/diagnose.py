@@ -307,7 +307,6 @@ def holdout_rows(model, n: int, device) -> torch.Tensor:
     return perm[:n_hold]
 
 
-@torch.no_grad()
 def rescore_offline(algo, ds, score: str, log: Callable[[str], None] = print) -> None:
     """Give the loaded MOMA-PPO run's planner another scorer (``planner.score``: error_model fits or
     loads R_m with the run's settings; deviation / uncertainty need no network). A run trained
@@ -326,6 +325,7 @@ def rescore_offline(algo, ds, score: str, log: Callable[[str], None] = print) ->
         f"{'' if algo.cfg.planner.kind == 'mag' else ', trained without the planner'})")
 
 
+@torch.no_grad()
 def diagnose_offline(algo, ds, seed: int | None = None, max_starts: int = 512, continuations: int | None = None,
                      real_samples: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The diagnosis of a loaded MOMA-PPO algorithm (its ensemble, policy and MAG planner if any) on
