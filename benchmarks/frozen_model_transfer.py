@@ -137,6 +137,14 @@ def load_record(path: str, arm: str | None = None) -> dict:
         return {"seed": summary.get("seed", path), "map": summary.get("map", "2s3z"), "evals": evals}
 
 
+def _mean_se(xs: list) -> str:
+    """mean ± standard error of the non-None values ("-" if none; the value alone if one)."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+
 def table(paths: list[str], arm: str | None = None) -> str:
     """Markdown: per evaluated round, mean ± standard error over the runs of imagined, greedy and
     stochastic return and the win rates (n = runs that reached the round)."""
@@ -145,18 +153,11 @@ def table(paths: list[str], arm: str | None = None) -> str:
     lines = ["| round | runs | imagined return | real greedy return | real stochastic return | greedy win | "
              "stochastic win |", "|---|---|---|---|---|---|---|"]
 
-    def ms(xs):
-        xs = [x for x in xs if x is not None]
-        if not xs:
-            return "-"
-        se = np.std(xs, ddof=1) / np.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-        return f"{np.mean(xs):.3f} ± {se:.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-
     for rd in rounds:
         es = [e for r in recs for e in r["evals"] if e["round"] == rd]
-        lines.append(f"| {rd} | {len(es)} | {ms([e['imagined_return'] for e in es])} | "
-                     f"{ms([e['greedy_return'] for e in es])} | {ms([e['stochastic_return'] for e in es])} | "
-                     f"{ms([e['greedy_win_rate'] for e in es])} | {ms([e['stochastic_win_rate'] for e in es])} |")
+        cells = [_mean_se([e[k] for e in es]) for k in ("imagined_return", "greedy_return", "stochastic_return",
+                                                          "greedy_win_rate", "stochastic_win_rate")]
+        lines.append(f"| {rd} | {len(es)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -167,9 +168,6 @@ def paired_table(paths: list[str], arms: tuple[str, str] = ("mamba", "mag"), key
     rounds = sorted({e["round"] for r in a for e in r["evals"]})
     lines = [f"| round | seeds | {arms[0]} | {arms[1]} | {arms[1]} - {arms[0]}, per seed | mean difference |",
              "|---|---|---|---|---|---|"]
-
-    def ms(xs):
-        return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
     for rd in rounds:
         pairs = []
@@ -182,8 +180,9 @@ def paired_table(paths: list[str], arms: tuple[str, str] = ("mamba", "mag"), key
             continue
         xa, xb = [p[0] for p in pairs], [p[1] for p in pairs]
         diff = [y - x for x, y in pairs]
-        lines.append(f"| {rd} | {len(pairs)} | {ms(xa)} | {ms(xb)} | {' / '.join(f'{d:+.3f}' for d in diff)} | "
-                     f"{ms(diff) if len(diff) > 1 else f'{diff[0]:+.3f}'} |")
+        per_seed = " / ".join(f"{d:+.3f}" for d in diff)
+        mean = _mean_se(diff) if len(diff) > 1 else f"{diff[0]:+.3f}"
+        lines.append(f"| {rd} | {len(pairs)} | {_mean_se(xa)} | {_mean_se(xb)} | {per_seed} | {mean} |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,8 @@ def diagnose(
         if score not in (None, "deviation"):
             raise OffmarlError(f"--score {score!r}: online the run's R_m scores, or --score deviation "
                                "(see also --refit-rm)")
+        if score == "deviation" and refit_rm:
+            raise OffmarlError("--score deviation replaces R_m: --refit-rm would train one that is not used")
         algo, _ = diag.load_online(run.path, dev, log=console.print)
         if discount is not None:
             algo.cfg.planner.discount = discount
