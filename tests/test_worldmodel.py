@@ -99,6 +99,19 @@ def test_predict_and_step_shapes(device):
         model.predict(torch.randn(b, S + 1, device=device), joint)
 
 
+def test_predict_members_evaluates_only_those_and_matches_the_full_ensemble():
+    """Rollouts evaluate only the elites (``predict(..., elite_idx)``): the same numbers as the full
+    ensemble's rows of those members, so skipping the other members changes nothing but the cost."""
+    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=5, elites=3, hidden=(16, 16)))
+    model.elite_idx.copy_(torch.tensor([4, 0, 2]))
+    states, joint = torch.randn(7, S), torch.randn(7, N * A)
+    full = model.predict(states, joint)
+    sub = model.predict(states, joint, model.elite_idx)
+    for f, s in zip(full, sub):
+        assert s.shape[0] == 3
+        torch.testing.assert_close(s, f[model.elite_idx], rtol=0, atol=1e-6)
+
+
 def test_step_uses_one_elite_mean_per_row():
     model = constant_model([[0.0] * S + [1.0], [0.0] * S + [2.0], [0.0] * S + [3.0]], elites=2)
     model.elite_idx.copy_(torch.tensor([0, 2]))

@@ -44,8 +44,12 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """x [E, B, in] -> [E, B, out]; with ``members`` (indices, [M]) x is [M, B, in] and only
+        those members are evaluated."""
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
     def extra_repr(self) -> str:
         return f"members={self.n_members}, in={self.in_dim}, out={self.out_dim}"
@@ -62,10 +66,11 @@ class EnsembleMLP(nn.Module):
         self.out = EnsembleLinear(n_members, dims[-1], out_dim)
         self.act = activation()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """x [E, B, in] -> [E, B, out]; ``members`` ([M] indices): only those, x [M, B, in]."""
         for layer in self.hidden:
-            x = self.act(layer(x))
-        return self.out(x)
+            x = self.act(layer(x, members))
+        return self.out(x, members)
 
 
 class AgentMajorLinear(nn.Module):

@@ -154,29 +154,35 @@ class EnsembleWorldModel(nn.Module):
         """Policy actions [B, N, A] (or [B, N] int when discrete) -> joint action [B, NA]."""
         return encode_joint_action(actions, self.discrete, self.action_dim)
 
-    def _forward_std(self, x_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward_std(self, x_std: torch.Tensor, members: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_std: [E, B, in] standardised -> (mean [E, B, D], logvar [E, B, D], done logit [E, B]),
-        all in standardised target units."""
-        out = self.net(x_std)
+        all in standardised target units; ``members`` ([M] indices): only those, E = M."""
+        out = self.net(x_std, members)
         d = self.target_dim
         mean, raw_logvar, logit = out[..., :d], out[..., d:2 * d], out[..., 2 * d]
+        lo, hi = (self.min_logvar, self.max_logvar) if members is None else \
+            (self.min_logvar[members], self.max_logvar[members])
         # soft clamp into [min_logvar, max_logvar] (PETS / MOPO / mbrl-lib)
-        return mean, soft_clamp(raw_logvar, self.min_logvar, self.max_logvar), logit
+        return mean, soft_clamp(raw_logvar, lo, hi), logit
 
-    def _inputs(self, states: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, states: torch.Tensor, joint_actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
         x = self.input_norm(torch.cat([states, joint_actions.to(states.dtype)], dim=-1))
-        return x.unsqueeze(0).expand(self.config.members, *x.shape)
+        return x.unsqueeze(0).expand(members or self.config.members, *x.shape)
 
     @torch.no_grad()
-    def predict(self, states: torch.Tensor, joint_actions: torch.Tensor
+    def predict(self, states: torch.Tensor, joint_actions: torch.Tensor, members: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every member's prediction in raw units.
+        """Every member's prediction in raw units (``members``: only those, e.g. ``elite_idx``;
+        rollouts use only the elites, so they skip the other members' work).
 
         states: [B, S]; joint_actions: [B, NA] (see ``encode_actions``)
         returns mean [E, B, S+1] = [next_state, reward], logvar [E, B, S+1], done_prob [E, B]
+        (E = len(members) when given)
         """
         self._check_widths(states, joint_actions)
-        mean, logvar, logit = self._forward_std(self._inputs(states, joint_actions))
+        m = None if members is None else len(members)
+        mean, logvar, logit = self._forward_std(self._inputs(states, joint_actions, m), members)
         mean = self.target_norm.inverse(mean)
         logvar = logvar + 2.0 * torch.log(self.target_norm.std)
         mean = torch.cat([states.unsqueeze(0) + mean[..., :-1], mean[..., -1:]], dim=-1)
@@ -209,8 +215,7 @@ class EnsembleWorldModel(nn.Module):
         elite_means / elite_logvars [Ee, B, S+1] (of (states, joint), shared by the candidates)
         """
         self.check_candidates(l, mode)
-        mean, logvar, done_prob = self.predict(states, joint)
-        em, el, ed = mean[self.elite_idx], logvar[self.elite_idx], done_prob[self.elite_idx]
+        em, el, ed = self.predict(states, joint, self.elite_idx)  # the elites only
         ne, b, dev = em.shape[0], states.shape[0], states.device
         rows = torch.arange(b, device=dev)
         pick0 = torch.randint(ne, (b,), generator=generator, device=dev)
