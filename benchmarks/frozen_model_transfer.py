@@ -13,13 +13,18 @@ return of one or more record files.
 
 ``--arms mamba,mag`` compares imagination methods on ONE frozen model: the model and MAG's R_m are
 fitted once, then each arm runs its rounds from the same initial policy and generator states (the
-same PPO budget; only L differs: 1 for mamba, the planner's L for mag).
+same PPO budget; only L differs: 1 for mamba, the planner's L for mag). Arm ``deviation`` is the
+planner scored by each candidate's distance from the prior's mean prediction instead of R_m
+(``planner.score=deviation``), with ``--deviation-discount`` (default 0: the candidates' own terms,
+no look-ahead); R_m is still fitted with the model, so the frozen model is the mag pair's.
 
     OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --out frozen-s0.json
     python benchmarks/frozen_model_transfer.py --plot frozen-s0.json frozen-s1.json --png frozen.png
     OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --arms mamba,mag --out pair-s0.json
     python benchmarks/frozen_model_transfer.py --table pair-s0.json --arm mag
     python benchmarks/frozen_model_transfer.py --paired pair-s0.json pair-s1.json pair-s2.json   # mag - mamba per round
+    OFFMARL_NUM_THREADS=1 python benchmarks/frozen_model_transfer.py --seed 0 --arms mamba,deviation --out dev-s0.json
+    python benchmarks/frozen_model_transfer.py --paired dev-s0.json dev-s1.json dev-s2.json --pair mamba,deviation
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ import torch
 
 from offmarl.algos.online import OnlineAlgorithm, OnlineConfig
 from offmarl.evaluation import evaluate_policy
+from offmarl.worldmodel.error_model import LatentDeviationScore
+
+ARMS = ("mamba", "mag", "deviation")
 
 
 def real_eval(algo: OnlineAlgorithm, episodes: int, seed: int) -> dict:
@@ -50,17 +58,18 @@ def real_eval(algo: OnlineAlgorithm, episodes: int, seed: int) -> dict:
 
 def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int = 1500, rounds: int = 200,
         eval_every: int = 50, episodes: int = 32, config: OnlineConfig | None = None, log=print,
-        arms: tuple[str, ...] = ("mamba",)) -> dict:
+        arms: tuple[str, ...] = ("mamba",), deviation_discount: float = 0.0) -> dict:
     """One arm (the default, mamba: L = 1): the record of that arm. Several arms (``("mamba", "mag")``):
     the model (and, when an arm is mag, MAG's R_m with it, as often as the model) is fitted ONCE and
     frozen; every arm then starts from the same initial policy, optimiser and generator states, so
     the arms differ only by the planner (L = 1 vs L); the record holds one sub-record per arm."""
     torch.set_num_threads(int(os.environ.get("OFFMARL_NUM_THREADS", "1")))
     for arm in arms:
-        if arm not in ("mamba", "mag"):
-            raise SystemExit(f"--arms: {arm!r} is not an imagination method (mamba or mag)")
+        if arm not in ARMS:
+            raise SystemExit(f"--arms: {arm!r} is not an imagination method ({', '.join(ARMS)})")
     cfg = config or OnlineConfig(algo="mamba", map=map_name)
-    cfg.algo = "mag" if "mag" in arms else "mamba"  # mag: build R_m and train it with the model
+    # a planner arm: build R_m and train it with the model (so the frozen model is the same for every planner arm)
+    cfg.algo = "mag" if {"mag", "deviation"} & set(arms) else "mamba"
     algo = OnlineAlgorithm(None, cfg, "cpu", seed=seed)
     t0 = time.perf_counter()
     algo.cfg.collect_steps = collect
@@ -77,12 +86,21 @@ def run(seed: int, map_name: str = "2s3z", collect: int = 5000, model_steps: int
     start_ppo = copy.deepcopy(algo.mappo.state_dict())
     start_gens = {k: g.get_state() for k, g in algo.generators.items()}
     results = {}
+    rm, planner = algo.error_model, copy.deepcopy(algo.cfg.planner)
     for arm in arms:
         algo.mappo.load_state_dict(copy.deepcopy(start_ppo))
         for k, g in algo.generators.items():
             g.set_state(start_gens[k])
-        algo.cfg.algo = arm  # the method: mag imagines with the planner (L candidates), mamba with L = 1
+        # the method: mag / deviation imagine with the planner (L candidates), mamba with L = 1
+        algo.cfg.algo = "mamba" if arm == "mamba" else "mag"
+        algo.error_model, algo.cfg.planner = rm, copy.deepcopy(planner)
+        if arm == "deviation":
+            algo.error_model = LatentDeviationScore()
+            algo.cfg.planner.score, algo.cfg.planner.discount = "deviation", deviation_discount
         results[arm] = _rounds(algo, seed, rounds, eval_every, episodes, t0, log, arm if len(arms) > 1 else None)
+        if arm == "deviation":
+            results[arm]["planner"] = {"score": "deviation", "discount": deviation_discount}
+    algo.error_model, algo.cfg.planner = rm, planner
     record["model_unchanged"] = all(torch.equal(a, b) for a, b in zip(frozen, algo.model.parameters()))
     record["seconds"] = round(time.perf_counter() - t0, 1)
     if len(arms) == 1:
@@ -219,7 +237,11 @@ def main(argv=None) -> None:
     p.add_argument("--critic", default=None, choices=["state", "mixer", "attention"], help="online.mappo.critic")
     p.add_argument("--arms", default="mamba",
                    help="comma-separated imagination methods on ONE fitted, frozen model, each from the same "
-                        "initial policy: mamba (L = 1) and/or mag (the planner), e.g. --arms mamba,mag")
+                        "initial policy: mamba (L = 1), mag (the planner, R_m) and/or deviation (the planner "
+                        "scored by the distance from the prior's mean), e.g. --arms mamba,mag")
+    p.add_argument("--deviation-discount", type=float, default=0.0,
+                   help="arm deviation: planner.discount (0 = the candidates' own terms, no look-ahead)")
+    p.add_argument("--pair", default="mamba,mag", help="with --paired: the two arms compared, e.g. mamba,deviation")
     p.add_argument("--arm", default=None, help="with --table/--plot: which arm of paired records")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", nargs="*", default=None, help="record (or log) files to plot (no run)")
@@ -236,13 +258,17 @@ def main(argv=None) -> None:
         print(table(args.table, args.arm))
         return
     if args.paired:
-        print(paired_table(args.paired, key=args.key))
+        pair = tuple(a.strip() for a in args.pair.split(","))
+        if len(pair) != 2:
+            raise SystemExit(f"--pair {args.pair!r}: two arms, e.g. mamba,deviation")
+        print(paired_table(args.paired, pair, key=args.key))
         return
     cfg = OnlineConfig(algo="mamba", map=args.map, agent_input=args.agent_input)
     if args.critic:
         cfg.mappo.critic = args.critic
     rec = run(args.seed, args.map, args.collect, args.model_steps, args.rounds, args.eval_every, args.episodes,
-              config=cfg, arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()))
+              config=cfg, arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
+              deviation_discount=args.deviation_discount)
     rec["agent_input"], rec["critic"] = cfg.agent_input, cfg.mappo.critic
     print(json.dumps({"summary": True, **{k: v for k, v in rec.items() if k not in ("evals", "arms")}}), flush=True)
     if args.out:

@@ -244,7 +244,7 @@ def load_online(run_dir: Path, device, log: Callable[[str], None] = print):
     algo.mappo.load_state_dict(st["mappo"])
     if algo.model is not None:
         algo.model.load_state_dict(st["model"])
-    if algo.error_model is not None:
+    if em is not None:
         algo.error_model.load_state_dict(em)
     algo.env_steps = int(st.get("env_steps", 0))
     if algo.model is not None and st.get("replay") is not None:  # the run's own replay (refit_error_model)

@@ -40,21 +40,25 @@ def test_frozen_model_transfer_tiny():
 
 @pytest.mark.slow
 def test_frozen_model_transfer_paired_arms():
-    """mamba vs mag on ONE frozen model: both arms start from the same policy (round-0 evaluations
-    equal), the model is untouched, and the arms' training differs (the planner changes imagination)."""
+    """mamba vs mag vs deviation on ONE frozen model: every arm starts from the same policy (round-0
+    evaluations equal), the model is untouched, and the planner arms' training differs from mamba's
+    (the planner changes imagination); the deviation arm leaves the run's R_m in place afterwards."""
     cfg = OnlineConfig(algo="mamba", imagine_horizon=4,
                        model=LatentModelConfig(embed=32, deter=32, stoch_groups=4, stoch_classes=4, hidden=32,
                                                attn_heads=2, batch=4, seq_len=10, error_hidden=(32,)))
     cfg.mappo.actor_hidden = cfg.mappo.critic_hidden = (32,)
     cfg.planner.l, cfg.planner.h = 3, 2
     rec = _bench().run(seed=0, collect=200, model_steps=5, rounds=4, eval_every=2, episodes=4, config=cfg,
-                       log=lambda s: None, arms=("mamba", "mag"))
+                       log=lambda s: None, arms=("mamba", "mag", "deviation"))
     assert rec["model_unchanged"]
-    a, b = rec["arms"]["mamba"], rec["arms"]["mag"]
-    assert [e["round"] for e in a["evals"]] == [e["round"] for e in b["evals"]] == [0, 2, 4]
+    a = rec["arms"]["mamba"]
     keys = ("greedy_return", "stochastic_return", "greedy_length")
-    assert all(a["evals"][0][k] == b["evals"][0][k] for k in keys)
-    assert any(a["evals"][-1][k] != b["evals"][-1][k] for k in ("imagined_return",) + keys)
+    for arm in ("mag", "deviation"):
+        b = rec["arms"][arm]
+        assert [e["round"] for e in a["evals"]] == [e["round"] for e in b["evals"]] == [0, 2, 4]
+        assert all(a["evals"][0][k] == b["evals"][0][k] for k in keys)
+        assert any(a["evals"][-1][k] != b["evals"][-1][k] for k in ("imagined_return",) + keys), arm
+    assert rec["arms"]["deviation"]["planner"] == {"score": "deviation", "discount": 0.0}
 
 
 def test_paired_table_differences(tmp_path):

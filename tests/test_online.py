@@ -148,10 +148,27 @@ def _named(name: str) -> OnlineConfig:
         cfg = tiny("mamba", agent_input="latent")
         cfg.mappo.critic = "attention"
         return cfg
+    if name == "mag-deviation":  # the planner scored by the distance from the prior's mean, own terms only
+        cfg = tiny("mag")
+        cfg.planner.score, cfg.planner.discount = "deviation", 0.0
+        return cfg
     return tiny(name)
 
 
-@pytest.mark.parametrize("name", ["mag", "mappo", "mamba-latent"])
+def test_deviation_scored_planner_trains_no_error_model(tmp_path):
+    """planner.score=deviation online: the planner chooses (some candidates replaced) with the
+    label-free LatentDeviationScore; no R_m is trained or checkpointed."""
+    from offmarl.worldmodel.error_model import LatentDeviationScore
+
+    algo = OnlineAlgorithm(None, _named("mag-deviation"), "cpu", seed=2)
+    assert isinstance(algo.error_model, LatentDeviationScore) and not algo.trains_error_model
+    rows = _run(algo, range(2))
+    assert not any("error_model_loss" in r for r in rows)
+    assert any(r.get("planner_frac_replaced", 0) > 0 for r in rows)
+    assert "error_model" not in algo.state_dict()
+
+
+@pytest.mark.parametrize("name", ["mag", "mag-deviation", "mappo", "mamba-latent"])
 def test_same_seed_same_numbers_and_exact_resume(name, tmp_path):
     """Two runs with one seed agree; a run checkpointed after 2 iterations and resumed in a fresh
     process-like object continues with the same metrics as the uninterrupted run."""

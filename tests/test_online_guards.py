@@ -167,6 +167,10 @@ def test_planner_keys_of_the_other_loop_are_refused():
         resolve_online_config("mag", "2s3z", None, None, ["planner.error_hidden=[16]"], None)
     with pytest.raises(OffmarlError, match=r"online.planner.kind is an offline-only .* --algo"):
         resolve_online_config("mag", "2s3z", None, None, ["planner.kind=mag"], None)
+    with pytest.raises(OffmarlError, match=r"online.planner.score = 'uncertainty'.*error_model, deviation"):
+        resolve_online_config("mag", "2s3z", None, None, ["planner.score=uncertainty"], None)
+    cfg, _ = resolve_online_config("mag", "2s3z", None, None, ["planner.score=deviation"], None)
+    assert cfg.planner.score == "deviation"
     cfg = moma_ppo.Config()
     cfg.planner.check_every = 3
     with pytest.raises(OffmarlError, match="planner.check_every is an online-only setting"):

@@ -40,7 +40,7 @@ from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
 from offmarl.planners.mag import OFFLINE_ONLY, PlannerConfig, plan, planner_figures
 from offmarl.safeload import arrays_to_tensors, tensors_to_arrays
-from offmarl.worldmodel.error_model import LatentErrorModel, latent_error_model_step
+from offmarl.worldmodel.error_model import LatentDeviationScore, LatentErrorModel, latent_error_model_step
 from offmarl.worldmodel.latent import (
     LatentLookahead,
     LatentModelConfig,
@@ -86,6 +86,11 @@ def _online_mappo() -> MAPPOConfig:
         joint_ratio=False,  # MAMBA: each agent's ratio clipped on its own (offline MOMA-PPO keeps the joint ratio)
         entropy_annealing=0.99998,  # MAMBA ENTROPY_ANNEALING, after every actor step
     )
+
+
+# online planner scores: MAG's R_m trained alongside the latent model, or the label-free distance from
+# the prior's mean prediction (docs/mag.md, "Is R_m more than ...")
+ONLINE_SCORES = ("error_model", "deviation")
 
 
 def online_planner() -> PlannerConfig:
@@ -178,6 +183,9 @@ class OnlineConfig:
             if getattr(self.planner, key) != getattr(default, key):
                 raise OffmarlError(f"online.planner.{key} is an offline-only setting (offline MOMA-PPO + MAG); "
                                    f"online it means nothing. Online: {instead}")
+        if self.planner.score not in ONLINE_SCORES:
+            raise OffmarlError(f"online.planner.score = {self.planner.score!r}; online choose one of "
+                               f"{', '.join(ONLINE_SCORES)} (the latent model has no ensemble to disagree)")
         if self.planner.l < 1 or (self.planner.l > 1 and self.planner.h < 2):
             raise OffmarlError(f"online.planner: l={self.planner.l}, h={self.planner.h}; need l >= 1 and h >= 2 "
                                "when l > 1")
@@ -273,7 +281,9 @@ class OnlineAlgorithm:
         if cfg.method.world_model:
             self.model = LatentWorldModel(n, o, k, cfg.model).to(self.device)
             self.model_opt = _adam(self.model.parameters(), cfg.model.lr)
-            if cfg.method.planner:
+            if cfg.method.planner and cfg.planner.score == "deviation":  # no network, nothing to train
+                self.error_model = LatentDeviationScore().to(self.device)
+            elif cfg.method.planner:
                 self.error_model = LatentErrorModel(cfg.model.feat, k, cfg.model.error_hidden, o,
                                                     cfg.planner.error_inputs == "transition").to(self.device)
                 self.error_opt = _adam(self.error_model.parameters(), cfg.model.error_lr)
@@ -383,11 +393,16 @@ class OnlineAlgorithm:
             batch = self._sample()
             terms, feat = sequence_model_step(self.model, self.model_opt, batch, self.generators["model"],
                                               self.cfg.model.grad_clip)
-            if self.error_model is not None:
+            if self.trains_error_model:
                 terms.update(self.train_error_model(feat.detach(), batch))
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {k: v / self.cfg.model_updates for k, v in sums.items()}
+
+    @property
+    def trains_error_model(self) -> bool:
+        """MAG's R_m is a network trained with the model (planner.score error_model; deviation has none)."""
+        return isinstance(self.error_model, LatentErrorModel)
 
     def train_error_model(self, feat: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One R_m step on real sequences (after each model step: as often as the model), MAG's
@@ -528,7 +543,7 @@ class OnlineAlgorithm:
             st["model"], st["model_opt"] = self.model.state_dict(), self.model_opt.state_dict()
             if self.env is not None:
                 st["replay"] = arrays_to_tensors(self.replay.state_dict())
-        if self.error_model is not None:
+        if self.trains_error_model:
             st["error_model"], st["error_opt"] = self.error_model.state_dict(), self.error_opt.state_dict()
         return st
 
@@ -548,7 +563,7 @@ class OnlineAlgorithm:
             self.model_opt.load_state_dict(st["model_opt"])
             if self.env is not None:
                 self.replay.load_state_dict(tensors_to_arrays(st["replay"]))
-        if self.error_model is not None:
+        if self.trains_error_model:
             want = self.error_model.net[0].weight.shape[1] if hasattr(self.error_model.net[0], "weight") else None
             got = next((v.shape[1] for k, v in st["error_model"].items() if k.endswith("weight")), None)
             if want is not None and got is not None and want != got:

@@ -69,7 +69,8 @@ class PlannerConfig:
     h: int = 4                  # H lookahead steps incl. the candidate's own (MAG SMAC: 6-10; ours 4, cost ~ L*(H-1))
     score: str = "error_model"  # error_model (MAG: learned R_m) | uncertainty (eps_g, no extra network) |
     #                             deviation (the prediction's distance from the elites' mean; no network).
-    #                             Offline only: online always scores with the latent model's R_m
+    #                             Online: error_model (the latent model's R_m) | deviation (from the prior's
+    #                             mean prediction, worldmodel/error_model.py LatentDeviationScore)
     discount: float = 0.5       # discount^j on look-ahead step j's score; MAG Algorithm 1: 1 (plain sum). Ours:
     #                             reacher po, K = 4, docs/mag.md "Diagnose": Spearman 0.26 -> 0.43, pick's error
     #                             vs random -7.6% -> -10.0% (the continuation's terms are noisy).
@@ -106,7 +107,6 @@ class PlannerConfig:
 
 # PlannerConfig keys that mean nothing in the online loop, and what does their job there
 OFFLINE_ONLY = {"kind": "--algo (mag plans; mamba and mappo do not)",
-                "score": "none (online scores with the latent model's R_m)",
                 "candidates": "none (online candidates are prior samples)",
                 "error_hidden": "model.error_hidden", "error_steps": "model_updates",
                 "error_lr": "model.error_lr", "error_batch_size": "model.batch",
