@@ -185,6 +185,20 @@ def test_diagnose_tiny_online_run(tmp_path):
     assert d.returncode == 2 and "Traceback" not in d.stderr
 
 
+@pytest.mark.slow
+def test_diagnose_online_run_trained_with_the_deviation_score(tmp_path):
+    """An online mag run whose planner scored by the distance from the prior's mean (no R_m in its
+    checkpoint) trains, and diagnose measures its planner with that score."""
+    r = _offmarl("online", "--map", "2s3z", "--algo", "mag", "--config", "smoke", "--steps", "200", "--set",
+                 "planner.score=deviation", "--set", "planner.discount=0", "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    d = _offmarl("diagnose", str(run), "--steps", "100", "--starts", "16", "--json", str(tmp_path / "d.json"))
+    assert d.returncode == 0, d.stderr[-2000:]
+    res = _check_keys(tmp_path / "d.json")
+    assert res["planner.score_repeatability"] in (None, pytest.approx(1.0))  # own terms: no look-ahead noise
+
+
 def test_latent_deviation_score_is_the_distance_from_the_prior_mean():
     from offmarl.worldmodel.error_model import LatentDeviationScore
 
