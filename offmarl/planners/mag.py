@@ -75,7 +75,7 @@ class PlannerConfig:
     #                             reacher po, K = 4, docs/mag.md "Diagnose": Spearman 0.26 -> 0.43, pick's error
     #                             vs random -7.6% -> -10.0% (the continuation's terms are noisy).
     #                             0: only the candidates' own terms, no look-ahead runs (ant-medium-v1: pick
-    #                             vs random -3.1% vs -3.6% with it; 0.9 s vs 12-25 s of planning per iteration)
+    #                             vs random -3.1% vs -3.6% with it; 0.9 s vs ~12 s of planning per iteration)
     continuations: int = 4      # K continuations per candidate (ours; docs/mag.md "Diagnose", reacher po: score
     #                             repeatability 0.15 -> 0.27, pick's error vs random -6.1% -> -7.6% from K 1 -> 4)
     candidates: str = "elites"  # elites (different elites' means) | samples (Gaussian draws) | both.

@@ -166,9 +166,10 @@ class EnsembleWorldModel(nn.Module):
         # soft clamp into [min_logvar, max_logvar] (PETS / MOPO / mbrl-lib)
         return mean, soft_clamp(raw_logvar, lo, hi), logit
 
-    def _inputs(self, states: torch.Tensor, joint_actions: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    def _inputs(self, states: torch.Tensor, joint_actions: torch.Tensor, copies: int | None = None) -> torch.Tensor:
+        """Standardised inputs [copies, B, in] (one view per evaluated member; default all members)."""
         x = self.input_norm(torch.cat([states, joint_actions.to(states.dtype)], dim=-1))
-        return x.unsqueeze(0).expand(members or self.config.members, *x.shape)
+        return x.unsqueeze(0).expand(copies or self.config.members, *x.shape)
 
     @torch.no_grad()
     def predict(self, states: torch.Tensor, joint_actions: torch.Tensor, members: torch.Tensor | None = None
@@ -181,8 +182,8 @@ class EnsembleWorldModel(nn.Module):
         (E = len(members) when given)
         """
         self._check_widths(states, joint_actions)
-        m = None if members is None else len(members)
-        mean, logvar, logit = self._forward_std(self._inputs(states, joint_actions, m), members)
+        x = self._inputs(states, joint_actions, None if members is None else len(members))
+        mean, logvar, logit = self._forward_std(x, members)
         mean = self.target_norm.inverse(mean)
         logvar = logvar + 2.0 * torch.log(self.target_norm.std)
         mean = torch.cat([states.unsqueeze(0) + mean[..., :-1], mean[..., -1:]], dim=-1)
