@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from offmarl.errors import OffmarlError
+from offmarl.paths import cache_dir, cache_dir_chosen
 
 CI_REPS = 2000          # bootstrap replications (rliable's performance-profile default)
 CI_SEED = 0             # fixed RandomState: the same runs give the same CIs
@@ -325,10 +326,8 @@ def _matplotlib_cache() -> None:
     before matplotlib is first imported (rliable imports it)."""
     if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
         return
-    if os.environ.get("OFFMARL_CACHE_DIR"):
-        os.environ["MPLCONFIGDIR"] = str(Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "matplotlib")
-    elif os.environ.get("OFFMARL_DATA_DIR"):
-        os.environ["MPLCONFIGDIR"] = str(Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "matplotlib")
+    if cache_dir_chosen():
+        os.environ["MPLCONFIGDIR"] = str(cache_dir("matplotlib"))
 
 
 def _markdown(rows, agg, refs, unfinished, cmd, pngs, sweep_cmds, duplicates=()) -> str:

@@ -54,6 +54,7 @@ import ray
 
 from offmarl.errors import OffmarlError
 from offmarl.filelock import FileLock
+from offmarl.paths import cache_dir
 
 WORLD_MODEL_ALGOS = ("moma-ppo",)          # algorithms that fit (and cache) a world model
 WORLD_MODEL_READY = ("fitted world model", "loaded world model")  # moma_ppo.py's log line once it has one
@@ -363,11 +364,7 @@ def _run_sweep(cfg: SweepConfig, out: Path, on_update, poll_s: float) -> list[Tr
 
 def ray_dir() -> Path:
     """Where a local Ray's session files and token go (the module docstring)."""
-    if os.environ.get("OFFMARL_CACHE_DIR"):
-        return Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "ray"
-    if os.environ.get("OFFMARL_DATA_DIR"):
-        return Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "ray"
-    return Path.home() / ".offmarl" / "cache" / "ray"
+    return cache_dir("ray")
 
 
 # Ray puts sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a Unix

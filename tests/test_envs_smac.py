@@ -7,10 +7,10 @@ instance (and by every max_steps), so the compile cost is paid about four times 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +28,7 @@ from offmarl.envs.smac import (
     make_vec_smac,
     smac_backend_available,
 )
-from offmarl.envs.smax import cache_dir
+from offmarl.paths import cache_dir
 
 # find_spec, not pytest.importorskip: importing jaxmarl costs ~7 s of CPU at every collection
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl is not installed")
@@ -378,10 +378,15 @@ def test_make_vec_env_and_the_cache_folder(monkeypatch, tmp_path):
         make_vec_env("smac-3n", 2)
     with pytest.raises(EnvError, match="Did you mean: smac-3m"):
         make_vec_env("smax-3m", 2)
+    from offmarl.algos.moma_ppo import default_cache_dir
+    from offmarl.sweep import ray_dir
+
     monkeypatch.setenv("OFFMARL_CACHE_DIR", str(tmp_path / "c"))
-    assert cache_dir() == str(tmp_path / "c")
-    monkeypatch.delenv("OFFMARL_CACHE_DIR")
     monkeypatch.setenv("OFFMARL_DATA_DIR", str(tmp_path / "d"))
-    assert cache_dir() == str(tmp_path / "d" / "cache")
+    assert cache_dir() == tmp_path / "c" and cache_dir("jax") == tmp_path / "c" / "jax"
+    monkeypatch.delenv("OFFMARL_CACHE_DIR")
+    assert cache_dir() == tmp_path / "d" / "cache"
     monkeypatch.delenv("OFFMARL_DATA_DIR")
-    assert cache_dir().endswith(os.path.join(".cache", "offmarl"))
+    assert cache_dir() == Path.home() / ".offmarl" / "cache"
+    # every cache the toolkit keeps sits in the one folder
+    assert default_cache_dir() == cache_dir() / "worldmodels" and ray_dir() == cache_dir() / "ray"

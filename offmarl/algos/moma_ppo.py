@@ -18,7 +18,6 @@ over dataset (state, action) pairs — "stop where the model is less sure than o
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from offmarl.algos.mappo import HIST_KEYS, MAPPO, MAPPOConfig
 from offmarl.envs import make_env
 from offmarl.errors import OffmarlError
 from offmarl.loop import LoopConfig
+from offmarl.paths import cache_dir
 from offmarl.planners.mag import ONLINE_ONLY, PlannerConfig
 from offmarl.worldmodel.ensemble import EnsembleConfig, load_or_fit, load_world_model
 from offmarl.worldmodel.rollout import RolloutConfig, calibrate_eps_g_threshold, dataset_box, model_rollout
@@ -74,13 +74,8 @@ class Config:
 
 
 def default_cache_dir() -> Path:
-    """$OFFMARL_CACHE_DIR/worldmodels; else, when OFFMARL_DATA_DIR is set, <data dir>/cache/worldmodels
-    (a separate data dir, e.g. CI's, keeps its caches with it); else ~/.offmarl/cache/worldmodels."""
-    if os.environ.get("OFFMARL_CACHE_DIR"):
-        return Path(os.environ["OFFMARL_CACHE_DIR"]).expanduser() / "worldmodels"
-    if os.environ.get("OFFMARL_DATA_DIR"):
-        return Path(os.environ["OFFMARL_DATA_DIR"]).expanduser() / "cache" / "worldmodels"
-    return Path.home() / ".offmarl" / "cache" / "worldmodels"
+    """Where trained world models are cached: ``offmarl.paths.cache_dir("worldmodels")``."""
+    return cache_dir("worldmodels")
 
 
 def check_dataset(ds, cfg: Config) -> None:

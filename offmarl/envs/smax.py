@@ -34,22 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-def cache_dir() -> str:
-    """offmarl's cache folder: $OFFMARL_CACHE_DIR, else $OFFMARL_DATA_DIR/cache, else ~/.cache/offmarl."""
-    if os.environ.get("OFFMARL_CACHE_DIR"):
-        return os.path.expanduser(os.environ["OFFMARL_CACHE_DIR"])
-    if os.environ.get("OFFMARL_DATA_DIR"):
-        return os.path.join(os.path.expanduser(os.environ["OFFMARL_DATA_DIR"]), "cache")
-    return os.path.join(os.path.expanduser("~"), ".cache", "offmarl")
-
+from offmarl.paths import cache_dir
 
 # Must happen before jax is imported anywhere (jax reads them at import / backend start).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiling SMAX's vmapped step takes minutes on a busy CPU: keep compiled programs on disk so
 # that every later process (tests, runs, evaluations) loads them in seconds.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(cache_dir(), "jax"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir("jax")))
 
 import numpy as np  # noqa: E402 - after the JAX settings above
 
