@@ -112,6 +112,40 @@ def test_predict_members_evaluates_only_those_and_matches_the_full_ensemble():
         torch.testing.assert_close(s, f[model.elite_idx], rtol=0, atol=1e-6)
 
 
+def test_large_no_grad_cpu_batches_go_in_row_slices_with_the_same_result(monkeypatch):
+    """Big no-gradient CPU batches (the planner's ~16k candidate continuations) run through the
+    world model and R_m in row slices with one torch thread (cache-sized activations, in-place
+    ReLU): the numbers are those of the whole batch; with gradients, or more threads, nothing is
+    sliced."""
+    from offmarl.nn import functional
+    from offmarl.worldmodel.error_model import ErrorModel, ErrorModelConfig
+
+    monkeypatch.setattr(functional, "CPU_CHUNK_ROWS", 16)
+    threads = torch.get_num_threads()
+    model = EnsembleWorldModel(S, A, N, config=EnsembleConfig(members=5, elites=3, hidden=(16, 16)))
+    rm = ErrorModel(S, N * A, ErrorModelConfig(hidden=(8, 8)))
+    states, joint = torch.randn(101, S), torch.randn(101, N * A)
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            assert functional.row_chunks(states) is None
+        whole = model.predict(states, joint, model.elite_idx)
+        whole_rm = rm(states, joint, states, joint[:, 0], whole[0].mean(0))
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            assert len(functional.row_chunks(states)) == 7
+        assert functional.row_chunks(states) is None  # gradients recorded: one graph, never sliced
+        sliced = model.predict(states, joint, model.elite_idx)
+        sliced_rm = rm(states, joint, states, joint[:, 0], whole[0].mean(0))
+    finally:
+        torch.set_num_threads(threads)
+    for w, c in zip(whole, sliced):
+        torch.testing.assert_close(c, w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sliced_rm, whole_rm, rtol=1e-6, atol=1e-6)
+    # the whole path (more threads) must not have changed the model's numbers in place
+    torch.testing.assert_close(model.predict(states[:3], joint[:3], model.elite_idx)[0], whole[0][:, :3])
+
+
 def test_step_uses_one_elite_mean_per_row():
     model = constant_model([[0.0] * S + [1.0], [0.0] * S + [2.0], [0.0] * S + [3.0]], elites=2)
     model.elite_idx.copy_(torch.tensor([0, 2]))

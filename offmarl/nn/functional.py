@@ -40,3 +40,27 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 def shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """A memory window hist [B, K, ...] (oldest first): drop the oldest entry, append ``new`` [B, ...]."""
     return torch.cat([hist[:, 1:], new.unsqueeze(1).to(hist.dtype)], dim=1)
+
+
+# Rows per slice for large batches evaluated without gradients on CPU with one torch thread
+# (``row_chunks``). A fresh [5 members, 16000 rows, 200] activation is 64 MB: allocated, page-faulted
+# and streamed through memory at every layer it costs about as much as the matmul; in slices of ~1k
+# rows the activations stay in cache. World model forward on [5, 16000, 12] (4 x 200 hidden), one
+# thread: 0.72 s whole vs 0.34 s in 1024-row slices, the same output bits; MAG's planned
+# reacher rollout (1000 x 10) 21.6 -> 17.1 s. With two threads on a loaded 2-core machine the slices
+# were SLOWER (each small op waits for both threads), so they are used with one thread only
+# (OFFMARL_NUM_THREADS=1, the setting recommended for small nets on CPU). benchmarks/planner_speed.py.
+CPU_CHUNK_ROWS = 1024
+
+
+def row_chunks(x: torch.Tensor, dim: int = 0, rows: int | None = None) -> list[torch.Tensor] | None:
+    """Slices of ``x`` along ``dim`` of ``rows`` rows each when slicing pays (a CPU tensor, one torch
+    thread, no gradient recording, more than two slices' worth of rows); None otherwise (evaluate
+    whole: GPUs want the big batch, and training keeps one graph). Only for functions that treat
+    rows independently (MLPs): the result is the same as evaluating the whole batch. ``rows``:
+    default ``CPU_CHUNK_ROWS`` (read at each call, so a benchmark can change it)."""
+    rows = rows or CPU_CHUNK_ROWS
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or x.shape[dim] <= 2 * rows
+            or torch.get_num_threads() != 1):
+        return None
+    return list(torch.split(x, rows, dim=dim))

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from offmarl.nn.functional import row_chunks
+
 
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, activation=nn.ReLU,
         out_activation=None) -> nn.Sequential:
@@ -67,9 +69,19 @@ class EnsembleMLP(nn.Module):
         self.act = activation()
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        """x [E, B, in] -> [E, B, out]; ``members`` ([M] indices): only those, x [M, B, in]."""
+        """x [E, B, in] -> [E, B, out]; ``members`` ([M] indices): only those, x [M, B, in].
+        Large batches without gradients on CPU go through in row slices (``row_chunks``)."""
+        if torch.is_grad_enabled():
+            return self._layers(x, members)
+        chunks = row_chunks(x, dim=1)
+        if chunks is not None:
+            return torch.cat([self._layers(c, members, inplace=True) for c in chunks], dim=1)
+        return self._layers(x, members, inplace=True)
+
+    def _layers(self, x: torch.Tensor, members: torch.Tensor | None, inplace: bool = False) -> torch.Tensor:
+        relu_ = inplace and isinstance(self.act, nn.ReLU)  # no graph: the layer's fresh output can be reused
         for layer in self.hidden:
-            x = self.act(layer(x, members))
+            x = torch.relu_(layer(x, members)) if relu_ else self.act(layer(x, members))
         return self.out(x, members)
 
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from offmarl.errors import OffmarlError
+from offmarl.nn.functional import row_chunks
 from offmarl.nn.layers import Standardiser, mlp
 from offmarl.worldmodel import store, trainer
 from offmarl.worldmodel.ensemble import EnsembleWorldModel
@@ -108,6 +109,9 @@ class ErrorModel(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = row_chunks(x)  # the planner scores ~16k transitions at once: cache-sized slices on CPU
+        if chunks is not None:
+            return torch.cat([self._raw(c) for c in chunks])
         return self.net(self.input_norm(x)).squeeze(-1)
 
     @torch.no_grad()
