@@ -47,8 +47,8 @@ def shift_in(hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 # and streamed through memory at every layer it costs about as much as the matmul; in slices of ~1k
 # rows the activations stay in cache. World model forward on [5, 16000, 12] (4 x 200 hidden), one
 # thread: 0.72 s whole vs 0.34 s in 1024-row slices, the same output bits; MAG's planned
-# reacher rollout (1000 x 10) 21.6 -> 17.1 s. With two threads on a loaded 2-core machine the slices
-# were SLOWER (each small op waits for both threads), so they are used with one thread only
+# reacher rollout (1000 x 10) 26.2 -> 17.1 s. With two threads the slices measured
+# SLOWER (each small op waits for both threads), so they are used with one thread only
 # (OFFMARL_NUM_THREADS=1, the setting recommended for small nets on CPU). benchmarks/planner_speed.py.
 CPU_CHUNK_ROWS = 1024
 
